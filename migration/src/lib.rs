@@ -1,0 +1,17 @@
+//! Database migrations for the payments ledger.
+//!
+//! Tables are created through sea-query so one definition serves SQLite and PostgreSQL;
+//! the few backend-specific pieces (append-only triggers) are raw SQL chosen by backend.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_create_ledger;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_create_ledger::Migration)]
+    }
+}

@@ -1,0 +1,90 @@
+//! The one error type of the server and its single mapping to GraphQL error codes.
+//!
+//! Every failure a client can see is an `AppError`; its variant decides
+//! `extensions.code`. Database and other infrastructure failures become `Internal` with
+//! a generic message: their cause is logged once, here, never sent to the client.
+
+use std::sync::Arc;
+
+use async_graphql::ErrorExtensions;
+use sea_orm::DbErr;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadUserInput(String),
+    #[error("{0}")]
+    CurrencyMismatch(String),
+    #[error(
+        "idempotency key was already used with a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+    #[error("the ledger is busy; retry the same request with the same idempotency key")]
+    RetryLater,
+    #[error("internal error")]
+    Internal(Arc<anyhow::Error>),
+}
+
+pub type AppResult<T> = Result<T, AppError>;
+
+impl AppError {
+    pub fn bad_input(message: impl Into<String>) -> Self {
+        Self::BadUserInput(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(Arc::new(error.into()))
+    }
+
+    /// The value of `extensions.code` this error carries.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::BadUserInput(_) => "BAD_USER_INPUT",
+            Self::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::RetryLater => "RETRY_LATER",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<DbErr> for AppError {
+    fn from(error: DbErr) -> Self {
+        match error {
+            // The pool had no connection to give: the database is down or saturated.
+            // Nothing happened, so the client may safely retry.
+            DbErr::ConnectionAcquire(_) => {
+                tracing::warn!(error = %error, "database connection unavailable");
+                Self::RetryLater
+            }
+            other => Self::internal(other),
+        }
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        if let Self::Internal(cause) = self {
+            tracing::error!(error = ?cause, "internal error");
+        }
+        async_graphql::Error::new(self.to_string()).extend_with(|_, extensions| {
+            extensions.set("code", self.code());
+        })
+    }
+}
+
+impl From<AppError> for async_graphql::Error {
+    fn from(error: AppError) -> Self {
+        error.extend()
+    }
+}

@@ -1,0 +1,93 @@
+//! The GraphQL schema: types, roots, loaders, limits, and the per-request scope.
+
+pub mod loaders;
+pub mod mutation;
+pub mod query;
+pub mod scalars;
+pub mod types;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, EmptySubscription, Schema};
+
+use crate::auth::Caller;
+use crate::error::{AppError, AppResult};
+use crate::ids::ClientId;
+use crate::ledger::Ledger;
+use crate::pagination::PAGE_SIZE_DEFAULT;
+use loaders::LedgerLoader;
+use mutation::Mutation;
+use query::Query;
+
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+
+/// Deep enough for GraphiQL's introspection query (about 15), shallow enough that the
+/// account -> entries -> payment -> account cycle cannot be walked far.
+pub const QUERY_DEPTH_MAX: usize = 16;
+/// Fields weighted by page size; a standard introspection query costs about 250.
+pub const QUERY_COMPLEXITY_MAX: usize = 5_000;
+
+pub fn build_schema() -> AppSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        .limit_depth(QUERY_DEPTH_MAX)
+        .limit_complexity(QUERY_COMPLEXITY_MAX)
+        .limit_directives(16)
+        .finish()
+}
+
+/// The SDL of the schema, as checked in to `schema.graphql`.
+pub fn sdl() -> String {
+    build_schema().sdl()
+}
+
+/// What a resolver may use for an authenticated request.
+pub struct RequestScope {
+    pub client: ClientId,
+    pub ledger: Ledger,
+    pub loader: DataLoader<LedgerLoader>,
+}
+
+impl RequestScope {
+    pub fn new(ledger: Ledger, client: ClientId) -> Self {
+        let loader = DataLoader::new(
+            LedgerLoader {
+                ledger: ledger.clone(),
+                client,
+            },
+            tokio::spawn,
+        );
+        Self {
+            client,
+            ledger,
+            loader,
+        }
+    }
+}
+
+/// The scope of the calling client, or UNAUTHENTICATED. Every data field starts here.
+pub fn scope<'a>(ctx: &Context<'a>) -> AppResult<&'a RequestScope> {
+    if let Some(scope) = ctx.data_opt::<RequestScope>() {
+        return Ok(scope);
+    }
+    let caller = ctx
+        .data_opt::<Caller>()
+        .copied()
+        .unwrap_or(Caller::Anonymous);
+    match caller.client() {
+        Err(error) => Err(error),
+        Ok(_) => Err(AppError::internal(anyhow::anyhow!(
+            "authenticated request without a scope"
+        ))),
+    }
+}
+
+/// A connection's cost: its page size times what each node costs.
+pub fn page_complexity(first: Option<i32>, last: Option<i32>, child_complexity: usize) -> usize {
+    let page_size = first
+        .or(last)
+        .and_then(|size| usize::try_from(size).ok())
+        .unwrap_or(PAGE_SIZE_DEFAULT as usize);
+    page_size
+        .max(1)
+        .saturating_mul(child_complexity)
+        .saturating_add(1)
+}

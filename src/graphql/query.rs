@@ -1,0 +1,209 @@
+//! Query roots, one per domain concept, merged into `Query`.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, MergedObject, Object, Result};
+
+use crate::error::AppError;
+use crate::graphql::scope;
+use crate::graphql::types::{Account, LedgerEntry, Node, Payment, connection, page_arguments};
+use crate::idempotency::IdempotencyKey;
+use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
+use crate::pagination::{CursorKind, PageRequest};
+
+#[derive(MergedObject, Default)]
+pub struct Query(NodeQuery, AccountQuery, PaymentQuery, EntryQuery);
+
+#[derive(Default)]
+pub struct NodeQuery;
+
+#[Object]
+impl NodeQuery {
+    /// Any object by its id. Ids of other clients' objects are NOT_FOUND.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Node> {
+        let scope = scope(ctx)?;
+        let not_found = || AppError::not_found(format!("no object with id {}", id.as_str()));
+        let (kind, uuid) = ids::parse_any(&id)?;
+        Ok(match kind {
+            IdKind::Account => {
+                let row = scope
+                    .loader
+                    .load_one(AccountId(uuid))
+                    .await?
+                    .ok_or_else(not_found)?;
+                Node::Account(Account::from_row(row)?)
+            }
+            IdKind::Payment => {
+                let row = scope
+                    .loader
+                    .load_one(PaymentId(uuid))
+                    .await?
+                    .ok_or_else(not_found)?;
+                Node::Payment(Payment::from_row(row)?)
+            }
+            IdKind::LedgerEntry => {
+                let row = scope
+                    .loader
+                    .load_one(LedgerEntryId(uuid))
+                    .await?
+                    .ok_or_else(not_found)?;
+                Node::LedgerEntry(LedgerEntry::from_row(row)?)
+            }
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct AccountQuery;
+
+#[Object]
+impl AccountQuery {
+    async fn account(&self, ctx: &Context<'_>, id: ID) -> Result<Account> {
+        let scope = scope(ctx)?;
+        let id = AccountId::parse(&id)?;
+        let row = scope
+            .loader
+            .load_one(id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
+        Ok(Account::from_row(row)?)
+    }
+
+    /// The account with this `externalRef`, or null.
+    async fn account_by_external_ref(
+        &self,
+        ctx: &Context<'_>,
+        external_ref: String,
+    ) -> Result<Option<Account>> {
+        let scope = scope(ctx)?;
+        let row = scope
+            .ledger
+            .account_by_external_ref(scope.client, &external_ref)
+            .await?;
+        Ok(row.map(Account::from_row).transpose()?)
+    }
+
+    /// The client's accounts, oldest first.
+    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    async fn accounts(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, Account>> {
+        let scope = scope(ctx)?;
+        let page = PageRequest::parse(
+            CursorKind::Account,
+            page_arguments(first, after, last, before),
+        )?;
+        let rows = scope.ledger.list_accounts(scope.client, &page).await?;
+        Ok(connection(
+            rows,
+            CursorKind::Account,
+            |row| row.id,
+            Account::from_row,
+        )?)
+    }
+}
+
+#[derive(Default)]
+pub struct PaymentQuery;
+
+#[Object]
+impl PaymentQuery {
+    async fn payment(&self, ctx: &Context<'_>, id: ID) -> Result<Payment> {
+        let scope = scope(ctx)?;
+        let id = PaymentId::parse(&id)?;
+        let row = scope
+            .loader
+            .load_one(id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("payment {id} not found")))?;
+        Ok(Payment::from_row(row)?)
+    }
+
+    /// The payment created with this idempotency key, or null if none was: the way to
+    /// learn whether a request whose response was lost took effect.
+    async fn payment_by_idempotency_key(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: String,
+    ) -> Result<Option<Payment>> {
+        let scope = scope(ctx)?;
+        let key = IdempotencyKey::parse(&idempotency_key)?;
+        let row = scope
+            .ledger
+            .payment_by_idempotency_key(scope.client, &key)
+            .await?;
+        Ok(row.map(Payment::from_row).transpose()?)
+    }
+
+    /// The client's payments, oldest first; with `accountId`, those from or to it.
+    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    async fn payments(
+        &self,
+        ctx: &Context<'_>,
+        account_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, Payment>> {
+        let scope = scope(ctx)?;
+        let account = account_id
+            .as_deref()
+            .map(|id| AccountId::parse(id))
+            .transpose()?;
+        let page = PageRequest::parse(
+            CursorKind::Payment,
+            page_arguments(first, after, last, before),
+        )?;
+        let rows = scope
+            .ledger
+            .list_payments(scope.client, account, &page)
+            .await?;
+        Ok(connection(
+            rows,
+            CursorKind::Payment,
+            |row| row.id,
+            Payment::from_row,
+        )?)
+    }
+}
+
+#[derive(Default)]
+pub struct EntryQuery;
+
+#[Object]
+impl EntryQuery {
+    /// An account's entries in posting order (oldest first). Poll with
+    /// `after: <last endCursor>` to see each new entry exactly once.
+    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    async fn ledger_entries(
+        &self,
+        ctx: &Context<'_>,
+        account_id: ID,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, LedgerEntry>> {
+        let scope = scope(ctx)?;
+        let account = AccountId::parse(&account_id)?;
+        let page = PageRequest::parse(
+            CursorKind::LedgerEntry,
+            page_arguments(first, after, last, before),
+        )?;
+        let rows = scope
+            .ledger
+            .list_entries(scope.client, account, &page)
+            .await?;
+        Ok(connection(
+            rows,
+            CursorKind::LedgerEntry,
+            |row| row.account_version,
+            LedgerEntry::from_row,
+        )?)
+    }
+}

@@ -1,0 +1,394 @@
+//! The GraphQL object types. Each wraps a stored row and formats it; none queries the
+//! database itself except through the request's DataLoader or the ledger service.
+
+use async_graphql::connection::{Connection, Edge};
+use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
+
+use crate::entity::{account, ledger_entry, payment};
+use crate::error::{AppError, AppResult};
+use crate::graphql::loaders::EntriesOfPayment;
+use crate::graphql::scalars::Money;
+use crate::graphql::scope;
+use crate::ids::{AccountId, LedgerEntryId, PaymentId};
+use crate::ledger::money::{Currency, from_minor_units};
+use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
+use crate::ledger::service::stored_currency;
+use crate::pagination::{CursorKind, Page, PageArguments, PageKey, PageRequest, encode_cursor};
+
+/// How fresh a balance must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
+pub enum Consistency {
+    /// The balance as of when this request read the account.
+    #[default]
+    Cached,
+    /// Read from the database at the moment the field resolves.
+    Strong,
+}
+
+/// Builds a Relay connection from one page of rows.
+pub fn connection<M, T, K>(
+    page: Page<M>,
+    kind: CursorKind,
+    key: impl Fn(&M) -> K,
+    node: impl Fn(M) -> AppResult<T>,
+) -> AppResult<Connection<String, T>>
+where
+    T: async_graphql::OutputType,
+    K: PageKey,
+{
+    let mut connection = Connection::new(page.has_previous_page, page.has_next_page);
+    for row in page.rows {
+        let cursor = encode_cursor(kind, &key(&row));
+        connection.edges.push(Edge::new(cursor, node(row)?));
+    }
+    Ok(connection)
+}
+
+pub fn page_arguments(
+    first: Option<i32>,
+    after: Option<String>,
+    last: Option<i32>,
+    before: Option<String>,
+) -> PageArguments {
+    PageArguments {
+        first,
+        after,
+        last,
+        before,
+    }
+}
+
+/// Anything with an id: `node(id)` resolves every kind.
+#[derive(Interface)]
+#[graphql(field(
+    name = "id",
+    ty = "ID",
+    desc = "An opaque id that names this object's type."
+))]
+pub enum Node {
+    Account(Account),
+    Payment(Payment),
+    LedgerEntry(LedgerEntry),
+}
+
+/// A balance at one account version.
+#[derive(SimpleObject)]
+pub struct Balance {
+    /// The posted balance.
+    pub amount: Money,
+    /// How much more could be debited under the account's balance rule; null for
+    /// UNBOUNDED accounts, which have no floor.
+    pub available: Option<Money>,
+    /// The account version this balance was read at: it grows by one per entry.
+    pub version: i64,
+    pub currency: String,
+}
+
+/// An account holding one currency.
+pub struct Account {
+    row: account::Model,
+    currency: Currency,
+    rule: BalanceRule,
+}
+
+impl Account {
+    pub fn from_row(row: account::Model) -> AppResult<Self> {
+        let currency = stored_currency(&row.currency)?;
+        let rule = BalanceRule::from_db(&row.balance_rule).ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "stored balance rule {:?}",
+                row.balance_rule
+            ))
+        })?;
+        Ok(Self {
+            row,
+            currency,
+            rule,
+        })
+    }
+
+    fn account_id(&self) -> AccountId {
+        AccountId(self.row.id)
+    }
+
+    fn balance_of(&self, row: &account::Model) -> Balance {
+        let floor = BalanceFloor::new(self.rule, row.credit_limit_minor);
+        Balance {
+            amount: from_minor_units(row.balance_minor, self.currency).into(),
+            available: floor
+                .available(row.balance_minor)
+                .map(|minor| from_minor_units(minor, self.currency).into()),
+            version: row.version,
+            currency: self.currency.code().to_owned(),
+        }
+    }
+}
+
+#[Object]
+impl Account {
+    async fn id(&self) -> ID {
+        ID(self.account_id().to_string())
+    }
+
+    /// The client's own reference for this account, unique per client.
+    async fn external_ref(&self) -> Option<&str> {
+        self.row.external_ref.as_deref()
+    }
+
+    /// ISO 4217 code.
+    async fn currency(&self) -> &str {
+        self.currency.code()
+    }
+
+    async fn balance_rule(&self) -> BalanceRule {
+        self.rule
+    }
+
+    /// How far below zero a CREDIT_LIMIT account may go; null for other rules.
+    async fn credit_limit(&self) -> Option<Money> {
+        self.row
+            .credit_limit_minor
+            .map(|minor| from_minor_units(minor, self.currency).into())
+    }
+
+    async fn balance(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] consistency: Consistency,
+    ) -> Result<Balance> {
+        match consistency {
+            Consistency::Cached => Ok(self.balance_of(&self.row)),
+            Consistency::Strong => {
+                let fresh = scope(ctx)?
+                    .loader
+                    .load_one(self.account_id())
+                    .await?
+                    .ok_or_else(|| {
+                        AppError::not_found(format!("account {} not found", self.account_id()))
+                    })?;
+                Ok(self.balance_of(&fresh))
+            }
+        }
+    }
+
+    /// This account's ledger entries, oldest first (by account version).
+    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    async fn entries(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, LedgerEntry>> {
+        let scope = scope(ctx)?;
+        let page = PageRequest::parse(
+            CursorKind::LedgerEntry,
+            page_arguments(first, after, last, before),
+        )?;
+        let rows = scope
+            .ledger
+            .list_entries(scope.client, self.account_id(), &page)
+            .await?;
+        Ok(connection(
+            rows,
+            CursorKind::LedgerEntry,
+            |row| row.account_version,
+            LedgerEntry::from_row,
+        )?)
+    }
+
+    /// Payments from or to this account, oldest first.
+    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    async fn payments(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, Payment>> {
+        let scope = scope(ctx)?;
+        let page = PageRequest::parse(
+            CursorKind::Payment,
+            page_arguments(first, after, last, before),
+        )?;
+        let rows = scope
+            .ledger
+            .list_payments(scope.client, Some(self.account_id()), &page)
+            .await?;
+        Ok(connection(
+            rows,
+            CursorKind::Payment,
+            |row| row.id,
+            Payment::from_row,
+        )?)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+}
+
+/// A movement of money from one account to another. Final once created.
+pub struct Payment {
+    row: payment::Model,
+    currency: Currency,
+}
+
+impl Payment {
+    pub fn from_row(row: payment::Model) -> AppResult<Self> {
+        let currency = stored_currency(&row.currency)?;
+        Ok(Self { row, currency })
+    }
+
+    fn payment_id(&self) -> PaymentId {
+        PaymentId(self.row.id)
+    }
+}
+
+async fn load_account(ctx: &Context<'_>, id: AccountId) -> Result<Account> {
+    let row = scope(ctx)?
+        .loader
+        .load_one(id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
+    Ok(Account::from_row(row)?)
+}
+
+#[Object]
+impl Payment {
+    async fn id(&self) -> ID {
+        ID(self.payment_id().to_string())
+    }
+
+    async fn idempotency_key(&self) -> &str {
+        &self.row.idempotency_key
+    }
+
+    async fn status(&self) -> Result<PaymentStatus> {
+        Ok(PaymentStatus::from_db(&self.row.status).ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "stored payment status {:?}",
+                self.row.status
+            ))
+        })?)
+    }
+
+    /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED
+    /// or BALANCE_OUT_OF_RANGE. Null for POSTED payments.
+    async fn decline_reason(&self) -> Option<&str> {
+        self.row.decline_reason.as_deref()
+    }
+
+    #[allow(clippy::wrong_self_convention)] // the field is named by the API
+    async fn from_account(&self, ctx: &Context<'_>) -> Result<Account> {
+        load_account(ctx, AccountId(self.row.from_account_id)).await
+    }
+
+    async fn to_account(&self, ctx: &Context<'_>) -> Result<Account> {
+        load_account(ctx, AccountId(self.row.to_account_id)).await
+    }
+
+    async fn amount(&self) -> Money {
+        from_minor_units(self.row.amount_minor, self.currency).into()
+    }
+
+    async fn currency(&self) -> &str {
+        self.currency.code()
+    }
+
+    async fn description(&self) -> Option<&str> {
+        self.row.description.as_deref()
+    }
+
+    /// The DEBIT and CREDIT entries of a POSTED payment; empty when DECLINED.
+    async fn entries(&self, ctx: &Context<'_>) -> Result<Vec<LedgerEntry>> {
+        let rows = scope(ctx)?
+            .loader
+            .load_one(EntriesOfPayment(self.payment_id()))
+            .await?
+            .unwrap_or_default();
+        Ok(rows
+            .into_iter()
+            .map(LedgerEntry::from_row)
+            .collect::<AppResult<_>>()?)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+}
+
+/// One side of a posted payment on one account. Never changes once written.
+pub struct LedgerEntry {
+    row: ledger_entry::Model,
+    currency: Currency,
+    direction: EntryDirection,
+}
+
+impl LedgerEntry {
+    pub fn from_row(row: ledger_entry::Model) -> AppResult<Self> {
+        let currency = stored_currency(&row.currency)?;
+        let direction = EntryDirection::from_db(&row.direction).ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "stored entry direction {:?}",
+                row.direction
+            ))
+        })?;
+        Ok(Self {
+            row,
+            currency,
+            direction,
+        })
+    }
+}
+
+#[Object]
+impl LedgerEntry {
+    async fn id(&self) -> ID {
+        ID(LedgerEntryId(self.row.id).to_string())
+    }
+
+    async fn account(&self, ctx: &Context<'_>) -> Result<Account> {
+        load_account(ctx, AccountId(self.row.account_id)).await
+    }
+
+    async fn payment(&self, ctx: &Context<'_>) -> Result<Payment> {
+        let id = PaymentId(self.row.payment_id);
+        let row = scope(ctx)?
+            .loader
+            .load_one(id)
+            .await?
+            .ok_or_else(|| AppError::not_found(format!("payment {id} not found")))?;
+        Ok(Payment::from_row(row)?)
+    }
+
+    async fn direction(&self) -> EntryDirection {
+        self.direction
+    }
+
+    /// Always positive; `direction` says which way it moved the balance.
+    async fn amount(&self) -> Money {
+        from_minor_units(self.row.amount_minor, self.currency).into()
+    }
+
+    async fn currency(&self) -> &str {
+        self.currency.code()
+    }
+
+    /// The account's balance right after this entry.
+    async fn balance_after(&self) -> Money {
+        from_minor_units(self.row.balance_after_minor, self.currency).into()
+    }
+
+    /// The account version this entry created: 1 for its first entry, then +1 each.
+    async fn account_version(&self) -> i64 {
+        self.row.account_version
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
+    }
+}

@@ -1,0 +1,259 @@
+//! HTTP: GraphQL over HTTP at `/graphql`, GraphiQL at `/`, health at `/healthz` and
+//! `/readyz`.
+//!
+//! The GraphQL handlers are written here rather than taken from async-graphql-axum's
+//! extractor so that every failure, including a malformed body, answers in the
+//! GraphQL error shape with an `extensions.code`, and so that GET can refuse mutations.
+
+use std::time::Duration;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::types::OperationType;
+use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, ServerError};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Caller;
+use crate::error::AppError;
+use crate::graphql::RequestScope;
+use crate::startup::AppState;
+
+/// Larger bodies are refused before they are read.
+pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
+/// Operations in one batched request.
+pub const BATCH_LENGTH_MAX: usize = 16;
+
+const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+pub fn router(state: AppState) -> Router {
+    let request_timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
+    Router::new()
+        .route("/", get(graphiql))
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("Payments ledger")
+            .header("Authorization", "Bearer <paste your API key here>")
+            .finish(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.ledger.connection().ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(error) => {
+            tracing::warn!(error = %error, "readiness check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response()
+        }
+    }
+}
+
+/// A request-level error in the GraphQL response shape.
+fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> Response {
+    let body = serde_json::json!({
+        "errors": [{ "message": error.to_string(), "extensions": { "code": error.code() } }]
+    });
+    if let AppError::Internal(cause) = error {
+        tracing::error!(error = ?cause, "internal error");
+    }
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, response_content_type(headers));
+    response
+}
+
+fn wants_graphql_response_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|accept| accept.contains(GRAPHQL_RESPONSE_JSON))
+}
+
+fn response_content_type(headers: &HeaderMap) -> HeaderValue {
+    if wants_graphql_response_json(headers) {
+        HeaderValue::from_static("application/graphql-response+json; charset=utf-8")
+    } else {
+        HeaderValue::from_static("application/json; charset=utf-8")
+    }
+}
+
+async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|content_type| {
+            let media_type = content_type.split(';').next().unwrap_or("").trim();
+            media_type.eq_ignore_ascii_case("application/json")
+                || media_type.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
+        });
+    if !is_json {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &AppError::bad_input("POST a JSON body with Content-Type: application/json"),
+            &headers,
+        );
+    }
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &AppError::bad_input(
+                    "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}",
+                ),
+                &headers,
+            );
+        }
+    };
+    if let BatchRequest::Batch(requests) = &batch
+        && (requests.is_empty() || requests.len() > BATCH_LENGTH_MAX)
+    {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &AppError::bad_input(format!(
+                "a batch holds 1 to {BATCH_LENGTH_MAX} operations, got {}",
+                requests.len()
+            )),
+            &headers,
+        );
+    }
+    execute(state, headers, batch).await
+}
+
+async fn graphql_get(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Ok(mut request) = async_graphql::http::parse_query_string(query.as_deref().unwrap_or(""))
+    else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &AppError::bad_input("malformed query string: expected ?query=…&variables=…"),
+            &headers,
+        );
+    };
+    // A GET must never move money: a link or an image tag could send it.
+    let has_mutation = request.parsed_query().is_ok_and(|document| {
+        document
+            .operations
+            .iter()
+            .any(|(_, operation)| operation.node.ty != OperationType::Query)
+    });
+    if has_mutation {
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &AppError::bad_input("mutations must be sent with POST"),
+            &headers,
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(state, headers, BatchRequest::Single(request)).await
+}
+
+async fn execute(state: AppState, headers: HeaderMap, batch: BatchRequest) -> Response {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str().unwrap_or(""));
+    let caller = match state.authenticator.authenticate(authorization).await {
+        Ok(caller) => caller,
+        Err(error) => {
+            let status = match error {
+                AppError::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error_response(status, &error, &headers);
+        }
+    };
+    let requests = match batch {
+        BatchRequest::Single(request) => vec![request],
+        BatchRequest::Batch(requests) => requests,
+    };
+    let is_batch = requests.len() != 1;
+    let mut responses = Vec::with_capacity(requests.len());
+    // One after another, so a batch's mutations run in the order the client sent them.
+    for request in requests {
+        let request = with_scope(request, &state, caller);
+        let mut response = state.schema.execute(request).await;
+        for error in &mut response.errors {
+            add_default_code(error);
+        }
+        responses.push(response);
+    }
+    let response = if is_batch {
+        BatchResponse::Batch(responses)
+    } else {
+        BatchResponse::Single(responses.pop().unwrap_or_default())
+    };
+    // Under application/graphql-response+json a request that could not run at all
+    // (it never produced `data`) is a 400; application/json always answers 200.
+    let status = match &response {
+        BatchResponse::Single(single)
+            if wants_graphql_response_json(&headers)
+                && single.data == async_graphql::Value::Null =>
+        {
+            StatusCode::BAD_REQUEST
+        }
+        _ => StatusCode::OK,
+    };
+    let body = match serde_json::to_string(&response) {
+        Ok(body) => body,
+        Err(error) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &AppError::internal(error),
+                &headers,
+            );
+        }
+    };
+    let mut http_response = (status, body).into_response();
+    http_response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, response_content_type(&headers));
+    http_response
+}
+
+fn with_scope(request: GraphQLRequest, state: &AppState, caller: Caller) -> GraphQLRequest {
+    let request = request.data(caller);
+    match caller {
+        Caller::Client(client) => request.data(RequestScope::new(state.ledger.clone(), client)),
+        _ => request,
+    }
+}
+
+/// Errors raised by async-graphql itself (syntax, unknown fields, wrong variable types,
+/// limits) describe the client's request; ours always carry a code already.
+fn add_default_code(error: &mut ServerError) {
+    let extensions = error.extensions.get_or_insert_with(Default::default);
+    if extensions.get("code").is_none() {
+        extensions.set("code", "BAD_USER_INPUT");
+    }
+}

@@ -1,0 +1,12 @@
+//! The ledger: money, accounts, payments and postings. Pure rules sit in `money`,
+//! `posting` and the request types; `service` owns transactions; `audit` re-checks every
+//! invariant from the stored rows.
+
+pub mod audit;
+pub mod money;
+pub mod posting;
+pub mod requests;
+pub mod service;
+mod write_gate;
+
+pub use service::{Created, Ledger};

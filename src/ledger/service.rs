@@ -1,0 +1,610 @@
+//! The ledger service: the only code that opens write transactions.
+//!
+//! Every write follows one shape: claim the idempotency key, lock the accounts it
+//! touches in id order, decide with the pure rules in `posting`, write, commit. A
+//! retryable conflict (serialization failure, deadlock, SQLite busy) reruns the whole
+//! transaction a bounded number of times; a key someone else already claimed turns
+//! into a replay of their outcome.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
+use uuid::Uuid;
+
+use crate::db::Backend;
+use crate::entity::{account, ledger_entry, payment};
+use crate::error::{AppError, AppResult};
+use crate::idempotency::{self, Fingerprint, IdempotencyKey};
+use crate::ids::{AccountId, ClientId, LedgerEntryId, PaymentId};
+use crate::ledger::money::Currency;
+use crate::ledger::posting::{
+    AccountState, BalanceRule, EntryPlan, PaymentStatus, PostingPlan, plan_posting,
+};
+use crate::ledger::requests::{NewAccount, NewPayment};
+use crate::ledger::write_gate::WriteGate;
+use crate::pagination::{Page, PageRequest, fetch_page};
+
+/// How many times one write transaction is attempted before the client is told to retry.
+const WRITE_ATTEMPTS_MAX: u32 = 12;
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(2);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// The result of a creating mutation: the object, and whether it existed already.
+#[derive(Debug, Clone)]
+pub struct Created<T> {
+    pub value: T,
+    pub replayed: bool,
+}
+
+/// Why one attempt at a write transaction did not commit.
+enum AttemptError {
+    /// Another request committed this idempotency key first.
+    KeyTaken,
+    App(AppError),
+    Db(DbErr),
+}
+
+impl From<DbErr> for AttemptError {
+    fn from(error: DbErr) -> Self {
+        Self::Db(error)
+    }
+}
+
+impl From<AppError> for AttemptError {
+    fn from(error: AppError) -> Self {
+        Self::App(error)
+    }
+}
+
+fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    db: DatabaseConnection,
+    backend: Backend,
+    write_gate: Arc<WriteGate>,
+}
+
+impl Ledger {
+    pub fn new(db: DatabaseConnection) -> Self {
+        let backend = Backend::of(&db);
+        Self {
+            write_gate: Arc::new(WriteGate::new(backend.write_lanes())),
+            db,
+            backend,
+        }
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Runs one write transaction, again while it fails in a retryable way.
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, AttemptError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, AttemptError>>,
+    {
+        let mut attempt_number = 1;
+        loop {
+            match attempt().await {
+                Err(AttemptError::Db(error)) if self.backend.is_retryable(&error) => {
+                    if attempt_number >= WRITE_ATTEMPTS_MAX {
+                        tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
+                        return Err(AttemptError::App(AppError::RetryLater));
+                    }
+                    tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
+                    tokio::time::sleep(retry_backoff(attempt_number)).await;
+                    attempt_number += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(self.backend.write_transaction_options())
+            .await
+    }
+
+    #[tracing::instrument(skip_all, fields(client = %client.0))]
+    pub async fn create_account(
+        &self,
+        client: ClientId,
+        request: NewAccount,
+    ) -> AppResult<Created<account::Model>> {
+        let fingerprint = request.fingerprint();
+        if let Some(created) = self
+            .replay_account(client, &request.idempotency_key, &fingerprint)
+            .await?
+        {
+            return Ok(created);
+        }
+        let account_id = AccountId::generate();
+        let _lanes = self.write_gate.enter(&[account_id.0]).await;
+        let outcome = self
+            .with_retries(|| self.try_create_account(client, &request, &fingerprint, account_id))
+            .await;
+        match outcome {
+            Ok(account) => Ok(Created {
+                value: account,
+                replayed: false,
+            }),
+            Err(AttemptError::KeyTaken) => self
+                .replay_account(client, &request.idempotency_key, &fingerprint)
+                .await?
+                .ok_or(AppError::RetryLater),
+            Err(AttemptError::App(error)) => Err(error),
+            Err(AttemptError::Db(error)) => Err(error.into()),
+        }
+    }
+
+    async fn try_create_account(
+        &self,
+        client: ClientId,
+        request: &NewAccount,
+        fingerprint: &Fingerprint,
+        account_id: AccountId,
+    ) -> Result<account::Model, AttemptError> {
+        let transaction = self.begin_write().await?;
+        claim_key(
+            &transaction,
+            client,
+            &request.idempotency_key,
+            idempotency::Operation::CreateAccount,
+            fingerprint,
+            account_id.0,
+        )
+        .await?;
+        let model = account::Model {
+            id: account_id.0,
+            client_id: client.0,
+            currency: request.currency.code().to_owned(),
+            balance_rule: request.balance_rule.as_str().to_owned(),
+            credit_limit_minor: request.credit_limit_minor,
+            external_ref: request.external_ref.clone(),
+            balance_minor: 0,
+            version: 0,
+            created_at: Utc::now(),
+        };
+        let inserted = account::Entity::insert(account::ActiveModel::from(model.clone()))
+            .exec_without_returning(&transaction)
+            .await;
+        match inserted {
+            // The key is already ours, so the only unique index left is externalRef.
+            Err(error) if is_unique_violation(&error) => {
+                return Err(AppError::bad_input(format!(
+                    "externalRef {:?} is already used by another account",
+                    request.external_ref.as_deref().unwrap_or_default()
+                ))
+                .into());
+            }
+            other => other?,
+        };
+        transaction.commit().await?;
+        Ok(model)
+    }
+
+    async fn replay_account(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> AppResult<Option<Created<account::Model>>> {
+        let Some(resource_id) =
+            idempotency::find_replay(&self.db, client, key, fingerprint).await?
+        else {
+            return Ok(None);
+        };
+        let account = self
+            .accounts_by_ids(client, &[resource_id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                AppError::internal(anyhow::anyhow!(
+                    "idempotency key {resource_id} names no account"
+                ))
+            })?;
+        Ok(Some(Created {
+            value: account,
+            replayed: true,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(client = %client.0, from = %request.from, to = %request.to))]
+    pub async fn create_payment(
+        &self,
+        client: ClientId,
+        request: NewPayment,
+    ) -> AppResult<Created<payment::Model>> {
+        let fingerprint = request.fingerprint();
+        if let Some(created) = self
+            .replay_payment(client, &request.idempotency_key, &fingerprint)
+            .await?
+        {
+            return Ok(created);
+        }
+        let payment_id = PaymentId::generate();
+        let _lanes = self.write_gate.enter(&[request.from.0, request.to.0]).await;
+        let outcome = self
+            .with_retries(|| self.try_create_payment(client, &request, &fingerprint, payment_id))
+            .await;
+        match outcome {
+            Ok(payment) => Ok(Created {
+                value: payment,
+                replayed: false,
+            }),
+            Err(AttemptError::KeyTaken) => self
+                .replay_payment(client, &request.idempotency_key, &fingerprint)
+                .await?
+                .ok_or(AppError::RetryLater),
+            Err(AttemptError::App(error)) => Err(error),
+            Err(AttemptError::Db(error)) => Err(error.into()),
+        }
+    }
+
+    async fn try_create_payment(
+        &self,
+        client: ClientId,
+        request: &NewPayment,
+        fingerprint: &Fingerprint,
+        payment_id: PaymentId,
+    ) -> Result<payment::Model, AttemptError> {
+        let transaction = self.begin_write().await?;
+        claim_key(
+            &transaction,
+            client,
+            &request.idempotency_key,
+            idempotency::Operation::CreatePayment,
+            fingerprint,
+            payment_id.0,
+        )
+        .await?;
+
+        // Ordered by id: every transaction locks accounts in the same order, so two
+        // payments between the same pair of accounts cannot deadlock.
+        let locked = account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::Id.is_in([request.from.0, request.to.0]))
+            .order_by_asc(account::Column::Id)
+            .lock_exclusive()
+            .all(&transaction)
+            .await?;
+        let find = |id: AccountId| {
+            locked
+                .iter()
+                .find(|account| account.id == id.0)
+                .ok_or_else(|| AppError::not_found(format!("account {id} not found")))
+        };
+        let source = find(request.from)?;
+        let destination = find(request.to)?;
+        for account in [source, destination] {
+            if account.currency != request.currency.code() {
+                return Err(AppError::CurrencyMismatch(format!(
+                    "payment is in {} but account {} holds {}",
+                    request.currency,
+                    AccountId(account.id),
+                    account.currency
+                ))
+                .into());
+            }
+        }
+
+        let plan = plan_posting(
+            account_state(source)?,
+            account_state(destination)?,
+            request.amount,
+        );
+        let now = Utc::now();
+        let (status, decline_reason) = match plan {
+            PostingPlan::Post { .. } => (PaymentStatus::Posted, None),
+            PostingPlan::Decline(reason) => (PaymentStatus::Declined, Some(reason)),
+        };
+        let payment = payment::Model {
+            id: payment_id.0,
+            client_id: client.0,
+            idempotency_key: request.idempotency_key.as_str().to_owned(),
+            from_account_id: request.from.0,
+            to_account_id: request.to.0,
+            amount_minor: request.amount.minor(),
+            currency: request.currency.code().to_owned(),
+            status: status.as_str().to_owned(),
+            decline_reason: decline_reason.map(|reason| reason.as_str().to_owned()),
+            description: request.description.clone(),
+            created_at: now,
+        };
+        payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
+            .exec_without_returning(&transaction)
+            .await?;
+
+        if let PostingPlan::Post { debit, credit } = plan {
+            for (account, entry) in [(source, debit), (destination, credit)] {
+                post_entry(&transaction, &payment, account, entry).await?;
+            }
+        }
+        transaction.commit().await?;
+        Ok(payment)
+    }
+
+    async fn replay_payment(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+    ) -> AppResult<Option<Created<payment::Model>>> {
+        let Some(resource_id) =
+            idempotency::find_replay(&self.db, client, key, fingerprint).await?
+        else {
+            return Ok(None);
+        };
+        let payment = self
+            .payments_by_ids(client, &[resource_id])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                AppError::internal(anyhow::anyhow!(
+                    "idempotency key {resource_id} names no payment"
+                ))
+            })?;
+        Ok(Some(Created {
+            value: payment,
+            replayed: true,
+        }))
+    }
+
+    pub async fn accounts_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<account::Model>> {
+        Ok(account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn payments_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<payment::Model>> {
+        Ok(payment::Entity::find()
+            .filter(payment::Column::ClientId.eq(client.0))
+            .filter(payment::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn entries_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<ledger_entry::Model>> {
+        Ok(ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::ClientId.eq(client.0))
+            .filter(ledger_entry::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Entries of several payments, debit before credit within each.
+    pub async fn entries_by_payment_ids(
+        &self,
+        client: ClientId,
+        payment_ids: &[Uuid],
+    ) -> AppResult<Vec<ledger_entry::Model>> {
+        Ok(ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::ClientId.eq(client.0))
+            .filter(ledger_entry::Column::PaymentId.is_in(payment_ids.iter().copied()))
+            .order_by_desc(ledger_entry::Column::Direction)
+            .all(&self.db)
+            .await?)
+    }
+
+    pub async fn payment_by_idempotency_key(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+    ) -> AppResult<Option<payment::Model>> {
+        Ok(payment::Entity::find()
+            .filter(payment::Column::ClientId.eq(client.0))
+            .filter(payment::Column::IdempotencyKey.eq(key.as_str()))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn account_by_external_ref(
+        &self,
+        client: ClientId,
+        external_ref: &str,
+    ) -> AppResult<Option<account::Model>> {
+        Ok(account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::ExternalRef.eq(external_ref))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Fails with NOT_FOUND unless `account` belongs to `client`.
+    async fn require_account(&self, client: ClientId, account: AccountId) -> AppResult<()> {
+        let found = account::Entity::find_by_id(account.0)
+            .filter(account::Column::ClientId.eq(client.0))
+            .select_only()
+            .column(account::Column::Id)
+            .into_tuple::<Uuid>()
+            .one(&self.db)
+            .await?;
+        found
+            .map(|_| ())
+            .ok_or_else(|| AppError::not_found(format!("account {account} not found")))
+    }
+
+    pub async fn list_accounts(
+        &self,
+        client: ClientId,
+        page: &PageRequest<Uuid>,
+    ) -> AppResult<Page<account::Model>> {
+        let select = account::Entity::find().filter(account::Column::ClientId.eq(client.0));
+        Ok(fetch_page(&self.db, select, account::Column::Id, page).await?)
+    }
+
+    pub async fn list_payments(
+        &self,
+        client: ClientId,
+        account: Option<AccountId>,
+        page: &PageRequest<Uuid>,
+    ) -> AppResult<Page<payment::Model>> {
+        let mut select = payment::Entity::find().filter(payment::Column::ClientId.eq(client.0));
+        if let Some(account) = account {
+            self.require_account(client, account).await?;
+            select = select.filter(
+                Condition::any()
+                    .add(payment::Column::FromAccountId.eq(account.0))
+                    .add(payment::Column::ToAccountId.eq(account.0)),
+            );
+        }
+        Ok(fetch_page(&self.db, select, payment::Column::Id, page).await?)
+    }
+
+    /// An account's entries in posting order (by account version): a poller that
+    /// follows the cursor sees every entry exactly once.
+    pub async fn list_entries(
+        &self,
+        client: ClientId,
+        account: AccountId,
+        page: &PageRequest<i64>,
+    ) -> AppResult<Page<ledger_entry::Model>> {
+        self.require_account(client, account).await?;
+        let select = ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::AccountId.eq(account.0))
+            .filter(ledger_entry::Column::ClientId.eq(client.0));
+        Ok(fetch_page(&self.db, select, ledger_entry::Column::AccountVersion, page).await?)
+    }
+
+    pub async fn entry(
+        &self,
+        client: ClientId,
+        id: LedgerEntryId,
+    ) -> AppResult<Option<ledger_entry::Model>> {
+        Ok(self
+            .entries_by_ids(client, &[id.0])
+            .await?
+            .into_iter()
+            .next())
+    }
+}
+
+async fn claim_key(
+    transaction: &DatabaseTransaction,
+    client: ClientId,
+    key: &IdempotencyKey,
+    operation: idempotency::Operation,
+    fingerprint: &Fingerprint,
+    resource_id: Uuid,
+) -> Result<(), AttemptError> {
+    idempotency::claim(
+        transaction,
+        client,
+        key,
+        operation,
+        fingerprint,
+        resource_id,
+    )
+    .await
+    .map_err(|error| {
+        if is_unique_violation(&error) {
+            AttemptError::KeyTaken
+        } else {
+            AttemptError::Db(error)
+        }
+    })
+}
+
+/// Moves `account` to the entry's balance and version and appends the entry.
+async fn post_entry(
+    transaction: &DatabaseTransaction,
+    payment: &payment::Model,
+    account: &account::Model,
+    entry: EntryPlan,
+) -> Result<(), AttemptError> {
+    // The version condition can only fail if the row lock did not hold: a bug, and
+    // committing would break "version = entry count".
+    let updated = account::Entity::update_many()
+        .col_expr(
+            account::Column::BalanceMinor,
+            Expr::value(entry.balance_after_minor),
+        )
+        .col_expr(account::Column::Version, Expr::value(entry.account_version))
+        .filter(account::Column::Id.eq(account.id))
+        .filter(account::Column::Version.eq(entry.account_version - 1))
+        .exec(transaction)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(AppError::internal(anyhow::anyhow!(
+            "account {} changed while locked",
+            AccountId(account.id)
+        ))
+        .into());
+    }
+    ledger_entry::Entity::insert(ledger_entry::ActiveModel {
+        id: Set(LedgerEntryId::generate().0),
+        client_id: Set(payment.client_id),
+        account_id: Set(account.id),
+        payment_id: Set(payment.id),
+        currency: Set(payment.currency.clone()),
+        direction: Set(entry.direction.as_str().to_owned()),
+        amount_minor: Set(entry.amount_minor),
+        balance_after_minor: Set(entry.balance_after_minor),
+        account_version: Set(entry.account_version),
+        created_at: Set(payment.created_at),
+    })
+    .exec_without_returning(transaction)
+    .await?;
+    Ok(())
+}
+
+fn account_state(account: &account::Model) -> AppResult<AccountState> {
+    let rule = BalanceRule::from_db(&account.balance_rule).ok_or_else(|| {
+        AppError::internal(anyhow::anyhow!(
+            "account {} has unknown balance rule {:?}",
+            AccountId(account.id),
+            account.balance_rule
+        ))
+    })?;
+    Ok(AccountState {
+        rule,
+        credit_limit_minor: account.credit_limit_minor,
+        balance_minor: account.balance_minor,
+        version: account.version,
+    })
+}
+
+/// Stored currencies were valid when written; one that no longer parses is a bug.
+pub fn stored_currency(code: &str) -> AppResult<Currency> {
+    Currency::parse(code)
+        .map_err(|_| AppError::internal(anyhow::anyhow!("stored currency {code:?} is not valid")))
+}
+
+/// Exponential backoff with full jitter, so retrying requests spread out.
+fn retry_backoff(attempt_number: u32) -> Duration {
+    let ceiling = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << attempt_number.min(16))
+        .min(RETRY_BACKOFF_MAX);
+    let ceiling_micros = u64::try_from(ceiling.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_micros(rand::rng().random_range(0..ceiling_micros))
+}

@@ -1,0 +1,34 @@
+//! A payments ledger GraphQL server: exactly-once payments between accounts, recorded
+//! in an append-only double-entry ledger.
+
+/// Clients (tenants), API keys and who a request is from.
+pub mod auth;
+/// The command line: `serve`, `migrate`, `schema`, `client create`, `verify`.
+pub mod cli;
+/// Configuration from the environment and flags.
+pub mod config;
+/// Connection, migrations and the SQLite/PostgreSQL switch.
+pub mod db;
+/// sea-orm entities, one per table.
+pub mod entity;
+/// The error type and its GraphQL codes.
+pub mod error;
+/// The GraphQL schema, resolvers and loaders.
+pub mod graphql;
+/// GraphQL over HTTP, GraphiQL and health endpoints.
+pub mod http;
+/// Idempotency keys, fingerprints and replays.
+pub mod idempotency;
+/// Typed public ids.
+pub mod ids;
+/// Money, balance rules, postings, the ledger service and its audit.
+pub mod ledger;
+/// Relay keyset pagination.
+pub mod pagination;
+/// Building and running the application.
+pub mod startup;
+/// Logging.
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

@@ -1,0 +1,275 @@
+//! Relay cursor pagination, keyset-based.
+//!
+//! A page is "rows after/before a key, in key order, limit n + 1": it costs the same on
+//! the first page as on the millionth, and rows committed while a client pages can only
+//! appear after keys it has not reached yet (for keys that grow with commit order).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
+use uuid::Uuid;
+
+use crate::error::{AppError, AppResult};
+
+pub const PAGE_SIZE_DEFAULT: u64 = 20;
+pub const PAGE_SIZE_MAX: u64 = 100;
+
+/// What a cursor of a given list points into; a cursor from another list is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorKind {
+    Account,
+    Payment,
+    LedgerEntry,
+}
+
+impl CursorKind {
+    fn tag(self) -> &'static str {
+        match self {
+            Self::Account => "a",
+            Self::Payment => "p",
+            Self::LedgerEntry => "e",
+        }
+    }
+}
+
+/// A value rows are ordered and paged by.
+pub trait PageKey: Sized + Clone + Into<sea_orm::Value> {
+    fn encode(&self) -> String;
+    fn decode(text: &str) -> Option<Self>;
+}
+
+impl PageKey for Uuid {
+    fn encode(&self) -> String {
+        self.simple().to_string()
+    }
+    fn decode(text: &str) -> Option<Self> {
+        Uuid::try_parse(text).ok()
+    }
+}
+
+impl PageKey for i64 {
+    fn encode(&self) -> String {
+        self.to_string()
+    }
+    fn decode(text: &str) -> Option<Self> {
+        text.parse().ok()
+    }
+}
+
+pub fn encode_cursor<K: PageKey>(kind: CursorKind, key: &K) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", kind.tag(), key.encode()))
+}
+
+fn decode_cursor<K: PageKey>(kind: CursorKind, cursor: &str) -> AppResult<K> {
+    const CURSOR_LENGTH_MAX: usize = 128;
+    let invalid = || AppError::bad_input("invalid cursor: pass a cursor returned by this list");
+    if cursor.len() > CURSOR_LENGTH_MAX {
+        return Err(invalid());
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (tag, key) = text.split_once(':').ok_or_else(invalid)?;
+    if tag != kind.tag() {
+        return Err(invalid());
+    }
+    K::decode(key).ok_or_else(invalid)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// A validated page request: `first`/`after` or `last`/`before`, within bounds.
+#[derive(Debug, Clone)]
+pub struct PageRequest<K> {
+    pub direction: Direction,
+    pub size: u64,
+    pub after: Option<K>,
+    pub before: Option<K>,
+}
+
+/// The raw Relay arguments, as a client sent them.
+#[derive(Debug, Clone, Default)]
+pub struct PageArguments {
+    pub first: Option<i32>,
+    pub after: Option<String>,
+    pub last: Option<i32>,
+    pub before: Option<String>,
+}
+
+impl<K: PageKey> PageRequest<K> {
+    pub fn parse(kind: CursorKind, arguments: PageArguments) -> AppResult<Self> {
+        let size = |name: &str, value: i32| -> AppResult<u64> {
+            match u64::try_from(value) {
+                Ok(size) if size <= PAGE_SIZE_MAX => Ok(size),
+                Ok(_) => Err(AppError::bad_input(format!(
+                    "{name} is {value}; the maximum page size is {PAGE_SIZE_MAX}"
+                ))),
+                Err(_) => Err(AppError::bad_input(format!(
+                    "{name} must not be negative, got {value}"
+                ))),
+            }
+        };
+        let (direction, size) = match (arguments.first, arguments.last) {
+            (Some(_), Some(_)) => {
+                return Err(AppError::bad_input("pass either first or last, not both"));
+            }
+            (Some(first), None) => (Direction::Forward, size("first", first)?),
+            (None, Some(last)) => (Direction::Backward, size("last", last)?),
+            (None, None) if arguments.before.is_some() => (Direction::Backward, PAGE_SIZE_DEFAULT),
+            (None, None) => (Direction::Forward, PAGE_SIZE_DEFAULT),
+        };
+        let after = arguments
+            .after
+            .as_deref()
+            .map(|cursor| decode_cursor(kind, cursor))
+            .transpose()?;
+        let before = arguments
+            .before
+            .as_deref()
+            .map(|cursor| decode_cursor(kind, cursor))
+            .transpose()?;
+        Ok(Self {
+            direction,
+            size,
+            after,
+            before,
+        })
+    }
+}
+
+/// One page of rows in ascending key order.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub rows: Vec<T>,
+    pub has_previous_page: bool,
+    pub has_next_page: bool,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            rows: self.rows.into_iter().map(f).collect(),
+            has_previous_page: self.has_previous_page,
+            has_next_page: self.has_next_page,
+        }
+    }
+}
+
+/// Runs `select` as one keyset page over `key_column`.
+pub async fn fetch_page<E, K>(
+    connection: &impl ConnectionTrait,
+    select: Select<E>,
+    key_column: E::Column,
+    request: &PageRequest<K>,
+) -> Result<Page<E::Model>, DbErr>
+where
+    E: EntityTrait,
+    K: PageKey,
+{
+    let mut select = select;
+    if let Some(after) = &request.after {
+        select = select.filter(key_column.gt(after.clone()));
+    }
+    if let Some(before) = &request.before {
+        select = select.filter(key_column.lt(before.clone()));
+    }
+    select = match request.direction {
+        Direction::Forward => select.order_by_asc(key_column),
+        Direction::Backward => select.order_by_desc(key_column),
+    };
+    let mut rows = select.limit(request.size + 1).all(connection).await?;
+    let has_more = rows.len() as u64 > request.size;
+    rows.truncate(request.size as usize);
+    // The row a cursor names exists, so a cursor on the other side means a neighbour page.
+    Ok(match request.direction {
+        Direction::Forward => Page {
+            rows,
+            has_previous_page: request.after.is_some(),
+            has_next_page: has_more,
+        },
+        Direction::Backward => {
+            rows.reverse();
+            Page {
+                rows,
+                has_previous_page: has_more,
+                has_next_page: request.before.is_some(),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arguments(first: Option<i32>, last: Option<i32>) -> PageArguments {
+        PageArguments {
+            first,
+            last,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip_and_stay_in_their_list() {
+        let cursor = encode_cursor(CursorKind::LedgerEntry, &42_i64);
+        let request = PageRequest::<i64>::parse(
+            CursorKind::LedgerEntry,
+            PageArguments {
+                after: Some(cursor.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(request.after, Some(42));
+        let foreign = PageRequest::<Uuid>::parse(
+            CursorKind::Account,
+            PageArguments {
+                after: Some(cursor),
+                ..Default::default()
+            },
+        );
+        assert_eq!(foreign.unwrap_err().code(), "BAD_USER_INPUT");
+    }
+
+    #[test]
+    fn malformed_cursors_get_a_plain_message() {
+        for cursor in ["", "!!!", "YTp4", "bm90LWEtY3Vyc29y", &"A".repeat(500)] {
+            let error = PageRequest::<Uuid>::parse(
+                CursorKind::Account,
+                PageArguments {
+                    before: Some(cursor.to_owned()),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(error.code(), "BAD_USER_INPUT");
+            assert_eq!(
+                error.to_string(),
+                "invalid cursor: pass a cursor returned by this list"
+            );
+        }
+    }
+
+    #[test]
+    fn page_sizes_are_bounded() {
+        let parse =
+            |first, last| PageRequest::<i64>::parse(CursorKind::Payment, arguments(first, last));
+        assert_eq!(parse(None, None).unwrap().size, PAGE_SIZE_DEFAULT);
+        assert_eq!(parse(Some(100), None).unwrap().size, 100);
+        assert_eq!(parse(None, Some(0)).unwrap().direction, Direction::Backward);
+        for (first, last) in [
+            (Some(101), None),
+            (None, Some(1000)),
+            (Some(-1), None),
+            (Some(1), Some(1)),
+        ] {
+            assert_eq!(parse(first, last).unwrap_err().code(), "BAD_USER_INPUT");
+        }
+    }
+}

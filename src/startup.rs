@@ -1,0 +1,174 @@
+//! Building and running the server, the same way for `main`, tests and tools.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use tokio::net::TcpListener;
+
+use crate::auth::{self, Authenticator};
+use crate::config::Config;
+use crate::db::{self, Backend};
+use crate::entity::client;
+use crate::graphql::{AppSchema, build_schema};
+use crate::http;
+use crate::ledger::Ledger;
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub ledger: Ledger,
+    pub authenticator: Authenticator,
+    pub schema: AppSchema,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Connects, applies migrations and binds the listener; serving starts with
+    /// `run_until_stopped`.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let db = connect_and_migrate(&config).await?;
+        let listener = TcpListener::bind(config.server.listen_addr)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
+        let state = AppState {
+            ledger: Ledger::new(db.clone()),
+            authenticator: Authenticator::new(db),
+            schema: build_schema(),
+            config: Arc::new(config),
+        };
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener
+            .local_addr()
+            .map(|address| address.port())
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn database(&self) -> &DatabaseConnection {
+        self.state.ledger.connection()
+    }
+
+    /// Serves until ctrl-c or SIGTERM, then finishes in-flight requests.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = http::router(self.state);
+        axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<DatabaseConnection> {
+    let db = db::connect(&config.database).await.with_context(|| {
+        format!(
+            "cannot connect to the database at {}",
+            redact(&config.database.url)
+        )
+    })?;
+    db::migrate(&db).await.context("cannot apply migrations")?;
+    Ok(db)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// On the very first start of an embedded (SQLite) ledger there is no client yet, so
+/// one is created and its key printed: a newcomer is in GraphiQL within a minute. On
+/// PostgreSQL, where an operator provisions clients, only the command is printed.
+pub async fn greet_first_run(app: &Application) -> anyhow::Result<()> {
+    let db = app.database();
+    if client::Entity::find().count(db).await? > 0 {
+        return Ok(());
+    }
+    let url = format!("http://{}", app.state.config.server.listen_addr);
+    match Backend::of(db) {
+        Backend::Sqlite => {
+            let created = auth::create_client(db, "local").await?;
+            println!(
+                "\nFirst run: created client \"local\". Its API key (shown only this once):\n\n    {}\n\n\
+                 Open {url}/ and set the header  Authorization: Bearer {}\n\
+                 More keys: payments-ledger client create <name>\n",
+                created.api_key, created.api_key
+            );
+        }
+        Backend::Postgres => println!(
+            "No clients yet. Create one and its API key with: payments-ledger client create <name>"
+        ),
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://ledger:s3cret@db:5432/ledger"),
+            "postgres://ledger:***@db:5432/ledger"
+        );
+        assert_eq!(
+            redact("sqlite://ledger.db?mode=rwc"),
+            "sqlite://ledger.db?mode=rwc"
+        );
+    }
+}
