@@ -142,6 +142,14 @@ async fn graphql_post(State(state): State<AppState>, headers: HeaderMap, body: B
             &headers,
         );
     }
+    // serde reads `[]` as a request with every field defaulted, so check the query.
+    if batch.iter().any(|request| request.query.trim().is_empty()) {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            &AppError::bad_input("the request has no query"),
+            &headers,
+        );
+    }
     execute(state, headers, batch).await
 }
 

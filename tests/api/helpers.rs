@@ -1,0 +1,356 @@
+//! Test harness: a real server on port 0 over a fresh database per test, spoken to
+//! over HTTP.
+//!
+//! SQLite tests use a temporary file. PostgreSQL tests read `LEDGER_TEST_DATABASE_URL`
+//! (an admin connection, e.g. `postgres://postgres@127.0.0.1:5432/postgres`); migrations
+//! run once into a template database and each test clones it with
+//! `CREATE DATABASE … TEMPLATE …`, dropping its clone when it ends. Without the
+//! variable, PostgreSQL tests print a SKIP line and pass.
+
+use std::path::PathBuf;
+
+use payments_ledger::{Application, Config, auth};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates a `sqlite` and a `postgres` test from one `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )+};
+}
+
+/// Starts the app, or returns `None` (after printing SKIP) when its backend is not
+/// configured. Use as `let Some(app) = spawn_app(backend).await else { return };`.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let database = match backend {
+        Backend::Sqlite => TestDatabase::sqlite(),
+        Backend::Postgres => TestDatabase::postgres().await?,
+    };
+    let application = Application::build(Config::for_database(database.url.clone()))
+        .await
+        .expect("the application builds");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let db = application.database().clone();
+    tokio::spawn(application.run_until_stopped());
+    let client = auth::create_client(&db, "test client")
+        .await
+        .expect("a client is created");
+    Some(TestApp {
+        address,
+        db,
+        api_key: client.api_key,
+        http: reqwest::Client::new(),
+        database,
+    })
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: DatabaseConnection,
+    pub api_key: String,
+    pub http: reqwest::Client,
+    pub database: TestDatabase,
+}
+
+impl TestApp {
+    /// POSTs a GraphQL request as the test client; returns the whole JSON response.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Value {
+        self.graphql_as(Some(&self.api_key), query, variables).await
+    }
+
+    pub async fn graphql_as(&self, api_key: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self
+            .http
+            .post(format!("{}/graphql", self.address))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(api_key) = api_key {
+            request = request.bearer_auth(api_key);
+        }
+        let response = request.send().await.expect("the server answers");
+        response.json().await.expect("the response is JSON")
+    }
+
+    /// A second tenant on the same server.
+    pub async fn other_client_key(&self) -> String {
+        auth::create_client(&self.db, "other client")
+            .await
+            .expect("a client is created")
+            .api_key
+    }
+
+    /// Creates an account and returns its id.
+    pub async fn create_account(&self, currency: &str, rule: &str, credit_limit: Option<&str>) -> String {
+        self.create_account_as(&self.api_key, currency, rule, credit_limit).await
+    }
+
+    pub async fn create_account_as(
+        &self,
+        api_key: &str,
+        currency: &str,
+        rule: &str,
+        credit_limit: Option<&str>,
+    ) -> String {
+        let response = self
+            .graphql_as(
+                Some(api_key),
+                "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }",
+                json!({ "input": {
+                    "idempotencyKey": Uuid::new_v4().to_string(),
+                    "currency": currency,
+                    "balanceRule": rule,
+                    "creditLimit": credit_limit,
+                }}),
+            )
+            .await;
+        response["data"]["createAccount"]["account"]["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("account created: {response}"))
+            .to_owned()
+    }
+
+    /// Sends `createPayment` and returns the whole response.
+    pub async fn pay(&self, key: &str, from: &str, to: &str, amount: &str, currency: &str) -> Value {
+        self.graphql(
+            PAY,
+            json!({ "input": {
+                "idempotencyKey": key, "fromAccountId": from, "toAccountId": to,
+                "amount": amount, "currency": currency,
+            }}),
+        )
+        .await
+    }
+
+    /// Pays and insists on an outcome (POSTED or DECLINED), resending the same key on
+    /// RETRY_LATER as a client should.
+    pub async fn pay_until_final(&self, key: &str, from: &str, to: &str, amount: &str, currency: &str) -> Value {
+        for _ in 0..50 {
+            let response = self.pay(key, from, to, amount, currency).await;
+            if error_code(&response) == Some("RETRY_LATER") {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                continue;
+            }
+            return response;
+        }
+        panic!("payment {key} never reached an outcome");
+    }
+
+    /// Funds `account` from a fresh UNBOUNDED account of the same currency.
+    pub async fn fund(&self, account: &str, amount: &str, currency: &str) {
+        let funding = self.create_account(currency, "UNBOUNDED", None).await;
+        let response = self
+            .pay(&Uuid::new_v4().to_string(), &funding, account, amount, currency)
+            .await;
+        assert_eq!(response["data"]["createPayment"]["payment"]["status"], "POSTED", "{response}");
+    }
+
+    /// Balance amount and version, read STRONG.
+    pub async fn balance(&self, account: &str) -> (String, i64) {
+        let response = self
+            .graphql(
+                "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount version } } }",
+                json!({ "id": account }),
+            )
+            .await;
+        let balance = &response["data"]["account"]["balance"];
+        (
+            balance["amount"].as_str().unwrap_or_else(|| panic!("{response}")).to_owned(),
+            balance["version"].as_i64().unwrap(),
+        )
+    }
+
+    /// Asserts that every ledger invariant holds, from the stored rows.
+    pub async fn assert_ledger_sound(&self) {
+        let violations = payments_ledger::ledger::audit::find_violations(&self.db)
+            .await
+            .expect("the audit runs");
+        assert!(violations.is_empty(), "ledger invariants violated: {violations:#?}");
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let row = self
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                self.db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table}"),
+            ))
+            .await
+            .expect("count runs")
+            .expect("one row");
+        row.try_get::<i64>("", "n").expect("a count")
+    }
+}
+
+pub const PAY: &str = "mutation($input: CreatePaymentInput!) {
+  createPayment(input: $input) {
+    replayed
+    payment { id status declineReason amount currency
+      entries { direction amount balanceAfter accountVersion account { id } } }
+  }
+}";
+
+/// `extensions.code` of the first error, if any.
+pub fn error_code(response: &Value) -> Option<&str> {
+    response["errors"][0]["extensions"]["code"].as_str()
+}
+
+/// The test's database, removed when the test ends (also when it panics).
+pub struct TestDatabase {
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    SqliteFile(PathBuf),
+    PostgresDatabase { admin_url: String, name: String },
+}
+
+static POSTGRES_TEMPLATE: OnceCell<String> = OnceCell::const_new();
+
+impl TestDatabase {
+    fn sqlite() -> Self {
+        let path = std::env::temp_dir().join(format!("ledger-test-{}.db", Uuid::new_v4().simple()));
+        Self {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            cleanup: Cleanup::SqliteFile(path),
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
+            println!("SKIP: LEDGER_TEST_DATABASE_URL is not set; PostgreSQL test not run");
+            return None;
+        };
+        let template = POSTGRES_TEMPLATE
+            .get_or_init(|| create_template(admin_url.clone()))
+            .await;
+        let name = format!("ledger_test_{}", Uuid::new_v4().simple());
+        let admin = Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .expect("the test database is created");
+        admin.close().await.ok();
+        Some(Self {
+            url: with_database(&admin_url, &name),
+            cleanup: Cleanup::PostgresDatabase { admin_url, name },
+        })
+    }
+}
+
+/// Migrates a template database once per migration source, so tests clone it instead
+/// of migrating each time. Its name carries a hash of the migrations: a changed
+/// migration gets a new template.
+async fn create_template(admin_url: String) -> String {
+    let migrations = include_str!("../../migration/src/m20261124_000001_create_ledger.rs");
+    let hash = hex::encode(&Sha256::digest(migrations.as_bytes())[..6]);
+    let name = format!("ledger_test_template_{hash}");
+    let admin = Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
+    let exists = admin
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT 1 AS one FROM pg_database WHERE datname = '{name}'"),
+        ))
+        .await
+        .expect("pg_database is readable")
+        .is_some();
+    if !exists {
+        let building = format!("{name}_building_{}", Uuid::new_v4().simple());
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {building}"))
+            .await
+            .expect("the template database is created");
+        let template_db = Database::connect(with_database(&admin_url, &building))
+            .await
+            .expect("the template database is reachable");
+        payments_ledger::db::migrate(&template_db).await.expect("migrations apply");
+        template_db.close().await.expect("the template connection closes");
+        // Renamed only when complete, so a crash never leaves a half-built template.
+        if let Err(error) = admin
+            .execute_unprepared(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .await
+        {
+            // Another test process finished first; use its template.
+            eprintln!("template {name} already built elsewhere: {error}");
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {building}"))
+                .await
+                .ok();
+        }
+    }
+    admin.close().await.ok();
+    name
+}
+
+/// `url` pointing at database `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|index| index + 3).unwrap_or(0);
+    let base = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::SqliteFile(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    std::fs::remove_file(file).ok();
+                }
+            }
+            Cleanup::PostgresDatabase { admin_url, name } => {
+                let admin_url = admin_url.clone();
+                let name = name.clone();
+                // Drop runs inside the test's runtime, which cannot block on itself.
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime");
+                    runtime.block_on(async move {
+                        if let Ok(admin) = Database::connect(&admin_url).await {
+                            admin
+                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .await
+                                .ok();
+                            admin.close().await.ok();
+                        }
+                    });
+                })
+                .join()
+                .ok();
+            }
+        }
+    }
+}

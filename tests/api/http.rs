@@ -1,0 +1,156 @@
+//! GraphQL over HTTP: methods, media types, limits, GraphiQL and health.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, error_code, spawn_app};
+use crate::on_both_backends;
+
+on_both_backends!(http_follows_graphql_over_http, limits_really_apply);
+
+/// A standard GraphiQL introspection query (abridged to its deepest part).
+const INTROSPECTION: &str = "query IntrospectionQuery { __schema { queryType { name } mutationType { name }
+  types { ...FullType } directives { name locations args { ...InputValue } } } }
+fragment FullType on __Type { kind name description
+  fields(includeDeprecated: true) { name description args { ...InputValue } type { ...TypeRef } isDeprecated deprecationReason }
+  inputFields { ...InputValue } interfaces { ...TypeRef }
+  enumValues(includeDeprecated: true) { name description isDeprecated deprecationReason } possibleTypes { ...TypeRef } }
+fragment InputValue on __InputValue { name description type { ...TypeRef } defaultValue }
+fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }";
+
+async fn http_follows_graphql_over_http(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let url = format!("{}/graphql", app.address);
+
+    // The schema is public: introspection and __typename need no key.
+    let response = app.graphql_as(None, INTROSPECTION, json!({})).await;
+    assert!(response["errors"].is_null(), "{response}");
+    assert_eq!(response["data"]["__schema"]["queryType"]["name"], "Query");
+    let response = app.graphql_as(None, "{ __typename }", json!({})).await;
+    assert_eq!(response, json!({ "data": { "__typename": "Query" } }));
+
+    // GET runs queries...
+    let response = app
+        .http
+        .get(&url)
+        .query(&[("query", "{ accounts { nodes { id } } }")])
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["data"]["accounts"]["nodes"], json!([]));
+
+    // ...but never mutations, so a link cannot move money.
+    let mutation = "mutation { createAccount(input: { idempotencyKey: \"via-get\", currency: \"USD\", balanceRule: UNBOUNDED }) { account { id } } }";
+    let response = app
+        .http
+        .get(&url)
+        .query(&[("query", mutation)])
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"));
+    assert_eq!(app.count("accounts").await, 0);
+
+    // application/graphql-response+json when asked: 400 for a request that cannot run.
+    let response = app
+        .http
+        .post(&url)
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": "{ nope }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/graphql-response+json"));
+    let response = app
+        .http
+        .post(&url)
+        .json(&json!({ "query": "{ nope }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "application/json keeps 200");
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+
+    // Only JSON bodies.
+    let response = app
+        .http
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body("{\"query\": \"{ __typename }\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 415);
+
+    // Batches run in order.
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.api_key)
+        .json(&json!([
+            { "query": "mutation { createAccount(input: { idempotencyKey: \"b1\", currency: \"USD\", balanceRule: UNBOUNDED }) { account { id } } }" },
+            { "query": "{ accounts { nodes { currency } } }" },
+        ]))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body[1]["data"]["accounts"]["nodes"], json!([{ "currency": "USD" }]), "{body}");
+
+    // GraphiQL and health.
+    let page = app.http.get(&app.address).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("graphiql") || page.contains("GraphiQL"), "GraphiQL is served at /");
+    for path in ["/healthz", "/readyz"] {
+        let response = app.http.get(format!("{}{path}", app.address)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+async fn limits_really_apply(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else { return };
+    let url = format!("{}/graphql", app.address);
+
+    // A body over the limit is refused before it is parsed.
+    let padding = "x".repeat(300 * 1024);
+    let response = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.api_key)
+        .json(&json!({ "query": "{ __typename }", "variables": { "padding": padding } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    // Too long a batch.
+    let batch: Vec<Value> = (0..17).map(|_| json!({ "query": "{ __typename }" })).collect();
+    let response = app.http.post(&url).json(&batch).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"));
+
+    // Too deep: walking the account -> payment -> account cycle.
+    let deep = "{ accounts { nodes { payments { nodes { fromAccount { payments { nodes { toAccount { payments { nodes { fromAccount { payments { nodes { toAccount { payments { nodes { id } } } } } } } } } } } } } } } } }";
+    let response = app.graphql(deep, json!({})).await;
+    assert_eq!(error_code(&response), Some("BAD_USER_INPUT"), "{response}");
+    assert!(response["data"].is_null());
+
+    // Too complex: wide pages nested.
+    let wide = "{ accounts(first: 100) { nodes { entries(first: 100) { nodes { payment { entries { account { id } } } } } } } }";
+    let response = app.graphql(wide, json!({})).await;
+    assert_eq!(error_code(&response), Some("BAD_USER_INPUT"), "{response}");
+    let message = response["errors"][0]["message"].as_str().unwrap().to_lowercase();
+    assert!(message.contains("complex"), "{message}");
+
+    // While a realistic dashboard query fits.
+    let dashboard = "{ accounts(first: 100) { nodes { id currency balance { amount available version } } pageInfo { endCursor } } }";
+    let response = app.graphql(dashboard, json!({})).await;
+    assert!(response["errors"].is_null(), "{response}");
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real server over HTTP, on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod append_only;
+mod bad_input;
+mod cli;
+mod concurrency;
+mod http;
+mod idempotency;
+mod pagination;
+mod payments;
+mod schema;
+mod tenancy;
