@@ -28,7 +28,9 @@ async fn small_ledger(app: &TestApp) -> (Uuid, Uuid) {
 }
 
 async fn entries_and_payments_reject_update_and_delete(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     small_ledger(&app).await;
     let entries = app.count("ledger_entries").await;
     let payments = app.count("payments").await;
@@ -60,9 +62,13 @@ async fn entries_and_payments_reject_update_and_delete(backend: Backend) {
 }
 
 async fn balance_rules_are_database_constraints(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let (source, _) = small_ledger(&app).await;
-    let credit = app.create_account("USD", "CREDIT_LIMIT", Some("1.00")).await;
+    let credit = app
+        .create_account("USD", "CREDIT_LIMIT", Some("1.00"))
+        .await;
     let credit = Uuid::parse_str(&credit[4..]).unwrap();
     for (id, balance) in [(source, -1_i64), (credit, -101)] {
         let result = account::Entity::update_many()
@@ -70,31 +76,44 @@ async fn balance_rules_are_database_constraints(backend: Backend) {
             .filter(account::Column::Id.eq(id))
             .exec(&app.db)
             .await;
-        assert!(result.is_err(), "a balance of {balance} broke no constraint");
+        assert!(
+            result.is_err(),
+            "a balance of {balance} broke no constraint"
+        );
     }
     app.assert_ledger_sound().await;
 }
 
 async fn the_audit_catches_each_broken_invariant(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let (_, destination) = small_ledger(&app).await;
     assert_eq!(find_violations(&app.db).await.unwrap(), vec![]);
 
     // Invariant 2: a balance that is not the sum of its entries.
     account::Entity::update_many()
-        .col_expr(account::Column::BalanceMinor, Expr::col(account::Column::BalanceMinor).add(1))
+        .col_expr(
+            account::Column::BalanceMinor,
+            Expr::col(account::Column::BalanceMinor).add(1),
+        )
         .filter(account::Column::Id.eq(destination))
         .exec(&app.db)
         .await
         .unwrap();
     let violations = find_violations(&app.db).await.unwrap();
     assert!(
-        violations.iter().any(|violation| violation.invariant.starts_with("balance equals")
-            && violation.detail.contains(&destination.simple().to_string())),
+        violations.iter().any(
+            |violation| violation.invariant.starts_with("balance equals")
+                && violation.detail.contains(&destination.simple().to_string())
+        ),
         "{violations:?}"
     );
     account::Entity::update_many()
-        .col_expr(account::Column::BalanceMinor, Expr::col(account::Column::BalanceMinor).sub(1))
+        .col_expr(
+            account::Column::BalanceMinor,
+            Expr::col(account::Column::BalanceMinor).sub(1),
+        )
         .filter(account::Column::Id.eq(destination))
         .exec(&app.db)
         .await
@@ -109,7 +128,11 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         .await
         .unwrap()
         .unwrap();
-    let row = account::Entity::find_by_id(destination).one(&app.db).await.unwrap().unwrap();
+    let row = account::Entity::find_by_id(destination)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
     ledger_entry::Entity::insert(ledger_entry::ActiveModel {
         id: Set(Uuid::now_v7()),
         client_id: Set(row.client_id),
@@ -126,24 +149,41 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
     .await
     .unwrap();
     account::Entity::update_many()
-        .col_expr(account::Column::BalanceMinor, Expr::value(row.balance_minor + 100))
+        .col_expr(
+            account::Column::BalanceMinor,
+            Expr::value(row.balance_minor + 100),
+        )
         .col_expr(account::Column::Version, Expr::value(row.version + 1))
         .filter(account::Column::Id.eq(destination))
         .exec(&app.db)
         .await
         .unwrap();
     let violations = find_violations(&app.db).await.unwrap();
-    let invariants: Vec<&str> = violations.iter().map(|violation| violation.invariant).collect();
-    assert!(invariants.contains(&"money is conserved per currency"), "{violations:?}");
+    let invariants: Vec<&str> = violations
+        .iter()
+        .map(|violation| violation.invariant)
+        .collect();
     assert!(
-        invariants.iter().any(|invariant| invariant.starts_with("every entry belongs")),
+        invariants.contains(&"money is conserved per currency"),
+        "{violations:?}"
+    );
+    assert!(
+        invariants
+            .iter()
+            .any(|invariant| invariant.starts_with("every entry belongs")),
         "{violations:?}"
     );
 
     // Invariant 4: a payment that is not the effect of its idempotency key.
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let (source_2, destination_2) = small_ledger(&app).await;
-    let row = account::Entity::find_by_id(source_2).one(&app.db).await.unwrap().unwrap();
+    let row = account::Entity::find_by_id(source_2)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
     payment::Entity::insert(payment::ActiveModel {
         id: Set(Uuid::now_v7()),
         client_id: Set(row.client_id),
@@ -162,7 +202,9 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
     .unwrap();
     let violations = find_violations(&app.db).await.unwrap();
     assert!(
-        violations.iter().any(|violation| violation.invariant.starts_with("each (client, idempotency key)")),
+        violations.iter().any(|violation| violation
+            .invariant
+            .starts_with("each (client, idempotency key)")),
         "{violations:?}"
     );
 }

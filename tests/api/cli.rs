@@ -19,26 +19,43 @@ fn ledger_command(database_url: &str, arguments: &[&str]) -> std::process::Outpu
 }
 
 async fn client_create_prints_a_working_key(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let url = app.database.url.clone();
-    let output = tokio::task::spawn_blocking(move || ledger_command(&url, &["client", "create", "acme"]))
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output =
+        tokio::task::spawn_blocking(move || ledger_command(&url, &["client", "create", "acme"]))
+            .await
+            .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
-    let key = stdout.lines().last().expect("a last line").trim().to_owned();
+    let key = stdout
+        .lines()
+        .last()
+        .expect("a last line")
+        .trim()
+        .to_owned();
     assert!(key.starts_with("lk_"), "{stdout}");
 
     let response = app
         .graphql_as(Some(&key), "{ accounts { nodes { id } } }", json!({}))
         .await;
-    assert_eq!(response["data"]["accounts"]["nodes"], json!([]), "{response}");
+    assert_eq!(
+        response["data"]["accounts"]["nodes"],
+        json!([]),
+        "{response}"
+    );
 
     // A blank name is refused with a message and a failing exit code.
     let url = app.database.url.clone();
-    let output = tokio::task::spawn_blocking(move || ledger_command(&url, &["client", "create", "  "]))
-        .await
-        .unwrap();
+    let output =
+        tokio::task::spawn_blocking(move || ledger_command(&url, &["client", "create", "  "]))
+            .await
+            .unwrap();
     assert!(!output.status.success());
 
     // migrate is idempotent; verify passes on a sound ledger.
@@ -46,10 +63,21 @@ async fn client_create_prints_a_working_key(backend: Backend) {
     app.fund(&source, "1.00", "USD").await;
     let url = app.database.url.clone();
     let (migrate, verify) = tokio::task::spawn_blocking(move || {
-        (ledger_command(&url, &["migrate"]), ledger_command(&url, &["verify"]))
+        (
+            ledger_command(&url, &["migrate"]),
+            ledger_command(&url, &["verify"]),
+        )
     })
     .await
     .unwrap();
-    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    assert!(
+        migrate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }

@@ -1,5 +1,6 @@
-//! Many payments at once among few accounts (design.md section 5): afterwards every
-//! invariant holds, checked from the database, and every acknowledged payment is there.
+//! Many payments at once among few accounts, through two server instances (design.md
+//! section 5): afterwards every invariant holds, checked from the database, and every
+//! acknowledged payment is there.
 
 use std::collections::HashMap;
 
@@ -18,15 +19,22 @@ const ACCOUNTS: usize = 10;
 const PAYMENTS: usize = 300;
 
 async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let funding = app.create_account("USD", "UNBOUNDED", None).await;
     let mut accounts = vec![funding.clone()];
     for index in 1..ACCOUNTS {
-        let rule = if index % 3 == 0 { "CREDIT_LIMIT" } else { "NON_NEGATIVE" };
+        let rule = if index % 3 == 0 {
+            "CREDIT_LIMIT"
+        } else {
+            "NON_NEGATIVE"
+        };
         let limit = (rule == "CREDIT_LIMIT").then_some("5.00");
         let id = app.create_account("USD", rule, limit).await;
         // Nearly empty: most payments out of these accounts race for the last cents.
-        app.pay(&format!("seed-{index}"), &funding, &id, "3.00", "USD").await;
+        app.pay(&format!("seed-{index}"), &funding, &id, "3.00", "USD")
+            .await;
         accounts.push(id);
     }
 
@@ -46,10 +54,17 @@ async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend
             })
             .collect()
     };
+    // Two instances on one database, as behind a load balancer: their in-process write
+    // queues know nothing of each other, so only the database keeps this correct.
+    let replica = app.spawn_replica().await;
+    let instances = [app.address.clone(), replica];
     let responses = join_all(
         planned
             .iter()
-            .map(|(key, from, to, amount)| app.pay_until_final(key, from, to, amount, "USD")),
+            .enumerate()
+            .map(|(index, (key, from, to, amount))| {
+                app.pay_until_final_at(&instances[index % 2], key, from, to, amount, "USD")
+            }),
     )
     .await;
 
@@ -64,9 +79,13 @@ async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend
     let mut posted = 0;
     for ((key, _, _, _), response) in planned.iter().zip(&responses) {
         let payment = &response["data"]["createPayment"]["payment"];
-        let id = payment["id"].as_str().unwrap_or_else(|| panic!("{response}"));
+        let id = payment["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{response}"));
         let uuid = Uuid::parse_str(id.trim_start_matches("pay_")).unwrap();
-        let row = stored.get(&uuid).unwrap_or_else(|| panic!("acknowledged payment {id} is missing"));
+        let row = stored
+            .get(&uuid)
+            .unwrap_or_else(|| panic!("acknowledged payment {id} is missing"));
         assert_eq!(&row.idempotency_key, key);
         assert_eq!(payment["status"].as_str(), Some(row.status.as_str()));
         posted += usize::from(row.status == "POSTED");
@@ -81,22 +100,40 @@ async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend
         "CREDIT" => entry.amount_minor,
         _ => -entry.amount_minor,
     };
-    assert_eq!(entries.iter().map(signed).sum::<i64>(), 0, "money is conserved");
+    assert_eq!(
+        entries.iter().map(signed).sum::<i64>(),
+        0,
+        "money is conserved"
+    );
     for account in &accounts {
-        let mine: Vec<&ledger_entry::Model> =
-            entries.iter().filter(|entry| entry.account_id == account.id).collect();
-        assert_eq!(account.balance_minor, mine.iter().map(|entry| signed(entry)).sum::<i64>());
+        let mine: Vec<&ledger_entry::Model> = entries
+            .iter()
+            .filter(|entry| entry.account_id == account.id)
+            .collect();
+        assert_eq!(
+            account.balance_minor,
+            mine.iter().map(|entry| signed(entry)).sum::<i64>()
+        );
         assert_eq!(account.version, mine.len() as i64);
         let mut versions: Vec<i64> = mine.iter().map(|entry| entry.account_version).collect();
         versions.sort_unstable();
-        assert_eq!(versions, (1..=account.version).collect::<Vec<_>>(), "no gaps, no repeats");
+        assert_eq!(
+            versions,
+            (1..=account.version).collect::<Vec<_>>(),
+            "no gaps, no repeats"
+        );
         match account.balance_rule.as_str() {
             "NON_NEGATIVE" => assert!(account.balance_minor >= 0),
-            "CREDIT_LIMIT" => assert!(account.balance_minor >= -account.credit_limit_minor.unwrap()),
+            "CREDIT_LIMIT" => {
+                assert!(account.balance_minor >= -account.credit_limit_minor.unwrap())
+            }
             _ => {}
         }
     }
-    assert_eq!(entries.len(), 2 * stored.values().filter(|row| row.status == "POSTED").count());
+    assert_eq!(
+        entries.len(),
+        2 * stored.values().filter(|row| row.status == "POSTED").count()
+    );
     // ...and by the audit every other tool uses.
     app.assert_ledger_sound().await;
 }

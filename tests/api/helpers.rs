@@ -7,6 +7,7 @@
 //! `CREATE DATABASE … TEMPLATE …`, dropping its clone when it ends. Without the
 //! variable, PostgreSQL tests print a SKIP line and pass.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use payments_ledger::{Application, Config, auth};
@@ -43,6 +44,7 @@ macro_rules! on_both_backends {
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
 /// configured. Use as `let Some(app) = spawn_app(backend).await else { return };`.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    payments_ledger::telemetry::init();
     let database = match backend {
         Backend::Sqlite => TestDatabase::sqlite(),
         Backend::Postgres => TestDatabase::postgres().await?,
@@ -66,6 +68,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
 }
 
 pub struct TestApp {
+    /// Base URL of the first server instance.
     pub address: String,
     pub db: DatabaseConnection,
     pub api_key: String,
@@ -74,6 +77,41 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Starts another server instance on the same database, as a second replica
+    /// behind a load balancer would be; returns its base URL.
+    pub async fn spawn_replica(&self) -> String {
+        let application = Application::build(Config::for_database(self.database.url.clone()))
+            .await
+            .expect("the replica builds");
+        let address = format!("http://127.0.0.1:{}", application.port());
+        tokio::spawn(application.run_until_stopped());
+        address
+    }
+
+    /// Like `pay`, against the instance at `address`.
+    pub async fn pay_at(
+        &self,
+        address: &str,
+        key: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> Value {
+        let response = self
+            .http
+            .post(format!("{address}/graphql"))
+            .bearer_auth(&self.api_key)
+            .json(&json!({ "query": PAY, "variables": { "input": {
+                "idempotencyKey": key, "fromAccountId": from, "toAccountId": to,
+                "amount": amount, "currency": currency,
+            }}}))
+            .send()
+            .await
+            .expect("the server answers");
+        response.json().await.expect("the response is JSON")
+    }
+
     /// POSTs a GraphQL request as the test client; returns the whole JSON response.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
         self.graphql_as(Some(&self.api_key), query, variables).await
@@ -100,8 +138,14 @@ impl TestApp {
     }
 
     /// Creates an account and returns its id.
-    pub async fn create_account(&self, currency: &str, rule: &str, credit_limit: Option<&str>) -> String {
-        self.create_account_as(&self.api_key, currency, rule, credit_limit).await
+    pub async fn create_account(
+        &self,
+        currency: &str,
+        rule: &str,
+        credit_limit: Option<&str>,
+    ) -> String {
+        self.create_account_as(&self.api_key, currency, rule, credit_limit)
+            .await
     }
 
     pub async fn create_account_as(
@@ -130,22 +174,43 @@ impl TestApp {
     }
 
     /// Sends `createPayment` and returns the whole response.
-    pub async fn pay(&self, key: &str, from: &str, to: &str, amount: &str, currency: &str) -> Value {
-        self.graphql(
-            PAY,
-            json!({ "input": {
-                "idempotencyKey": key, "fromAccountId": from, "toAccountId": to,
-                "amount": amount, "currency": currency,
-            }}),
-        )
-        .await
+    pub async fn pay(
+        &self,
+        key: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> Value {
+        self.pay_at(&self.address, key, from, to, amount, currency)
+            .await
     }
 
     /// Pays and insists on an outcome (POSTED or DECLINED), resending the same key on
     /// RETRY_LATER as a client should.
-    pub async fn pay_until_final(&self, key: &str, from: &str, to: &str, amount: &str, currency: &str) -> Value {
+    pub async fn pay_until_final(
+        &self,
+        key: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> Value {
+        self.pay_until_final_at(&self.address, key, from, to, amount, currency)
+            .await
+    }
+
+    pub async fn pay_until_final_at(
+        &self,
+        address: &str,
+        key: &str,
+        from: &str,
+        to: &str,
+        amount: &str,
+        currency: &str,
+    ) -> Value {
         for _ in 0..50 {
-            let response = self.pay(key, from, to, amount, currency).await;
+            let response = self.pay_at(address, key, from, to, amount, currency).await;
             if error_code(&response) == Some("RETRY_LATER") {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 continue;
@@ -159,9 +224,18 @@ impl TestApp {
     pub async fn fund(&self, account: &str, amount: &str, currency: &str) {
         let funding = self.create_account(currency, "UNBOUNDED", None).await;
         let response = self
-            .pay(&Uuid::new_v4().to_string(), &funding, account, amount, currency)
+            .pay(
+                &Uuid::new_v4().to_string(),
+                &funding,
+                account,
+                amount,
+                currency,
+            )
             .await;
-        assert_eq!(response["data"]["createPayment"]["payment"]["status"], "POSTED", "{response}");
+        assert_eq!(
+            response["data"]["createPayment"]["payment"]["status"], "POSTED",
+            "{response}"
+        );
     }
 
     /// Balance amount and version, read STRONG.
@@ -174,7 +248,10 @@ impl TestApp {
             .await;
         let balance = &response["data"]["account"]["balance"];
         (
-            balance["amount"].as_str().unwrap_or_else(|| panic!("{response}")).to_owned(),
+            balance["amount"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{response}"))
+                .to_owned(),
             balance["version"].as_i64().unwrap(),
         )
     }
@@ -184,7 +261,10 @@ impl TestApp {
         let violations = payments_ledger::ledger::audit::find_violations(&self.db)
             .await
             .expect("the audit runs");
-        assert!(violations.is_empty(), "ledger invariants violated: {violations:#?}");
+        assert!(
+            violations.is_empty(),
+            "ledger invariants violated: {violations:#?}"
+        );
     }
 
     pub async fn count(&self, table: &str) -> i64 {
@@ -238,14 +318,21 @@ impl TestDatabase {
 
     async fn postgres() -> Option<Self> {
         let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
-            println!("SKIP: LEDGER_TEST_DATABASE_URL is not set; PostgreSQL test not run");
+            // Written past the test harness's capture, so it shows on a passing run.
+            let test = std::thread::current().name().unwrap_or("test").to_owned();
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP {test}: LEDGER_TEST_DATABASE_URL is not set"
+            );
             return None;
         };
         let template = POSTGRES_TEMPLATE
             .get_or_init(|| create_template(admin_url.clone()))
             .await;
         let name = format!("ledger_test_{}", Uuid::new_v4().simple());
-        let admin = Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
+        let admin = Database::connect(&admin_url)
+            .await
+            .expect("PostgreSQL is reachable");
         admin
             .execute_unprepared(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
             .await
@@ -265,7 +352,9 @@ async fn create_template(admin_url: String) -> String {
     let migrations = include_str!("../../migration/src/m20261124_000001_create_ledger.rs");
     let hash = hex::encode(&Sha256::digest(migrations.as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");
-    let admin = Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
+    let admin = Database::connect(&admin_url)
+        .await
+        .expect("PostgreSQL is reachable");
     let exists = admin
         .query_one_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
@@ -283,8 +372,13 @@ async fn create_template(admin_url: String) -> String {
         let template_db = Database::connect(with_database(&admin_url, &building))
             .await
             .expect("the template database is reachable");
-        payments_ledger::db::migrate(&template_db).await.expect("migrations apply");
-        template_db.close().await.expect("the template connection closes");
+        payments_ledger::db::migrate(&template_db)
+            .await
+            .expect("migrations apply");
+        template_db
+            .close()
+            .await
+            .expect("the template connection closes");
         // Renamed only when complete, so a crash never leaves a half-built template.
         if let Err(error) = admin
             .execute_unprepared(&format!("ALTER DATABASE {building} RENAME TO {name}"))
@@ -341,7 +435,9 @@ impl Drop for TestDatabase {
                     runtime.block_on(async move {
                         if let Ok(admin) = Database::connect(&admin_url).await {
                             admin
-                                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute_unprepared(&format!(
+                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                                ))
                                 .await
                                 .ok();
                             admin.close().await.ok();

@@ -18,7 +18,9 @@ fragment InputValue on __InputValue { name description type { ...TypeRef } defau
 fragment TypeRef on __Type { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name ofType { kind name } } } } } } } }";
 
 async fn http_follows_graphql_over_http(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let url = format!("{}/graphql", app.address);
 
     // The schema is public: introspection and __typename need no key.
@@ -67,7 +69,12 @@ async fn http_follows_graphql_over_http(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/graphql-response+json"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/graphql-response+json")
+    );
     let response = app
         .http
         .post(&url)
@@ -76,7 +83,12 @@ async fn http_follows_graphql_over_http(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200, "application/json keeps 200");
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
 
     // Only JSON bodies.
     let response = app
@@ -102,19 +114,41 @@ async fn http_follows_graphql_over_http(backend: Backend) {
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body[1]["data"]["accounts"]["nodes"], json!([{ "currency": "USD" }]), "{body}");
+    assert_eq!(
+        body[1]["data"]["accounts"]["nodes"],
+        json!([{ "currency": "USD" }]),
+        "{body}"
+    );
 
     // GraphiQL and health.
-    let page = app.http.get(&app.address).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("graphiql") || page.contains("GraphiQL"), "GraphiQL is served at /");
+    let page = app
+        .http
+        .get(&app.address)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("graphiql") || page.contains("GraphiQL"),
+        "GraphiQL is served at /"
+    );
     for path in ["/healthz", "/readyz"] {
-        let response = app.http.get(format!("{}{path}", app.address)).send().await.unwrap();
+        let response = app
+            .http
+            .get(format!("{}{path}", app.address))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
 }
 
 async fn limits_really_apply(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let url = format!("{}/graphql", app.address);
 
     // A body over the limit is refused before it is parsed.
@@ -130,7 +164,9 @@ async fn limits_really_apply(backend: Backend) {
     assert_eq!(response.status(), 413);
 
     // Too long a batch.
-    let batch: Vec<Value> = (0..17).map(|_| json!({ "query": "{ __typename }" })).collect();
+    let batch: Vec<Value> = (0..17)
+        .map(|_| json!({ "query": "{ __typename }" }))
+        .collect();
     let response = app.http.post(&url).json(&batch).send().await.unwrap();
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
@@ -146,7 +182,10 @@ async fn limits_really_apply(backend: Backend) {
     let wide = "{ accounts(first: 100) { nodes { entries(first: 100) { nodes { payment { entries { account { id } } } } } } } }";
     let response = app.graphql(wide, json!({})).await;
     assert_eq!(error_code(&response), Some("BAD_USER_INPUT"), "{response}");
-    let message = response["errors"][0]["message"].as_str().unwrap().to_lowercase();
+    let message = response["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_lowercase();
     assert!(message.contains("complex"), "{message}");
 
     // While a realistic dashboard query fits.

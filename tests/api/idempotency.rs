@@ -15,31 +15,46 @@ on_both_backends!(
 );
 
 async fn a_replay_returns_the_original_outcome(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "5.00", "USD").await;
 
-    let first = app.pay("same-key", &source, &destination, "3.00", "USD").await;
-    let second = app.pay("same-key", &source, &destination, "3.00", "USD").await;
+    let first = app
+        .pay("same-key", &source, &destination, "3.00", "USD")
+        .await;
+    let second = app
+        .pay("same-key", &source, &destination, "3.00", "USD")
+        .await;
     // Same amount spelled differently is the same request.
     let third = app.pay("same-key", &source, &destination, "3", "USD").await;
     assert_eq!(first["data"]["createPayment"]["replayed"], false, "{first}");
     for replay in [&second, &third] {
-        assert_eq!(replay["data"]["createPayment"]["replayed"], true, "{replay}");
         assert_eq!(
-            replay["data"]["createPayment"]["payment"],
-            first["data"]["createPayment"]["payment"],
+            replay["data"]["createPayment"]["replayed"], true,
+            "{replay}"
+        );
+        assert_eq!(
+            replay["data"]["createPayment"]["payment"], first["data"]["createPayment"]["payment"],
             "a replay names the same payment with the same entries"
         );
     }
     assert_eq!(app.balance(&source).await, ("2.00".to_owned(), 2));
 
     // A declined payment replays its decline, even once funds would allow it.
-    let declined = app.pay("declined-key", &source, &destination, "4.00", "USD").await;
-    assert_eq!(declined["data"]["createPayment"]["payment"]["status"], "DECLINED");
+    let declined = app
+        .pay("declined-key", &source, &destination, "4.00", "USD")
+        .await;
+    assert_eq!(
+        declined["data"]["createPayment"]["payment"]["status"],
+        "DECLINED"
+    );
     app.fund(&source, "10.00", "USD").await;
-    let replay = app.pay("declined-key", &source, &destination, "4.00", "USD").await;
+    let replay = app
+        .pay("declined-key", &source, &destination, "4.00", "USD")
+        .await;
     assert_eq!(replay["data"]["createPayment"]["replayed"], true);
     assert_eq!(
         replay["data"]["createPayment"]["payment"],
@@ -50,7 +65,9 @@ async fn a_replay_returns_the_original_outcome(backend: Backend) {
 }
 
 async fn reusing_a_key_for_other_input_changes_nothing(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "50.00", "USD").await;
@@ -63,7 +80,11 @@ async fn reusing_a_key_for_other_input_changes_nothing(backend: Backend) {
         (&destination, &source, "1.00"),
     ] {
         let response = app.pay("k", from, to, amount, "USD").await;
-        assert_eq!(error_code(&response), Some("IDEMPOTENCY_KEY_REUSED"), "{response}");
+        assert_eq!(
+            error_code(&response),
+            Some("IDEMPOTENCY_KEY_REUSED"),
+            "{response}"
+        );
         assert!(response["data"].is_null() || response["data"]["createPayment"].is_null());
     }
     // A key first used for an account cannot then make a payment.
@@ -74,16 +95,23 @@ async fn reusing_a_key_for_other_input_changes_nothing(backend: Backend) {
         )
         .await;
     assert!(response["errors"].is_null(), "{response}");
-    let response = app.pay("acct-key", &source, &destination, "1.00", "USD").await;
+    let response = app
+        .pay("acct-key", &source, &destination, "1.00", "USD")
+        .await;
     assert_eq!(error_code(&response), Some("IDEMPOTENCY_KEY_REUSED"));
 
-    assert_eq!((app.balance(&source).await, app.balance(&destination).await), before);
+    assert_eq!(
+        (app.balance(&source).await, app.balance(&destination).await),
+        before
+    );
     assert_eq!(app.count("payments").await, payments_before);
     app.assert_ledger_sound().await;
 }
 
 async fn fifty_concurrent_sends_of_one_key_pay_once(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "100.00", "USD").await;
@@ -101,7 +129,10 @@ async fn fifty_concurrent_sends_of_one_key_pay_once(backend: Backend) {
                 .unwrap_or_else(|| panic!("{response}"))
         })
         .collect();
-    assert!(ids.iter().all(|id| *id == ids[0]), "every response names one payment");
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "every response names one payment"
+    );
     let originals = responses
         .iter()
         .filter(|response| response["data"]["createPayment"]["replayed"] == false)
@@ -109,13 +140,19 @@ async fn fifty_concurrent_sends_of_one_key_pay_once(backend: Backend) {
     assert_eq!(originals, 1, "exactly one response is the original");
 
     assert_eq!(app.count("payments").await, payments_before + 1);
-    assert_eq!(app.count("ledger_entries").await, 4, "one funding pair, one payment pair");
+    assert_eq!(
+        app.count("ledger_entries").await,
+        4,
+        "one funding pair, one payment pair"
+    );
     assert_eq!(app.balance(&source).await, ("93.00".to_owned(), 2));
     app.assert_ledger_sound().await;
 }
 
 async fn create_account_is_idempotent_too(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let create = "mutation($input: CreateAccountInput!) { createAccount(input: $input) { replayed account { id externalRef } } }";
     let input = json!({ "input": { "idempotencyKey": "acct-1", "currency": "GBP", "balanceRule": "NON_NEGATIVE", "externalRef": "cust-9" } });
     let responses = join_all((0..10).map(|_| app.graphql(create, input.clone()))).await;
@@ -142,7 +179,10 @@ async fn create_account_is_idempotent_too(backend: Backend) {
     // ...and the failed attempt stored nothing, so its key is still free.
     let retry = json!({ "input": { "idempotencyKey": "acct-2", "currency": "GBP", "balanceRule": "NON_NEGATIVE", "externalRef": "cust-10" } });
     let response = app.graphql(create, retry).await;
-    assert_eq!(response["data"]["createAccount"]["replayed"], false, "{response}");
+    assert_eq!(
+        response["data"]["createAccount"]["replayed"], false,
+        "{response}"
+    );
 
     let response = app
         .graphql(
@@ -154,11 +194,15 @@ async fn create_account_is_idempotent_too(backend: Backend) {
 }
 
 async fn payment_by_idempotency_key_finds_the_outcome(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("JPY", "NON_NEGATIVE", None).await;
     let destination = app.create_account("JPY", "NON_NEGATIVE", None).await;
     app.fund(&source, "1000", "JPY").await;
-    let response = app.pay("lost-response", &source, &destination, "250", "JPY").await;
+    let response = app
+        .pay("lost-response", &source, &destination, "250", "JPY")
+        .await;
     let id = response["data"]["createPayment"]["payment"]["id"].clone();
 
     let query = "query($key: String!) { paymentByIdempotencyKey(idempotencyKey: $key) { id status amount } }";
@@ -168,6 +212,9 @@ async fn payment_by_idempotency_key_finds_the_outcome(backend: Backend) {
         json!({ "id": id, "status": "POSTED", "amount": "250" })
     );
     let missing = app.graphql(query, json!({ "key": "never-sent" })).await;
-    assert!(missing["data"]["paymentByIdempotencyKey"].is_null(), "{missing}");
+    assert!(
+        missing["data"]["paymentByIdempotencyKey"].is_null(),
+        "{missing}"
+    );
     assert!(missing["errors"].is_null());
 }

@@ -38,7 +38,9 @@ async fn accounts_page(app: &TestApp, variables: Value) -> Value {
 }
 
 async fn pages_go_both_ways_with_stable_cursors(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let mut created = Vec::new();
     for _ in 0..7 {
         created.push(app.create_account("USD", "NON_NEGATIVE", None).await);
@@ -81,7 +83,10 @@ async fn pages_go_both_ways_with_stable_cursors(backend: Backend) {
     let cursor = first_two["pageInfo"]["endCursor"].clone();
     let again = accounts_page(&app, json!({ "first": 2, "after": cursor })).await;
     assert_eq!(ids(&again), created[2..4]);
-    assert_eq!(ids(&accounts_page(&app, json!({ "first": 2, "after": cursor })).await), created[2..4]);
+    assert_eq!(
+        ids(&accounts_page(&app, json!({ "first": 2, "after": cursor })).await),
+        created[2..4]
+    );
     // Between two cursors.
     let between = accounts_page(
         &app,
@@ -92,7 +97,9 @@ async fn pages_go_both_ways_with_stable_cursors(backend: Backend) {
 }
 
 async fn a_poller_sees_every_entry_once_while_payments_commit(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let watched = app.create_account("USD", "NON_NEGATIVE", None).await;
     let funding = app.create_account("USD", "UNBOUNDED", None).await;
     const PAYMENTS: usize = 60;
@@ -124,7 +131,10 @@ async fn a_poller_sees_every_entry_once_while_payments_commit(backend: Backend) 
                 )
                 .await;
             let page = &response["data"]["ledgerEntries"];
-            for edge in page["edges"].as_array().unwrap_or_else(|| panic!("{response}")) {
+            for edge in page["edges"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{response}"))
+            {
                 versions.push(edge["node"]["accountVersion"].as_i64().unwrap());
             }
             if let Some(cursor) = page["pageInfo"]["endCursor"].as_str() {
@@ -135,7 +145,11 @@ async fn a_poller_sees_every_entry_once_while_payments_commit(backend: Backend) 
         versions
     };
     let (_, versions) = tokio::join!(writers, poller);
-    assert_eq!(versions, (1..=PAYMENTS as i64).collect::<Vec<_>>(), "every entry once, in order");
+    assert_eq!(
+        versions,
+        (1..=PAYMENTS as i64).collect::<Vec<_>>(),
+        "every entry once, in order"
+    );
 
     // Backward over the same list gives the same entries.
     let response = app
@@ -146,12 +160,17 @@ async fn a_poller_sees_every_entry_once_while_payments_commit(backend: Backend) 
         .await;
     let page = &response["data"]["ledgerEntries"];
     assert_eq!(page["nodes"].as_array().unwrap().len(), PAYMENTS);
-    assert_eq!(page["pageInfo"], json!({ "hasNextPage": false, "hasPreviousPage": false }));
+    assert_eq!(
+        page["pageInfo"],
+        json!({ "hasNextPage": false, "hasPreviousPage": false })
+    );
     app.assert_ledger_sound().await;
 }
 
 async fn page_sizes_and_cursors_are_checked(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let account = app.create_account("USD", "NON_NEGATIVE", None).await;
     for variables in [
         json!({ "first": 101 }),
@@ -162,12 +181,25 @@ async fn page_sizes_and_cursors_are_checked(backend: Backend) {
         json!({ "before": "YTp4eXo" }),
     ] {
         let response = app.graphql(ACCOUNTS_PAGE, variables.clone()).await;
-        assert_eq!(error_code(&response), Some("BAD_USER_INPUT"), "{variables}: {response}");
+        assert_eq!(
+            error_code(&response),
+            Some("BAD_USER_INPUT"),
+            "{variables}: {response}"
+        );
         let message = response["errors"][0]["message"].as_str().unwrap();
-        assert!(message.contains("first") || message.contains("last") || message.contains("cursor"), "{message}");
+        assert!(
+            message.contains("first") || message.contains("last") || message.contains("cursor"),
+            "{message}"
+        );
     }
-    assert_eq!(ids(&accounts_page(&app, json!({ "first": 100 })).await), vec![account.clone()]);
-    assert_eq!(ids(&accounts_page(&app, json!({ "first": 0 })).await), Vec::<String>::new());
+    assert_eq!(
+        ids(&accounts_page(&app, json!({ "first": 100 })).await),
+        vec![account.clone()]
+    );
+    assert_eq!(
+        ids(&accounts_page(&app, json!({ "first": 0 })).await),
+        Vec::<String>::new()
+    );
 
     // A cursor from one list is refused by another.
     let accounts = accounts_page(&app, json!({})).await;

@@ -5,15 +5,22 @@ use serde_json::json;
 use crate::helpers::{Backend, spawn_app};
 use crate::on_both_backends;
 
-on_both_backends!(a_payment_posts_two_balanced_entries, balance_rules_decline_payments);
+on_both_backends!(
+    a_payment_posts_two_balanced_entries,
+    balance_rules_decline_payments
+);
 
 async fn a_payment_posts_two_balanced_entries(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "100.00", "USD").await;
 
-    let response = app.pay("pay-1", &source, &destination, "12.34", "USD").await;
+    let response = app
+        .pay("pay-1", &source, &destination, "12.34", "USD")
+        .await;
     let payload = &response["data"]["createPayment"];
     assert_eq!(payload["replayed"], false, "{response}");
     let payment = &payload["payment"];
@@ -32,7 +39,10 @@ async fn a_payment_posts_two_balanced_entries(backend: Backend) {
     assert_eq!(credit["account"]["id"], destination.as_str());
     assert_eq!(credit["balanceAfter"], "12.34");
     assert_eq!(credit["accountVersion"], 1);
-    assert_eq!(debit["amount"], credit["amount"], "debit and credit sum to zero");
+    assert_eq!(
+        debit["amount"], credit["amount"],
+        "debit and credit sum to zero"
+    );
 
     assert_eq!(app.balance(&source).await, ("87.66".to_owned(), 2));
     assert_eq!(app.balance(&destination).await, ("12.34".to_owned(), 1));
@@ -56,9 +66,13 @@ async fn a_payment_posts_two_balanced_entries(backend: Backend) {
 }
 
 async fn balance_rules_decline_payments(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let non_negative = app.create_account("EUR", "NON_NEGATIVE", None).await;
-    let credit = app.create_account("EUR", "CREDIT_LIMIT", Some("50.00")).await;
+    let credit = app
+        .create_account("EUR", "CREDIT_LIMIT", Some("50.00"))
+        .await;
     let unbounded = app.create_account("EUR", "UNBOUNDED", None).await;
     let sink = app.create_account("EUR", "NON_NEGATIVE", None).await;
     app.fund(&non_negative, "10.00", "EUR").await;
@@ -73,11 +87,17 @@ async fn balance_rules_decline_payments(backend: Backend) {
 
     // Exactly down to zero is allowed.
     let posted = app.pay("nn-2", &non_negative, &sink, "10.00", "EUR").await;
-    assert_eq!(posted["data"]["createPayment"]["payment"]["status"], "POSTED");
+    assert_eq!(
+        posted["data"]["createPayment"]["payment"]["status"],
+        "POSTED"
+    );
 
     // CREDIT_LIMIT goes down to -limit and no further.
     let posted = app.pay("cl-1", &credit, &sink, "50.00", "EUR").await;
-    assert_eq!(posted["data"]["createPayment"]["payment"]["status"], "POSTED", "{posted}");
+    assert_eq!(
+        posted["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{posted}"
+    );
     let declined = app.pay("cl-2", &credit, &sink, "0.01", "EUR").await;
     let payment = &declined["data"]["createPayment"]["payment"];
     assert_eq!(payment["status"], "DECLINED");
@@ -95,8 +115,13 @@ async fn balance_rules_decline_payments(backend: Backend) {
     );
 
     // UNBOUNDED may go as negative as it likes.
-    let posted = app.pay("ub-1", &unbounded, &sink, "1000000.00", "EUR").await;
-    assert_eq!(posted["data"]["createPayment"]["payment"]["status"], "POSTED");
+    let posted = app
+        .pay("ub-1", &unbounded, &sink, "1000000.00", "EUR")
+        .await;
+    assert_eq!(
+        posted["data"]["createPayment"]["payment"]["status"],
+        "POSTED"
+    );
     assert_eq!(app.balance(&unbounded).await, ("-1000000.00".to_owned(), 1));
 
     assert_eq!(app.count("payments").await, 6);

@@ -9,12 +9,19 @@ use crate::on_both_backends;
 on_both_backends!(a_client_never_sees_another_clients_data);
 
 async fn a_client_never_sees_another_clients_data(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else { return };
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "20.00", "USD").await;
-    let response = app.pay("shared-key", &source, &destination, "5.00", "USD").await;
-    let payment = response["data"]["createPayment"]["payment"]["id"].as_str().unwrap().to_owned();
+    let response = app
+        .pay("shared-key", &source, &destination, "5.00", "USD")
+        .await;
+    let payment = response["data"]["createPayment"]["payment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let entry = app
         .graphql(
             "query($id: ID!) { ledgerEntries(accountId: $id) { nodes { id } } }",
@@ -33,33 +40,71 @@ async fn a_client_never_sees_another_clients_data(backend: Backend) {
     };
 
     for (query, variables) in [
-        ("query($id: ID!) { account(id: $id) { id } }", json!({ "id": source })),
-        ("query($id: ID!) { node(id: $id) { id } }", json!({ "id": source })),
-        ("query($id: ID!) { node(id: $id) { id } }", json!({ "id": payment })),
-        ("query($id: ID!) { node(id: $id) { id } }", json!({ "id": entry })),
-        ("query($id: ID!) { payment(id: $id) { id } }", json!({ "id": payment })),
-        ("query($id: ID!) { ledgerEntries(accountId: $id) { nodes { id } } }", json!({ "id": source })),
-        ("query($id: ID!) { payments(accountId: $id) { nodes { id } } }", json!({ "id": source })),
+        (
+            "query($id: ID!) { account(id: $id) { id } }",
+            json!({ "id": source }),
+        ),
+        (
+            "query($id: ID!) { node(id: $id) { id } }",
+            json!({ "id": source }),
+        ),
+        (
+            "query($id: ID!) { node(id: $id) { id } }",
+            json!({ "id": payment }),
+        ),
+        (
+            "query($id: ID!) { node(id: $id) { id } }",
+            json!({ "id": entry }),
+        ),
+        (
+            "query($id: ID!) { payment(id: $id) { id } }",
+            json!({ "id": payment }),
+        ),
+        (
+            "query($id: ID!) { ledgerEntries(accountId: $id) { nodes { id } } }",
+            json!({ "id": source }),
+        ),
+        (
+            "query($id: ID!) { payments(accountId: $id) { nodes { id } } }",
+            json!({ "id": source }),
+        ),
     ] {
         let response = as_intruder(query, variables).await;
-        assert_eq!(error_code(&response), Some("NOT_FOUND"), "{query}: {response}");
+        assert_eq!(
+            error_code(&response),
+            Some("NOT_FOUND"),
+            "{query}: {response}"
+        );
         assert!(!response.to_string().contains("5.00"), "{response}");
     }
 
     // Lists are empty, keys are per client, and references by external id see nothing.
-    let response = as_intruder("query { accounts { nodes { id } } payments { nodes { id } } }", json!({})).await;
-    assert_eq!(response["data"]["accounts"]["nodes"], json!([]), "{response}");
+    let response = as_intruder(
+        "query { accounts { nodes { id } } payments { nodes { id } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        response["data"]["accounts"]["nodes"],
+        json!([]),
+        "{response}"
+    );
     assert_eq!(response["data"]["payments"]["nodes"], json!([]));
     let response = as_intruder(
         "query { paymentByIdempotencyKey(idempotencyKey: \"shared-key\") { id } }",
         json!({}),
     )
     .await;
-    assert!(response["data"]["paymentByIdempotencyKey"].is_null(), "{response}");
+    assert!(
+        response["data"]["paymentByIdempotencyKey"].is_null(),
+        "{response}"
+    );
 
     // Paying from, or to, a foreign account is NOT_FOUND and moves nothing, even with
     // an account of the intruder's own on the other side.
-    let own = app.create_account_as(&intruder, "USD", "UNBOUNDED", None).await;
+    let own = app
+        .create_account_as(&intruder, "USD", "UNBOUNDED", None)
+        .await;
     for (from, to) in [(&source, &own), (&own, &source)] {
         let response = app
             .graphql_as(
@@ -80,6 +125,9 @@ async fn a_client_never_sees_another_clients_data(backend: Backend) {
             json!({}),
         )
         .await;
-    assert_eq!(response["data"]["createAccount"]["replayed"], false, "{response}");
+    assert_eq!(
+        response["data"]["createAccount"]["replayed"], false,
+        "{response}"
+    );
     app.assert_ledger_sound().await;
 }
