@@ -75,13 +75,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client {
             command: ClientCommand::Create { name },
         } => {
-            let db = startup::connect_and_migrate(&config).await?;
+            let (db, _) = startup::connect_and_migrate(&config).await?;
             let created = auth::create_client(&db, &name).await?;
             println!("created client {name:?}; its API key, shown only this once:");
             println!("{}", created.api_key);
         }
         Command::Verify => {
-            let db = startup::connect_and_migrate(&config).await?;
+            let (db, _) = startup::connect_and_migrate(&config).await?;
             let violations = ledger::audit::find_violations(&db).await?;
             if !violations.is_empty() {
                 for violation in &violations {

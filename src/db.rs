@@ -3,6 +3,8 @@
 //! Service code is the same on both backends; what differs (transaction mode, which
 //! errors mean "try again", how many writers may run at once) is answered by `Backend`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
@@ -78,9 +80,22 @@ impl Backend {
     }
 }
 
+/// Counts the SQL statements a connection pool has run: how tests prove that a query is
+/// batched rather than N+1.
+#[derive(Debug, Clone, Default)]
+pub struct StatementCounter(Arc<AtomicU64>);
+
+impl StatementCounter {
+    pub fn total(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// Opens the pool. SQLite runs in WAL mode with full fsync: an acknowledged payment
 /// survives a power cut.
-pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(
+    config: &DatabaseConfig,
+) -> Result<(DatabaseConnection, StatementCounter), DbErr> {
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections)
@@ -94,7 +109,14 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, DbEr
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
         });
-    Database::connect(options).await
+    let mut connection = Database::connect(options).await?;
+    let counter = StatementCounter::default();
+    let count = Arc::clone(&counter.0);
+    connection.set_metric_callback(move |info| {
+        count.fetch_add(1, Ordering::Relaxed);
+        tracing::trace!(elapsed = ?info.elapsed, failed = info.failed, sql = %info.statement, "statement");
+    });
+    Ok((connection, counter))
 }
 
 pub async fn migrate(connection: &DatabaseConnection) -> Result<(), DbErr> {

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
-use crate::db::{self, Backend};
+use crate::db::{self, Backend, StatementCounter};
 use crate::entity::client;
 use crate::graphql::{AppSchema, build_schema};
 use crate::http;
@@ -22,6 +22,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub authenticator: Authenticator,
     pub schema: AppSchema,
+    pub statements: StatementCounter,
 }
 
 pub struct Application {
@@ -33,7 +34,7 @@ impl Application {
     /// Connects, applies migrations and binds the listener; serving starts with
     /// `run_until_stopped`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let db = connect_and_migrate(&config).await?;
+        let (db, statements) = connect_and_migrate(&config).await?;
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
@@ -41,6 +42,7 @@ impl Application {
             ledger: Ledger::new(db.clone()),
             authenticator: Authenticator::new(db),
             schema: build_schema(),
+            statements,
             config: Arc::new(config),
         };
         Ok(Self { listener, state })
@@ -77,15 +79,17 @@ impl Application {
     }
 }
 
-pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<DatabaseConnection> {
-    let db = db::connect(&config.database).await.with_context(|| {
+pub async fn connect_and_migrate(
+    config: &Config,
+) -> anyhow::Result<(DatabaseConnection, StatementCounter)> {
+    let (db, statements) = db::connect(&config.database).await.with_context(|| {
         format!(
             "cannot connect to the database at {}",
             redact(&config.database.url)
         )
     })?;
     db::migrate(&db).await.context("cannot apply migrations")?;
-    Ok(db)
+    Ok((db, statements))
 }
 
 /// The URL without its password, for messages.

@@ -6,7 +6,7 @@
 //! here, instead of both starting a transaction and one of them failing to serialize
 //! and retrying. On SQLite there is one lane, matching its single writer.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 
 use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
@@ -41,8 +41,6 @@ impl WriteGate {
     }
 
     fn lane_of(&self, account: &Uuid) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        account.hash(&mut hasher);
-        (std::hash::Hasher::finish(&hasher) % self.lanes.len() as u64) as usize
+        (self.hasher.hash_one(account) % self.lanes.len() as u64) as usize
     }
 }

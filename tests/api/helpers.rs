@@ -54,6 +54,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
     let db = application.database().clone();
+    let statements = application.state().statements.clone();
     tokio::spawn(application.run_until_stopped());
     let client = auth::create_client(&db, "test client")
         .await
@@ -63,6 +64,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         db,
         api_key: client.api_key,
         http: reqwest::Client::new(),
+        statements,
         database,
     })
 }
@@ -73,6 +75,8 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub api_key: String,
     pub http: reqwest::Client,
+    /// SQL statements the first instance has run so far.
+    pub statements: payments_ledger::db::StatementCounter,
     pub database: TestDatabase,
 }
 

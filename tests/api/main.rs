@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod http;
 mod idempotency;
+mod loaders;
 mod pagination;
 mod payments;
 mod schema;
