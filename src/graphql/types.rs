@@ -13,7 +13,7 @@ use crate::graphql::scope;
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
-use crate::ledger::service::stored_currency;
+use crate::ledger::service::{stored_currency, stored_value};
 use crate::pagination::{CursorKind, Page, PageArguments, PageKey, PageRequest, encode_cursor};
 
 /// How fresh a balance must be.
@@ -95,12 +95,11 @@ pub struct Account {
 impl Account {
     pub fn from_row(row: account::Model) -> AppResult<Self> {
         let currency = stored_currency(&row.currency)?;
-        let rule = BalanceRule::from_db(&row.balance_rule).ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!(
-                "stored balance rule {:?}",
-                row.balance_rule
-            ))
-        })?;
+        let rule = stored_value(
+            BalanceRule::from_db(&row.balance_rule),
+            "balance rule",
+            &row.balance_rule,
+        )?;
         Ok(Self {
             row,
             currency,
@@ -268,12 +267,11 @@ impl Payment {
     }
 
     async fn status(&self) -> Result<PaymentStatus> {
-        Ok(PaymentStatus::from_db(&self.row.status).ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!(
-                "stored payment status {:?}",
-                self.row.status
-            ))
-        })?)
+        Ok(stored_value(
+            PaymentStatus::from_db(&self.row.status),
+            "payment status",
+            &self.row.status,
+        )?)
     }
 
     /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED
@@ -331,12 +329,11 @@ pub struct LedgerEntry {
 impl LedgerEntry {
     pub fn from_row(row: ledger_entry::Model) -> AppResult<Self> {
         let currency = stored_currency(&row.currency)?;
-        let direction = EntryDirection::from_db(&row.direction).ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!(
-                "stored entry direction {:?}",
-                row.direction
-            ))
-        })?;
+        let direction = stored_value(
+            EntryDirection::from_db(&row.direction),
+            "entry direction",
+            &row.direction,
+        )?;
         Ok(Self {
             row,
             currency,

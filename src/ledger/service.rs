@@ -117,6 +117,68 @@ impl Ledger {
             .await
     }
 
+    /// The shape every creating mutation shares: replay a known key without a write
+    /// transaction; otherwise queue for the touched accounts, run the attempt with
+    /// retries, and turn a key another request claimed meanwhile into its replay.
+    async fn create_once<T, Replay, ReplayFuture, Attempt, AttemptFuture>(
+        &self,
+        accounts: &[Uuid],
+        replay: Replay,
+        attempt: Attempt,
+    ) -> AppResult<Created<T>>
+    where
+        Replay: Fn() -> ReplayFuture,
+        ReplayFuture: Future<Output = AppResult<Option<T>>>,
+        Attempt: FnMut() -> AttemptFuture,
+        AttemptFuture: Future<Output = Result<T, AttemptError>>,
+    {
+        let replayed = |value| Created {
+            value,
+            replayed: true,
+        };
+        if let Some(value) = replay().await? {
+            return Ok(replayed(value));
+        }
+        let _lanes = self.write_gate.enter(accounts).await;
+        match self.with_retries(attempt).await {
+            Ok(value) => Ok(Created {
+                value,
+                replayed: false,
+            }),
+            // The owner of the key committed, so its record is there to replay.
+            Err(AttemptError::KeyTaken) => {
+                replay().await?.map(replayed).ok_or(AppError::RetryLater)
+            }
+            Err(AttemptError::App(error)) => Err(error),
+            Err(AttemptError::Db(error)) => Err(error.into()),
+        }
+    }
+
+    /// The object a stored key points at, if `fingerprint` may replay it.
+    async fn find_replayed<T, Load, LoadFuture>(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        load: Load,
+    ) -> AppResult<Option<T>>
+    where
+        Load: FnOnce(Uuid) -> LoadFuture,
+        LoadFuture: Future<Output = AppResult<Vec<T>>>,
+    {
+        let Some(resource_id) =
+            idempotency::find_replay(&self.db, client, key, fingerprint).await?
+        else {
+            return Ok(None);
+        };
+        let found = load(resource_id).await?.into_iter().next().ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!(
+                "idempotency key names {resource_id}, which does not exist"
+            ))
+        })?;
+        Ok(Some(found))
+    }
+
     #[tracing::instrument(skip_all, fields(client = %client.0))]
     pub async fn create_account(
         &self,
@@ -124,29 +186,20 @@ impl Ledger {
         request: NewAccount,
     ) -> AppResult<Created<account::Model>> {
         let fingerprint = request.fingerprint();
-        if let Some(created) = self
-            .replay_account(client, &request.idempotency_key, &fingerprint)
-            .await?
-        {
-            return Ok(created);
-        }
         let account_id = AccountId::generate();
-        let _lanes = self.write_gate.enter(&[account_id.0]).await;
-        let outcome = self
-            .with_retries(|| self.try_create_account(client, &request, &fingerprint, account_id))
-            .await;
-        match outcome {
-            Ok(account) => Ok(Created {
-                value: account,
-                replayed: false,
-            }),
-            Err(AttemptError::KeyTaken) => self
-                .replay_account(client, &request.idempotency_key, &fingerprint)
-                .await?
-                .ok_or(AppError::RetryLater),
-            Err(AttemptError::App(error)) => Err(error),
-            Err(AttemptError::Db(error)) => Err(error.into()),
-        }
+        self.create_once(
+            &[account_id.0],
+            || {
+                self.find_replayed(
+                    client,
+                    &request.idempotency_key,
+                    &fingerprint,
+                    |id| async move { self.accounts_by_ids(client, &[id]).await },
+                )
+            },
+            || self.try_create_account(client, &request, &fingerprint, account_id),
+        )
+        .await
     }
 
     async fn try_create_account(
@@ -195,33 +248,6 @@ impl Ledger {
         Ok(model)
     }
 
-    async fn replay_account(
-        &self,
-        client: ClientId,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-    ) -> AppResult<Option<Created<account::Model>>> {
-        let Some(resource_id) =
-            idempotency::find_replay(&self.db, client, key, fingerprint).await?
-        else {
-            return Ok(None);
-        };
-        let account = self
-            .accounts_by_ids(client, &[resource_id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                AppError::internal(anyhow::anyhow!(
-                    "idempotency key {resource_id} names no account"
-                ))
-            })?;
-        Ok(Some(Created {
-            value: account,
-            replayed: true,
-        }))
-    }
-
     #[tracing::instrument(skip_all, fields(client = %client.0, from = %request.from, to = %request.to))]
     pub async fn create_payment(
         &self,
@@ -229,29 +255,20 @@ impl Ledger {
         request: NewPayment,
     ) -> AppResult<Created<payment::Model>> {
         let fingerprint = request.fingerprint();
-        if let Some(created) = self
-            .replay_payment(client, &request.idempotency_key, &fingerprint)
-            .await?
-        {
-            return Ok(created);
-        }
         let payment_id = PaymentId::generate();
-        let _lanes = self.write_gate.enter(&[request.from.0, request.to.0]).await;
-        let outcome = self
-            .with_retries(|| self.try_create_payment(client, &request, &fingerprint, payment_id))
-            .await;
-        match outcome {
-            Ok(payment) => Ok(Created {
-                value: payment,
-                replayed: false,
-            }),
-            Err(AttemptError::KeyTaken) => self
-                .replay_payment(client, &request.idempotency_key, &fingerprint)
-                .await?
-                .ok_or(AppError::RetryLater),
-            Err(AttemptError::App(error)) => Err(error),
-            Err(AttemptError::Db(error)) => Err(error.into()),
-        }
+        self.create_once(
+            &[request.from.0, request.to.0],
+            || {
+                self.find_replayed(
+                    client,
+                    &request.idempotency_key,
+                    &fingerprint,
+                    |id| async move { self.payments_by_ids(client, &[id]).await },
+                )
+            },
+            || self.try_create_payment(client, &request, &fingerprint, payment_id),
+        )
+        .await
     }
 
     async fn try_create_payment(
@@ -335,33 +352,6 @@ impl Ledger {
         }
         transaction.commit().await?;
         Ok(payment)
-    }
-
-    async fn replay_payment(
-        &self,
-        client: ClientId,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-    ) -> AppResult<Option<Created<payment::Model>>> {
-        let Some(resource_id) =
-            idempotency::find_replay(&self.db, client, key, fingerprint).await?
-        else {
-            return Ok(None);
-        };
-        let payment = self
-            .payments_by_ids(client, &[resource_id])
-            .await?
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                AppError::internal(anyhow::anyhow!(
-                    "idempotency key {resource_id} names no payment"
-                ))
-            })?;
-        Ok(Some(Created {
-            value: payment,
-            replayed: true,
-        }))
     }
 
     pub async fn accounts_by_ids(
@@ -577,13 +567,11 @@ async fn post_entry(
 }
 
 fn account_state(account: &account::Model) -> AppResult<AccountState> {
-    let rule = BalanceRule::from_db(&account.balance_rule).ok_or_else(|| {
-        AppError::internal(anyhow::anyhow!(
-            "account {} has unknown balance rule {:?}",
-            AccountId(account.id),
-            account.balance_rule
-        ))
-    })?;
+    let rule = stored_value(
+        BalanceRule::from_db(&account.balance_rule),
+        "balance rule",
+        &account.balance_rule,
+    )?;
     Ok(AccountState {
         rule,
         credit_limit_minor: account.credit_limit_minor,
@@ -592,7 +580,12 @@ fn account_state(account: &account::Model) -> AppResult<AccountState> {
     })
 }
 
-/// Stored currencies were valid when written; one that no longer parses is a bug.
+/// Stored values were valid when written; one that no longer parses is a bug.
+pub fn stored_value<T>(parsed: Option<T>, what: &str, stored: &str) -> AppResult<T> {
+    parsed
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored {what} {stored:?} is not valid")))
+}
+
 pub fn stored_currency(code: &str) -> AppResult<Currency> {
     Currency::parse(code)
         .map_err(|_| AppError::internal(anyhow::anyhow!("stored currency {code:?} is not valid")))
