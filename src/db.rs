@@ -10,8 +10,8 @@ use std::time::Duration;
 use migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, IsolationLevel, RuntimeErr,
-    SqliteTransactionMode, TransactionOptions,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    IsolationLevel, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::config::DatabaseConfig;
@@ -119,6 +119,23 @@ pub async fn connect(
     Ok((connection, counter))
 }
 
+/// Applies pending migrations. On PostgreSQL they run under a transaction-scoped
+/// advisory lock, so instances starting together migrate one after another instead of
+/// racing; SQLite's file lock already serializes writers.
 pub async fn migrate(connection: &DatabaseConnection) -> Result<(), DbErr> {
-    Migrator::up(connection, None).await
+    /// An arbitrary constant that names "the ledger's migrations" among advisory locks.
+    const MIGRATION_LOCK_KEY: i64 = 0x6c65_6467_6572;
+    match Backend::of(connection) {
+        Backend::Postgres => {
+            let transaction = connection.begin().await?;
+            transaction
+                .execute_unprepared(&format!(
+                    "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+                ))
+                .await?;
+            Migrator::up(&transaction, None).await?;
+            transaction.commit().await
+        }
+        Backend::Sqlite => Migrator::up(connection, None).await,
+    }
 }

@@ -5,10 +5,27 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::helpers::{Backend, spawn_app};
+use payments_ledger::{Application, Config};
+
+use crate::helpers::{Backend, TestDatabase, spawn_app};
 use crate::on_both_backends;
 
 on_both_backends!(client_create_prints_a_working_key);
+
+/// Instances of a fresh deployment start together: their migrations must not race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_starting_together_migrate_once() {
+    let Some(database) = TestDatabase::postgres_empty().await else {
+        return;
+    };
+    let builds = futures::future::join_all(
+        (0..4).map(|_| Application::build(Config::for_database(database.url.clone()))),
+    )
+    .await;
+    for build in builds {
+        build.expect("every instance starts");
+    }
+}
 
 fn ledger_command(database_url: &str, arguments: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_payments-ledger"))

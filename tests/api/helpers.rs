@@ -309,6 +309,11 @@ enum Cleanup {
     PostgresDatabase { admin_url: String, name: String },
 }
 
+enum Template {
+    Migrated,
+    Empty,
+}
+
 static POSTGRES_TEMPLATE: OnceCell<String> = OnceCell::const_new();
 
 impl TestDatabase {
@@ -321,6 +326,15 @@ impl TestDatabase {
     }
 
     async fn postgres() -> Option<Self> {
+        Self::postgres_from(Template::Migrated).await
+    }
+
+    /// A PostgreSQL database with no tables at all.
+    pub async fn postgres_empty() -> Option<Self> {
+        Self::postgres_from(Template::Empty).await
+    }
+
+    async fn postgres_from(template: Template) -> Option<Self> {
         let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
             // Written past the test harness's capture, so it shows on a passing run.
             let test = std::thread::current().name().unwrap_or("test").to_owned();
@@ -330,9 +344,13 @@ impl TestDatabase {
             );
             return None;
         };
-        let template = POSTGRES_TEMPLATE
-            .get_or_init(|| create_template(admin_url.clone()))
-            .await;
+        let template = match template {
+            Template::Migrated => POSTGRES_TEMPLATE
+                .get_or_init(|| create_template(admin_url.clone()))
+                .await
+                .as_str(),
+            Template::Empty => "template0",
+        };
         let name = format!("ledger_test_{}", Uuid::new_v4().simple());
         let admin = Database::connect(&admin_url)
             .await
