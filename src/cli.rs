@@ -3,8 +3,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DatabaseConfig, ServerConfig};
+use crate::config::{CacheConfig, Config, DatabaseConfig, ServerConfig};
 use crate::startup::{self, Application};
+use crate::metrics::Metrics;
 use crate::{auth, graphql, ledger, telemetry};
 
 #[derive(Debug, Parser)]
@@ -18,6 +19,8 @@ pub struct Cli {
     pub database: DatabaseConfig,
     #[command(flatten)]
     pub server: ServerConfig,
+    #[command(flatten)]
+    pub cache: CacheConfig,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -53,6 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config {
         database: cli.database,
         server: cli.server,
+        cache: cli.cache,
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -68,20 +72,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_until_stopped().await?;
         }
         Command::Migrate => {
-            startup::connect_and_migrate(&config).await?;
+            startup::connect_and_migrate(&config, &Metrics::new()).await?;
             println!("migrations applied");
         }
         Command::Schema => print!("{}", graphql::sdl()),
         Command::Client {
             command: ClientCommand::Create { name },
         } => {
-            let (db, _) = startup::connect_and_migrate(&config).await?;
+            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
             let created = auth::create_client(&db, &name).await?;
             println!("created client {name:?}; its API key, shown only this once:");
             println!("{}", created.api_key);
         }
         Command::Verify => {
-            let (db, _) = startup::connect_and_migrate(&config).await?;
+            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
             let violations = ledger::audit::find_violations(&db).await?;
             if !violations.is_empty() {
                 for violation in &violations {

@@ -1,8 +1,11 @@
 //! Configuration: environment variables with matching command-line flags.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::Args;
+
+use crate::cache::CacheSettings;
 
 /// Where the ledger is stored.
 #[derive(Debug, Clone, Args)]
@@ -47,10 +50,6 @@ pub struct ServerConfig {
     )]
     pub listen_addr: SocketAddr,
 
-    /// Redis for the shared L2 cache and cross-instance invalidation (optional).
-    #[arg(long = "redis-url", env = "REDIS_URL", global = true)]
-    pub redis_url: Option<String>,
-
     /// A request still running after this long is answered with a timeout.
     #[arg(
         long = "request-timeout-seconds",
@@ -61,11 +60,75 @@ pub struct ServerConfig {
     pub request_timeout_seconds: u64,
 }
 
+/// The balance and object caches (docs/consistency.md states what they guarantee).
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Redis for the shared L2 cache and cross-instance invalidation (optional).
+    #[arg(long = "redis-url", env = "REDIS_URL", global = true)]
+    pub redis_url: Option<String>,
+
+    /// Balances kept in the in-process L1 cache; 0 turns the L1 balance cache off.
+    #[arg(long = "cache-l1-balance-capacity", env = "CACHE_L1_BALANCE_CAPACITY", default_value_t = 100_000, global = true)]
+    pub l1_balance_capacity: u64,
+
+    /// Lifetime of an L1 balance: the staleness bound when invalidations are lost.
+    #[arg(long = "cache-l1-balance-ttl-ms", env = "CACHE_L1_BALANCE_TTL_MS", default_value_t = 2_000, global = true)]
+    pub l1_balance_ttl_ms: u64,
+
+    /// Immutable objects (account settings, payments, entries) kept in L1 per kind.
+    #[arg(long = "cache-l1-object-capacity", env = "CACHE_L1_OBJECT_CAPACITY", default_value_t = 100_000, global = true)]
+    pub l1_object_capacity: u64,
+
+    /// Lifetime of an L2 (Redis) balance that no write refreshes.
+    #[arg(long = "cache-l2-balance-ttl-ms", env = "CACHE_L2_BALANCE_TTL_MS", default_value_t = 10_000, global = true)]
+    pub l2_balance_ttl_ms: u64,
+
+    /// A Redis call slower than this is abandoned and the request goes on without L2.
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = 100, global = true)]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix of Redis keys and channel; instances sharing a database must share it.
+    #[arg(long = "cache-namespace", env = "CACHE_NAMESPACE", default_value = "ledger", global = true)]
+    pub namespace: String,
+}
+
+impl CacheConfig {
+    pub fn settings(&self) -> CacheSettings {
+        CacheSettings {
+            l1_balance_capacity: self.l1_balance_capacity,
+            l1_object_capacity: self.l1_object_capacity,
+            l1_balance_ttl: Duration::from_millis(self.l1_balance_ttl_ms),
+            l1_object_ttl: CacheSettings::default().l1_object_ttl,
+            l2_balance_ttl: Duration::from_millis(self.l2_balance_ttl_ms),
+            redis_url: self.redis_url.clone(),
+            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let defaults = CacheSettings::default();
+        let milliseconds = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            redis_url: None,
+            l1_balance_capacity: defaults.l1_balance_capacity,
+            l1_balance_ttl_ms: milliseconds(defaults.l1_balance_ttl),
+            l1_object_capacity: defaults.l1_object_capacity,
+            l2_balance_ttl_ms: milliseconds(defaults.l2_balance_ttl),
+            redis_timeout_ms: milliseconds(defaults.redis_timeout),
+            namespace: defaults.namespace,
+        }
+    }
+}
+
 /// Everything `Application::build` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database: DatabaseConfig,
     pub server: ServerConfig,
+    pub cache: CacheConfig,
 }
 
 impl Config {
@@ -80,9 +143,9 @@ impl Config {
             },
             server: ServerConfig {
                 listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                redis_url: None,
                 request_timeout_seconds: 30,
             },
+            cache: CacheConfig::default(),
         }
     }
 }

@@ -3,11 +3,10 @@
 //! Service code is the same on both backends; what differs (transaction mode, which
 //! errors mean "try again", how many writers may run at once) is answered by `Backend`.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use migration::{Migrator, MigratorTrait};
+use prometheus_client::metrics::counter::Counter;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
@@ -80,22 +79,12 @@ impl Backend {
     }
 }
 
-/// Counts the SQL statements a connection pool has run: how tests prove that a query is
-/// batched rather than N+1.
-#[derive(Debug, Clone, Default)]
-pub struct StatementCounter(Arc<AtomicU64>);
-
-impl StatementCounter {
-    pub fn total(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// Opens the pool. SQLite runs in WAL mode with full fsync: an acknowledged payment
 /// survives a power cut.
 pub async fn connect(
     config: &DatabaseConfig,
-) -> Result<(DatabaseConnection, StatementCounter), DbErr> {
+    statements: Counter,
+) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections)
@@ -110,13 +99,11 @@ pub async fn connect(
                 .foreign_keys(true)
         });
     let mut connection = Database::connect(options).await?;
-    let counter = StatementCounter::default();
-    let count = Arc::clone(&counter.0);
     connection.set_metric_callback(move |info| {
-        count.fetch_add(1, Ordering::Relaxed);
+        statements.inc();
         tracing::trace!(elapsed = ?info.elapsed, failed = info.failed, sql = %info.statement, "statement");
     });
-    Ok((connection, counter))
+    Ok(connection)
 }
 
 /// Applies pending migrations. On PostgreSQL they run under a transaction-scoped

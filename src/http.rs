@@ -5,14 +5,15 @@
 //! extractor so that every failure, including a malformed body, answers in the
 //! GraphQL error shape with an `extensions.code`, and so that GET can refuse mutations.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, ServerError};
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{RawQuery, State};
+use axum::extract::{RawQuery, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -23,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::graphql::RequestScope;
+use crate::metrics::RequestLabels;
 use crate::startup::AppState;
 
 /// Larger bodies are refused before they are read.
@@ -39,13 +41,50 @@ pub fn router(state: AppState) -> Router {
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
+        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Observes every request's latency in the `http_request_duration_seconds` histogram.
+async fn record_latency(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let path = match request.uri().path() {
+        "/graphql" => "/graphql",
+        "/" => "/",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request_duration
+        .get_or_create(&RequestLabels {
+            method,
+            path,
+            status: response.status().as_u16(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Prometheus scrape target (OpenMetrics text). Aggregate counts only: no tenant data.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
 }
 
 async fn graphiql() -> Html<String> {

@@ -25,6 +25,10 @@ pub mod ids;
 pub mod ledger;
 /// Relay keyset pagination.
 pub mod pagination;
+/// Versioned L1 (moka) and L2 (Redis) caches.
+pub mod cache;
+/// Prometheus metrics.
+pub mod metrics;
 /// Building and running the application.
 pub mod startup;
 /// Logging.

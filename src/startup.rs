@@ -9,7 +9,9 @@ use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator};
 use crate::config::Config;
-use crate::db::{self, Backend, StatementCounter};
+use crate::cache::{Caches, RedisL2};
+use crate::db::{self, Backend};
+use crate::metrics::Metrics;
 use crate::entity::client;
 use crate::graphql::{AppSchema, build_schema};
 use crate::http;
@@ -22,30 +24,40 @@ pub struct AppState {
     pub ledger: Ledger,
     pub authenticator: Authenticator,
     pub schema: AppSchema,
-    pub statements: StatementCounter,
+    pub metrics: Arc<Metrics>,
+    pub caches: Arc<Caches>,
 }
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
+    invalidation_subscriber: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Application {
     /// Connects, applies migrations and binds the listener; serving starts with
     /// `run_until_stopped`.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (db, statements) = connect_and_migrate(&config).await?;
+        let metrics = Arc::new(Metrics::new());
+        let db = connect_and_migrate(&config, &metrics).await?;
+        let caches = Arc::new(Caches::new(&config.cache.settings(), Arc::clone(&metrics))?);
+        let invalidation_subscriber = RedisL2::spawn_subscriber(&caches);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
         let state = AppState {
-            ledger: Ledger::new(db.clone()),
+            ledger: Ledger::new(db.clone(), Arc::clone(&caches), Arc::clone(&metrics)),
             authenticator: Authenticator::new(db),
             schema: build_schema(),
-            statements,
+            metrics,
+            caches,
             config: Arc::new(config),
         };
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            invalidation_subscriber,
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -73,23 +85,28 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let router = http::router(self.state);
-        axum::serve(self.listener, router)
+        let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
-            .await
+            .await;
+        if let Some(subscriber) = self.invalidation_subscriber {
+            subscriber.abort();
+        }
+        served
     }
 }
 
 pub async fn connect_and_migrate(
     config: &Config,
-) -> anyhow::Result<(DatabaseConnection, StatementCounter)> {
-    let (db, statements) = db::connect(&config.database).await.with_context(|| {
+    metrics: &Metrics,
+) -> anyhow::Result<DatabaseConnection> {
+    let db = db::connect(&config.database, metrics.database_statements.clone()).await.with_context(|| {
         format!(
             "cannot connect to the database at {}",
             redact(&config.database.url)
         )
     })?;
     db::migrate(&db).await.context("cannot apply migrations")?;
-    Ok((db, statements))
+    Ok(db)
 }
 
 /// The URL without its password, for messages.

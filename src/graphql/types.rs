@@ -7,7 +7,8 @@ use chrono::{DateTime, Utc};
 
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
-use crate::graphql::loaders::EntriesOfPayment;
+use crate::cache::VersionedBalance;
+use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
 use crate::graphql::scalars::Money;
 use crate::graphql::scope;
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
@@ -19,10 +20,10 @@ use crate::pagination::{CursorKind, Page, PageArguments, PageKey, PageRequest, e
 /// How fresh a balance must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
 pub enum Consistency {
-    /// The balance as of when this request read the account.
+    /// Through the caches: at most the documented staleness bound behind the database.
     #[default]
     Cached,
-    /// Read from the database at the moment the field resolves.
+    /// From the database at the moment the field resolves, bypassing every cache.
     Strong,
 }
 
@@ -111,14 +112,14 @@ impl Account {
         AccountId(self.row.id)
     }
 
-    fn balance_of(&self, row: &account::Model) -> Balance {
-        let floor = BalanceFloor::new(self.rule, row.credit_limit_minor);
+    fn balance_of(&self, balance: VersionedBalance) -> Balance {
+        let floor = BalanceFloor::new(self.rule, self.row.credit_limit_minor);
         Balance {
-            amount: from_minor_units(row.balance_minor, self.currency).into(),
+            amount: from_minor_units(balance.balance_minor, self.currency).into(),
             available: floor
-                .available(row.balance_minor)
+                .available(balance.balance_minor)
                 .map(|minor| from_minor_units(minor, self.currency).into()),
-            version: row.version,
+            version: balance.version,
             currency: self.currency.code().to_owned(),
         }
     }
@@ -151,24 +152,22 @@ impl Account {
             .map(|minor| from_minor_units(minor, self.currency).into())
     }
 
+    /// The balance at some account version. CACHED (the default) reads through the
+    /// caches and may lag a just-committed payment by the staleness bound in
+    /// docs/consistency.md; STRONG reads the database.
     async fn balance(
         &self,
         ctx: &Context<'_>,
         #[graphql(default)] consistency: Consistency,
     ) -> Result<Balance> {
-        match consistency {
-            Consistency::Cached => Ok(self.balance_of(&self.row)),
-            Consistency::Strong => {
-                let fresh = scope(ctx)?
-                    .loader
-                    .load_one(self.account_id())
-                    .await?
-                    .ok_or_else(|| {
-                        AppError::not_found(format!("account {} not found", self.account_id()))
-                    })?;
-                Ok(self.balance_of(&fresh))
-            }
-        }
+        let loader = &scope(ctx)?.loader;
+        let id = self.account_id();
+        let balance = match consistency {
+            Consistency::Cached => loader.load_one(CachedBalance(id)).await?,
+            Consistency::Strong => loader.load_one(StrongBalance(id)).await?,
+        };
+        let balance = balance.ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
+        Ok(self.balance_of(balance))
     }
 
     /// This account's ledger entries, oldest first (by account version).
@@ -309,7 +308,8 @@ impl Payment {
             .await?
             .unwrap_or_default();
         Ok(rows
-            .into_iter()
+            .iter()
+            .cloned()
             .map(LedgerEntry::from_row)
             .collect::<AppResult<_>>()?)
     }

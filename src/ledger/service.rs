@@ -6,6 +6,7 @@
 //! transaction a bounded number of times; a key someone else already claimed turns
 //! into a replay of their outcome.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +14,14 @@ use chrono::Utc;
 use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
     EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
+use crate::cache::{Caches, VersionedBalance};
 use crate::db::Backend;
+use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
@@ -72,15 +75,19 @@ pub struct Ledger {
     db: DatabaseConnection,
     backend: Backend,
     write_gate: Arc<WriteGate>,
+    caches: Arc<Caches>,
+    metrics: Arc<Metrics>,
 }
 
 impl Ledger {
-    pub fn new(db: DatabaseConnection) -> Self {
+    pub fn new(db: DatabaseConnection, caches: Arc<Caches>, metrics: Arc<Metrics>) -> Self {
         let backend = Backend::of(&db);
         Self {
             write_gate: Arc::new(WriteGate::new(backend.write_lanes())),
             db,
             backend,
+            caches,
+            metrics,
         }
     }
 
@@ -99,9 +106,11 @@ impl Ledger {
             match attempt().await {
                 Err(AttemptError::Db(error)) if self.backend.is_retryable(&error) => {
                     if attempt_number >= WRITE_ATTEMPTS_MAX {
+                        self.metrics.write_retries_exhausted.inc();
                         tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
                         return Err(AttemptError::App(AppError::RetryLater));
                     }
+                    self.metrics.write_retries.inc();
                     tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
                     tokio::time::sleep(retry_backoff(attempt_number)).await;
                     attempt_number += 1;
@@ -122,6 +131,7 @@ impl Ledger {
     /// retries, and turn a key another request claimed meanwhile into its replay.
     async fn create_once<T, Replay, ReplayFuture, Attempt, AttemptFuture>(
         &self,
+        operation: &'static str,
         accounts: &[Uuid],
         replay: Replay,
         attempt: Attempt,
@@ -132,9 +142,15 @@ impl Ledger {
         Attempt: FnMut() -> AttemptFuture,
         AttemptFuture: Future<Output = Result<T, AttemptError>>,
     {
-        let replayed = |value| Created {
-            value,
-            replayed: true,
+        let replayed = |value| {
+            self.metrics
+                .idempotent_replays
+                .get_or_create(&OperationLabels { operation })
+                .inc();
+            Created {
+                value,
+                replayed: true,
+            }
         };
         if let Some(value) = replay().await? {
             return Ok(replayed(value));
@@ -188,6 +204,7 @@ impl Ledger {
         let fingerprint = request.fingerprint();
         let account_id = AccountId::generate();
         self.create_once(
+            idempotency::Operation::CreateAccount.as_str(),
             &[account_id.0],
             || {
                 self.find_replayed(
@@ -256,7 +273,9 @@ impl Ledger {
     ) -> AppResult<Created<payment::Model>> {
         let fingerprint = request.fingerprint();
         let payment_id = PaymentId::generate();
-        self.create_once(
+        let created = self
+            .create_once(
+            idempotency::Operation::CreatePayment.as_str(),
             &[request.from.0, request.to.0],
             || {
                 self.find_replayed(
@@ -268,7 +287,16 @@ impl Ledger {
             },
             || self.try_create_payment(client, &request, &fingerprint, payment_id),
         )
-        .await
+        .await;
+        self.metrics.payment(match &created {
+            Ok(created) if created.replayed => PaymentOutcome::Replayed,
+            Ok(created) if created.value.status == PaymentStatus::Posted.as_str() => {
+                PaymentOutcome::Posted
+            }
+            Ok(_) => PaymentOutcome::Declined,
+            Err(_) => PaymentOutcome::Rejected,
+        });
+        created
     }
 
     async fn try_create_payment(
@@ -345,25 +373,139 @@ impl Ledger {
             .exec_without_returning(&transaction)
             .await?;
 
+        let mut entries = Vec::with_capacity(2);
         if let PostingPlan::Post { debit, credit } = plan {
             for (account, entry) in [(source, debit), (destination, credit)] {
-                post_entry(&transaction, &payment, account, entry).await?;
+                entries.push(post_entry(&transaction, &payment, account, entry).await?);
             }
         }
         transaction.commit().await?;
+        self.after_payment_commit(&payment, entries).await;
         Ok(payment)
     }
 
+    /// A committed payment is final: remember it, and spread its accounts' new
+    /// balances to L1, L2 and every other instance.
+    async fn after_payment_commit(&self, payment: &payment::Model, entries: Vec<ledger_entry::Model>) {
+        let balances: Vec<(Uuid, VersionedBalance)> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.account_id,
+                    VersionedBalance {
+                        balance_minor: entry.balance_after_minor,
+                        version: entry.account_version,
+                    },
+                )
+            })
+            .collect();
+        self.caches.remember_payment(payment, entries).await;
+        self.caches.write_through(&balances).await;
+    }
+
+    /// Accounts read from the database now, balances included; their balances also
+    /// refresh L1.
     pub async fn accounts_by_ids(
         &self,
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<Vec<account::Model>> {
-        Ok(account::Entity::find()
+        let rows = account::Entity::find()
             .filter(account::Column::ClientId.eq(client.0))
             .filter(account::Column::Id.is_in(ids.iter().copied()))
             .all(&self.db)
-            .await?)
+            .await?;
+        self.observe_balances(&rows).await;
+        Ok(rows)
+    }
+
+    async fn observe_balances(&self, rows: &[account::Model]) {
+        for row in rows {
+            self.caches
+                .put_l1_balance(
+                    row.id,
+                    VersionedBalance {
+                        balance_minor: row.balance_minor,
+                        version: row.version,
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Account settings (everything but the balance, which never comes from here), from
+    /// L1 or the database.
+    pub async fn account_settings(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, account::Model>> {
+        let mut found = self
+            .caches
+            .accounts(ids, |missing| async move {
+                let rows = self.accounts_by_ids(client, &missing).await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        found.retain(|_, row| row.client_id == client.0);
+        Ok(found)
+    }
+
+    /// Balances through L1, L2 and the database.
+    pub async fn cached_balances(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
+        self.caches
+            .balances(ids, |missing| async move {
+                let rows: Vec<(Uuid, i64, i64)> = account::Entity::find()
+                    .select_only()
+                    .columns([
+                        account::Column::Id,
+                        account::Column::BalanceMinor,
+                        account::Column::Version,
+                    ])
+                    .filter(account::Column::ClientId.eq(client.0))
+                    .filter(account::Column::Id.is_in(missing))
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, balance_minor, version)| {
+                        (
+                            id,
+                            VersionedBalance {
+                                balance_minor,
+                                version,
+                            },
+                        )
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Balances read from the database now, bypassing every cache.
+    pub async fn strong_balances(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
+        let rows = self.accounts_by_ids(client, ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.id,
+                    VersionedBalance {
+                        balance_minor: row.balance_minor,
+                        version: row.version,
+                    },
+                )
+            })
+            .collect())
     }
 
     pub async fn payments_by_ids(
@@ -371,11 +513,21 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<Vec<payment::Model>> {
-        Ok(payment::Entity::find()
-            .filter(payment::Column::ClientId.eq(client.0))
-            .filter(payment::Column::Id.is_in(ids.iter().copied()))
-            .all(&self.db)
-            .await?)
+        let found = self
+            .caches
+            .payments(ids, |missing| async move {
+                let rows = payment::Entity::find()
+                    .filter(payment::Column::ClientId.eq(client.0))
+                    .filter(payment::Column::Id.is_in(missing))
+                    .all(&self.db)
+                    .await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        Ok(found
+            .into_values()
+            .filter(|row| row.client_id == client.0)
+            .collect())
     }
 
     pub async fn entries_by_ids(
@@ -383,25 +535,52 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<Vec<ledger_entry::Model>> {
-        Ok(ledger_entry::Entity::find()
-            .filter(ledger_entry::Column::ClientId.eq(client.0))
-            .filter(ledger_entry::Column::Id.is_in(ids.iter().copied()))
-            .all(&self.db)
-            .await?)
+        let found = self
+            .caches
+            .entries(ids, |missing| async move {
+                let rows = ledger_entry::Entity::find()
+                    .filter(ledger_entry::Column::ClientId.eq(client.0))
+                    .filter(ledger_entry::Column::Id.is_in(missing))
+                    .all(&self.db)
+                    .await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        Ok(found
+            .into_values()
+            .filter(|row| row.client_id == client.0)
+            .collect())
     }
 
-    /// Entries of several payments, debit before credit within each.
+    /// Entries of several payments, debit before credit within each. Only call with
+    /// ids of payments that exist: an unknown id is remembered as "no entries".
     pub async fn entries_by_payment_ids(
         &self,
         client: ClientId,
         payment_ids: &[Uuid],
-    ) -> AppResult<Vec<ledger_entry::Model>> {
-        Ok(ledger_entry::Entity::find()
-            .filter(ledger_entry::Column::ClientId.eq(client.0))
-            .filter(ledger_entry::Column::PaymentId.is_in(payment_ids.iter().copied()))
-            .order_by_desc(ledger_entry::Column::Direction)
-            .all(&self.db)
-            .await?)
+    ) -> AppResult<HashMap<Uuid, Arc<Vec<ledger_entry::Model>>>> {
+        let mut found = self
+            .caches
+            .payment_entries(payment_ids, |missing| async move {
+                let rows = ledger_entry::Entity::find()
+                    .filter(ledger_entry::Column::ClientId.eq(client.0))
+                    .filter(ledger_entry::Column::PaymentId.is_in(missing.iter().copied()))
+                    .order_by_desc(ledger_entry::Column::Direction)
+                    .all(&self.db)
+                    .await?;
+                let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> =
+                    missing.into_iter().map(|id| (id, Vec::new())).collect();
+                for row in rows {
+                    grouped.entry(row.payment_id).or_default().push(row);
+                }
+                Ok(grouped
+                    .into_iter()
+                    .map(|(id, entries)| (id, Arc::new(entries)))
+                    .collect())
+            })
+            .await?;
+        found.retain(|_, entries| entries.iter().all(|entry| entry.client_id == client.0));
+        Ok(found)
     }
 
     pub async fn payment_by_idempotency_key(
@@ -421,25 +600,22 @@ impl Ledger {
         client: ClientId,
         external_ref: &str,
     ) -> AppResult<Option<account::Model>> {
-        Ok(account::Entity::find()
+        let row = account::Entity::find()
             .filter(account::Column::ClientId.eq(client.0))
             .filter(account::Column::ExternalRef.eq(external_ref))
             .one(&self.db)
-            .await?)
+            .await?;
+        self.observe_balances(row.as_slice()).await;
+        Ok(row)
     }
 
     /// Fails with NOT_FOUND unless `account` belongs to `client`.
     async fn require_account(&self, client: ClientId, account: AccountId) -> AppResult<()> {
-        let found = account::Entity::find_by_id(account.0)
-            .filter(account::Column::ClientId.eq(client.0))
-            .select_only()
-            .column(account::Column::Id)
-            .into_tuple::<Uuid>()
-            .one(&self.db)
-            .await?;
-        found
-            .map(|_| ())
-            .ok_or_else(|| AppError::not_found(format!("account {account} not found")))
+        if self.account_settings(client, &[account.0]).await?.contains_key(&account.0) {
+            Ok(())
+        } else {
+            Err(AppError::not_found(format!("account {account} not found")))
+        }
     }
 
     pub async fn list_accounts(
@@ -448,7 +624,9 @@ impl Ledger {
         page: &PageRequest<Uuid>,
     ) -> AppResult<Page<account::Model>> {
         let select = account::Entity::find().filter(account::Column::ClientId.eq(client.0));
-        Ok(fetch_page(&self.db, select, account::Column::Id, page).await?)
+        let page = fetch_page(&self.db, select, account::Column::Id, page).await?;
+        self.observe_balances(&page.rows).await;
+        Ok(page)
     }
 
     pub async fn list_payments(
@@ -482,18 +660,6 @@ impl Ledger {
             .filter(ledger_entry::Column::AccountId.eq(account.0))
             .filter(ledger_entry::Column::ClientId.eq(client.0));
         Ok(fetch_page(&self.db, select, ledger_entry::Column::AccountVersion, page).await?)
-    }
-
-    pub async fn entry(
-        &self,
-        client: ClientId,
-        id: LedgerEntryId,
-    ) -> AppResult<Option<ledger_entry::Model>> {
-        Ok(self
-            .entries_by_ids(client, &[id.0])
-            .await?
-            .into_iter()
-            .next())
     }
 }
 
@@ -529,7 +695,7 @@ async fn post_entry(
     payment: &payment::Model,
     account: &account::Model,
     entry: EntryPlan,
-) -> Result<(), AttemptError> {
+) -> Result<ledger_entry::Model, AttemptError> {
     // The version condition can only fail if the row lock did not hold: a bug, and
     // committing would break "version = entry count".
     let updated = account::Entity::update_many()
@@ -549,21 +715,22 @@ async fn post_entry(
         ))
         .into());
     }
-    ledger_entry::Entity::insert(ledger_entry::ActiveModel {
-        id: Set(LedgerEntryId::generate().0),
-        client_id: Set(payment.client_id),
-        account_id: Set(account.id),
-        payment_id: Set(payment.id),
-        currency: Set(payment.currency.clone()),
-        direction: Set(entry.direction.as_str().to_owned()),
-        amount_minor: Set(entry.amount_minor),
-        balance_after_minor: Set(entry.balance_after_minor),
-        account_version: Set(entry.account_version),
-        created_at: Set(payment.created_at),
-    })
-    .exec_without_returning(transaction)
-    .await?;
-    Ok(())
+    let row = ledger_entry::Model {
+        id: LedgerEntryId::generate().0,
+        client_id: payment.client_id,
+        account_id: account.id,
+        payment_id: payment.id,
+        currency: payment.currency.clone(),
+        direction: entry.direction.as_str().to_owned(),
+        amount_minor: entry.amount_minor,
+        balance_after_minor: entry.balance_after_minor,
+        account_version: entry.account_version,
+        created_at: payment.created_at,
+    };
+    ledger_entry::Entity::insert(ledger_entry::ActiveModel::from(row.clone()))
+        .exec_without_returning(transaction)
+        .await?;
+    Ok(row)
 }
 
 fn account_state(account: &account::Model) -> AppResult<AccountState> {

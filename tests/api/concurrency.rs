@@ -57,7 +57,7 @@ async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend
     // Two instances on one database, as behind a load balancer: their in-process write
     // queues know nothing of each other, so only the database keeps this correct.
     let replica = app.spawn_replica().await;
-    let instances = [app.address.clone(), replica];
+    let instances = [app.address.clone(), replica.address];
     let responses = join_all(
         planned
             .iter()

@@ -10,6 +10,9 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use payments_ledger::metrics::Metrics;
 use payments_ledger::{Application, Config, auth};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use serde_json::{Value, json};
@@ -41,20 +44,58 @@ macro_rules! on_both_backends {
     )+};
 }
 
+/// Prints a SKIP line past the test harness's capture, so it shows on a passing run.
+pub fn skip(reason: &str) {
+    let test = std::thread::current().name().unwrap_or("test").to_owned();
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
+/// What a test needs besides a database.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// Use Redis (`LEDGER_TEST_REDIS_URL`) as L2, in a namespace of this test's own.
+    pub redis: bool,
+    /// Overrides the Redis URL (a test's own Redis server).
+    pub redis_url: Option<String>,
+    /// Overrides cache settings (capacities, lifetimes).
+    pub cache: Option<payments_ledger::config::CacheConfig>,
+}
+
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
 /// configured. Use as `let Some(app) = spawn_app(backend).await else { return };`.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<TestApp> {
     payments_ledger::telemetry::init();
+    let redis_url = match (&options.redis_url, options.redis) {
+        (Some(url), _) => Some(url.clone()),
+        (None, true) => match std::env::var("LEDGER_TEST_REDIS_URL") {
+            Ok(url) => Some(url),
+            Err(_) => {
+                skip("LEDGER_TEST_REDIS_URL is not set");
+                return None;
+            }
+        },
+        (None, false) => None,
+    };
     let database = match backend {
         Backend::Sqlite => TestDatabase::sqlite(),
         Backend::Postgres => TestDatabase::postgres().await?,
     };
-    let application = Application::build(Config::for_database(database.url.clone()))
+    let mut config = Config::for_database(database.url.clone());
+    if let Some(cache) = options.cache {
+        config.cache = cache;
+    }
+    config.cache.redis_url = redis_url;
+    config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
+    let application = Application::build(config.clone())
         .await
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
     let db = application.database().clone();
-    let statements = application.state().statements.clone();
+    let metrics = Arc::clone(&application.state().metrics);
     tokio::spawn(application.run_until_stopped());
     let client = auth::create_client(&db, "test client")
         .await
@@ -64,7 +105,8 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         db,
         api_key: client.api_key,
         http: reqwest::Client::new(),
-        statements,
+        metrics,
+        config,
         database,
     })
 }
@@ -75,21 +117,45 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub api_key: String,
     pub http: reqwest::Client,
-    /// SQL statements the first instance has run so far.
-    pub statements: payments_ledger::db::StatementCounter,
+    /// The first instance's metrics.
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
     pub database: TestDatabase,
+}
+
+/// A running extra instance.
+pub struct Replica {
+    pub address: String,
+    pub metrics: Arc<Metrics>,
 }
 
 impl TestApp {
     /// Starts another server instance on the same database, as a second replica
     /// behind a load balancer would be; returns its base URL.
-    pub async fn spawn_replica(&self) -> String {
-        let application = Application::build(Config::for_database(self.database.url.clone()))
+    pub async fn spawn_replica(&self) -> Replica {
+        let application = Application::build(self.config.clone())
             .await
             .expect("the replica builds");
-        let address = format!("http://127.0.0.1:{}", application.port());
+        let replica = Replica {
+            address: format!("http://127.0.0.1:{}", application.port()),
+            metrics: Arc::clone(&application.state().metrics),
+        };
         tokio::spawn(application.run_until_stopped());
-        address
+        replica
+    }
+
+    /// POSTs a GraphQL request to the instance at `address` as the test client.
+    pub async fn graphql_at(&self, address: &str, query: &str, variables: Value) -> Value {
+        self.http
+            .post(format!("{address}/graphql"))
+            .bearer_auth(&self.api_key)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("the server answers")
+            .json()
+            .await
+            .expect("the response is JSON")
     }
 
     /// Like `pay`, against the instance at `address`.
@@ -336,12 +402,7 @@ impl TestDatabase {
 
     async fn postgres_from(template: Template) -> Option<Self> {
         let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
-            // Written past the test harness's capture, so it shows on a passing run.
-            let test = std::thread::current().name().unwrap_or("test").to_owned();
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: LEDGER_TEST_DATABASE_URL is not set"
-            );
+            skip("LEDGER_TEST_DATABASE_URL is not set");
             return None;
         };
         let template = match template {

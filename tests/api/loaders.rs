@@ -23,9 +23,9 @@ async fn nested_fields_are_batched_not_n_plus_one(backend: Backend) {
         entries { account { id currency } payment { id } } } } }";
     // Once to warm the API key cache, then measured.
     app.graphql(query, json!({})).await;
-    let before = app.statements.total();
+    let before = app.metrics.database_statements.get();
     let response = app.graphql(query, json!({})).await;
-    let statements = app.statements.total() - before;
+    let statements = app.metrics.database_statements.get() - before;
     assert!(response["errors"].is_null(), "{response}");
     assert_eq!(
         response["data"]["payments"]["nodes"]

@@ -1,0 +1,356 @@
+//! Caches in front of the database: versioned balances in L1 (moka, in process) and L2
+//! (Redis, shared), and immutable objects (account settings, final payments, ledger
+//! entries) in L1.
+//!
+//! A cached balance carries the account version it was read at, and a put never
+//! replaces a newer version with an older one, at either level. After a payment commits,
+//! its new balances are written through to L1 and L2 and published to every instance,
+//! whose L1 upgrades its copy. Redis being down never fails a request: L2 is skipped
+//! and comes back by itself. The database stays the only judge of correctness; a cache
+//! can only serve a balance that was true at its version, for at most the staleness
+//! bound (docs/consistency.md).
+
+mod redis_l2;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use uuid::Uuid;
+
+use crate::entity::{account, ledger_entry, payment};
+use crate::error::AppResult;
+use crate::metrics::{CacheLevel, CacheName, CacheResult, Metrics};
+pub use redis_l2::RedisL2;
+
+/// A balance as of one account version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VersionedBalance {
+    pub balance_minor: i64,
+    pub version: i64,
+}
+
+/// Sizes, lifetimes and where L2 is.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Balances kept in L1; 0 turns the L1 balance cache off.
+    pub l1_balance_capacity: u64,
+    /// Immutable objects kept in L1 per kind; 0 turns those caches off.
+    pub l1_object_capacity: u64,
+    /// The longest an L1 balance lives without being refreshed by a write or an
+    /// invalidation: the bound on staleness when invalidations are lost.
+    pub l1_balance_ttl: Duration,
+    pub l1_object_ttl: Duration,
+    /// The longest an L2 balance lives without being refreshed by a write.
+    pub l2_balance_ttl: Duration,
+    pub redis_url: Option<String>,
+    /// A Redis operation slower than this is abandoned and L2 skipped.
+    pub redis_timeout: Duration,
+    /// Prefix of Redis keys and the invalidation channel: instances that share it share L2.
+    pub namespace: String,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            l1_balance_capacity: 100_000,
+            l1_object_capacity: 100_000,
+            l1_balance_ttl: Duration::from_secs(2),
+            l1_object_ttl: Duration::from_secs(600),
+            l2_balance_ttl: Duration::from_secs(10),
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+            namespace: "ledger".to_owned(),
+        }
+    }
+}
+
+fn l1<K, V>(capacity: u64, ttl: Duration) -> Option<Cache<K, V>>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    (capacity > 0).then(|| Cache::builder().max_capacity(capacity).time_to_live(ttl).build())
+}
+
+pub struct Caches {
+    balances: Option<Cache<Uuid, VersionedBalance>>,
+    accounts: Option<Cache<Uuid, account::Model>>,
+    payments: Option<Cache<Uuid, payment::Model>>,
+    payment_entries: Option<Cache<Uuid, Arc<Vec<ledger_entry::Model>>>>,
+    entries: Option<Cache<Uuid, ledger_entry::Model>>,
+    l2: Option<RedisL2>,
+    metrics: Arc<Metrics>,
+}
+
+impl Caches {
+    pub fn new(settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let (capacity, ttl) = (settings.l1_object_capacity, settings.l1_object_ttl);
+        let l2 = settings
+            .redis_url
+            .as_deref()
+            .map(|url| RedisL2::new(url, settings, Arc::clone(&metrics)))
+            .transpose()?;
+        Ok(Self {
+            balances: l1(settings.l1_balance_capacity, settings.l1_balance_ttl),
+            accounts: l1(capacity, ttl),
+            payments: l1(capacity, ttl),
+            payment_entries: l1(capacity, ttl),
+            entries: l1(capacity, ttl),
+            l2,
+            metrics,
+        })
+    }
+
+    pub fn l2(&self) -> Option<&RedisL2> {
+        self.l2.as_ref()
+    }
+
+    /// Stores `balance` in L1 unless L1 already holds the same or a newer version.
+    pub async fn put_l1_balance(&self, account: Uuid, balance: VersionedBalance) {
+        let Some(balances) = &self.balances else { return };
+        balances
+            .entry(account)
+            .and_compute_with(|existing| async move {
+                match existing {
+                    Some(entry) if entry.value().version >= balance.version => Op::Nop,
+                    _ => Op::Put(balance),
+                }
+            })
+            .await;
+    }
+
+    /// After a commit: the new balances go to L1 and L2, and to every other instance.
+    pub async fn write_through(&self, balances: &[(Uuid, VersionedBalance)]) {
+        for (account, balance) in balances {
+            self.put_l1_balance(*account, *balance).await;
+        }
+        if let Some(l2) = &self.l2 {
+            l2.put_balances(balances).await;
+            l2.publish(balances).await;
+        }
+    }
+
+    /// Forgets every L1 balance: after missing invalidations (a lost Redis connection),
+    /// nothing in L1 can be trusted to be the newest.
+    pub fn clear_l1_balances(&self) {
+        if let Some(balances) = &self.balances {
+            balances.invalidate_all();
+        }
+    }
+
+    /// Balances of `accounts`: L1, then one L2 MGET for the misses, then `load` for the
+    /// rest, filling the levels above on the way back.
+    pub async fn balances<F, Fut>(
+        &self,
+        accounts: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, VersionedBalance>>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, VersionedBalance)>>>,
+    {
+        let mut found = HashMap::with_capacity(accounts.len());
+        let mut missing = Vec::new();
+        for account in accounts {
+            match self.l1_balance(account).await {
+                Some(balance) => {
+                    found.insert(*account, balance);
+                }
+                None => missing.push(*account),
+            }
+        }
+        if self.balances.is_some() {
+            self.count(CacheName::Balance, CacheLevel::L1, found.len(), missing.len());
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+
+        if let Some(l2) = &self.l2
+            && let Some(from_l2) = l2.get_balances(&missing).await
+        {
+            let mut still_missing = Vec::new();
+            for (account, balance) in missing.iter().zip(from_l2) {
+                match balance {
+                    Some(balance) => {
+                        self.put_l1_balance(*account, balance).await;
+                        found.insert(*account, balance);
+                    }
+                    None => still_missing.push(*account),
+                }
+            }
+            self.count(
+                CacheName::Balance,
+                CacheLevel::L2,
+                missing.len() - still_missing.len(),
+                still_missing.len(),
+            );
+            missing = still_missing;
+            if missing.is_empty() {
+                return Ok(found);
+            }
+        }
+
+        let loaded = load(missing).await?;
+        for (account, balance) in &loaded {
+            self.put_l1_balance(*account, *balance).await;
+        }
+        if let Some(l2) = &self.l2 {
+            l2.put_balances(&loaded).await;
+        }
+        found.extend(loaded);
+        Ok(found)
+    }
+
+    async fn l1_balance(&self, account: &Uuid) -> Option<VersionedBalance> {
+        match &self.balances {
+            Some(balances) => balances.get(account).await,
+            None => None,
+        }
+    }
+
+    fn count(&self, cache: CacheName, level: CacheLevel, hits: usize, misses: usize) {
+        self.metrics.cache_lookup(cache, level, CacheResult::Hit, hits);
+        self.metrics.cache_lookup(cache, level, CacheResult::Miss, misses);
+    }
+
+    pub async fn accounts<F, Fut>(
+        &self,
+        ids: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, account::Model>>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, account::Model)>>>,
+    {
+        read_through(self.accounts.as_ref(), CacheName::Account, &self.metrics, ids, load).await
+    }
+
+    pub async fn payments<F, Fut>(
+        &self,
+        ids: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, payment::Model>>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, payment::Model)>>>,
+    {
+        read_through(self.payments.as_ref(), CacheName::Payment, &self.metrics, ids, load).await
+    }
+
+    pub async fn entries<F, Fut>(
+        &self,
+        ids: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, ledger_entry::Model>>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, ledger_entry::Model)>>>,
+    {
+        read_through(self.entries.as_ref(), CacheName::Entry, &self.metrics, ids, load).await
+    }
+
+    /// Entries by payment. A payment and its entries commit together, so the entries of
+    /// any payment that exists never change (a declined payment's stay empty).
+    pub async fn payment_entries<F, Fut>(
+        &self,
+        payment_ids: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, Arc<Vec<ledger_entry::Model>>>>
+    where
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, Arc<Vec<ledger_entry::Model>>)>>>,
+    {
+        read_through(
+            self.payment_entries.as_ref(),
+            CacheName::PaymentEntries,
+            &self.metrics,
+            payment_ids,
+            load,
+        )
+        .await
+    }
+
+    /// Remembers a payment and its entries just written: both are final.
+    pub async fn remember_payment(&self, row: &payment::Model, entries: Vec<ledger_entry::Model>) {
+        if let Some(payments) = &self.payments {
+            payments.insert(row.id, row.clone()).await;
+        }
+        if let Some(payment_entries) = &self.payment_entries {
+            payment_entries.insert(row.id, Arc::new(entries)).await;
+        }
+    }
+}
+
+/// L1 for what never changes, then `load` for the misses, remembering what it returns.
+async fn read_through<V, F, Fut>(
+    cache: Option<&Cache<Uuid, V>>,
+    name: CacheName,
+    metrics: &Metrics,
+    ids: &[Uuid],
+    load: F,
+) -> AppResult<HashMap<Uuid, V>>
+where
+    V: Clone + Send + Sync + 'static,
+    F: FnOnce(Vec<Uuid>) -> Fut,
+    Fut: Future<Output = AppResult<Vec<(Uuid, V)>>>,
+{
+    let Some(cache) = cache else {
+        return Ok(load(ids.to_vec()).await?.into_iter().collect());
+    };
+    let mut found = HashMap::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match cache.get(id).await {
+            Some(value) => {
+                found.insert(*id, value);
+            }
+            None => missing.push(*id),
+        }
+    }
+    metrics.cache_lookup(name, CacheLevel::L1, CacheResult::Hit, found.len());
+    metrics.cache_lookup(name, CacheLevel::L1, CacheResult::Miss, missing.len());
+    if !missing.is_empty() {
+        for (id, value) in load(missing).await? {
+            cache.insert(id, value.clone()).await;
+            found.insert(id, value);
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_older_version_never_replaces_a_newer_one_in_l1() {
+        let caches = Caches::new(&CacheSettings::default(), Arc::new(Metrics::new())).unwrap();
+        let account = Uuid::now_v7();
+        let put = |version| {
+            caches.put_l1_balance(
+                account,
+                VersionedBalance {
+                    balance_minor: version * 10,
+                    version,
+                },
+            )
+        };
+        put(5).await;
+        put(3).await;
+        assert_eq!(caches.l1_balance(&account).await.unwrap().version, 5);
+        put(6).await;
+        assert_eq!(
+            caches.l1_balance(&account).await,
+            Some(VersionedBalance {
+                balance_minor: 60,
+                version: 6
+            })
+        );
+    }
+}

@@ -1,0 +1,275 @@
+//! L2: balances in Redis, shared by every instance, and the invalidation channel.
+//!
+//! Every operation has a short timeout. A failure opens a one-second window in which L2
+//! is skipped altogether, so a dead Redis costs requests nothing; after it, the next
+//! operation tries again and L2 comes back by itself. Warnings are rate-limited.
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use uuid::Uuid;
+
+use crate::cache::{CacheSettings, Caches, VersionedBalance};
+use crate::metrics::Metrics;
+
+/// Sets KEYS[1] to "version:balance" with a TTL, unless it already holds the same or a
+/// newer version. One atomic step in Redis: no GET-then-SET race between instances.
+const PUT_IF_NEWER: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '^(-?%d+):'))
+  if version and version >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
+const WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+pub struct RedisL2 {
+    client: redis::Client,
+    connection: ConnectionManager,
+    namespace: String,
+    ttl_milliseconds: u64,
+    timeout: Duration,
+    /// This instance's id, so it can ignore its own invalidations.
+    instance: Uuid,
+    skip_until: Mutex<Option<Instant>>,
+    last_warning: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+fn encode(balance: VersionedBalance) -> String {
+    format!("{}:{}", balance.version, balance.balance_minor)
+}
+
+fn decode(text: &str) -> Option<VersionedBalance> {
+    let (version, balance) = text.split_once(':')?;
+    Some(VersionedBalance {
+        version: version.parse().ok()?,
+        balance_minor: balance.parse().ok()?,
+    })
+}
+
+impl RedisL2 {
+    pub fn new(url: &str, settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.redis_timeout))
+            .set_response_timeout(Some(settings.redis_timeout))
+            .set_number_of_retries(1);
+        // Lazy: the server starts even while Redis is down.
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self {
+            client,
+            connection,
+            namespace: settings.namespace.clone(),
+            ttl_milliseconds: u64::try_from(settings.l2_balance_ttl.as_millis()).unwrap_or(u64::MAX),
+            timeout: settings.redis_timeout,
+            instance: Uuid::new_v4(),
+            skip_until: Mutex::new(None),
+            last_warning: Mutex::new(None),
+            metrics,
+        })
+    }
+
+    fn key(&self, account: Uuid) -> String {
+        format!("{}:balance:{}", self.namespace, account.simple())
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:balance-invalidations", self.namespace)
+    }
+
+    fn is_skipped(&self) -> bool {
+        let skip_until = self.skip_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        skip_until.is_some_and(|until| Instant::now() < until)
+    }
+
+    fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
+        self.metrics.cache_l2_errors.inc();
+        let now = Instant::now();
+        *self.skip_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(now + FAILURE_BACKOFF);
+        warn_rate_limited(&self.last_warning, now, what, error);
+    }
+
+    /// Runs one Redis call with the timeout; `None` when L2 is skipped or failed.
+    async fn call<T, Fut>(&self, what: &str, call: impl FnOnce(ConnectionManager) -> Fut) -> Option<T>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if self.is_skipped() {
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, call(self.connection.clone())).await {
+            Ok(Ok(value)) => Some(value),
+            Ok(Err(error)) => {
+                self.failed(what, &error);
+                None
+            }
+            Err(_) => {
+                self.failed(what, &"timed out");
+                None
+            }
+        }
+    }
+
+    /// One MGET for all `accounts`; `None` when L2 is unavailable.
+    pub async fn get_balances(&self, accounts: &[Uuid]) -> Option<Vec<Option<VersionedBalance>>> {
+        let keys: Vec<String> = accounts.iter().map(|account| self.key(*account)).collect();
+        let values: Vec<Option<String>> = self
+            .call("MGET", |mut connection| async move {
+                redis::cmd("MGET").arg(&keys).query_async(&mut connection).await
+            })
+            .await?;
+        Some(values.iter().map(|value| value.as_deref().and_then(decode)).collect())
+    }
+
+    /// Compare-and-set each balance, all in one round trip.
+    pub async fn put_balances(&self, balances: &[(Uuid, VersionedBalance)]) {
+        if balances.is_empty() {
+            return;
+        }
+        let mut pipeline = redis::pipe();
+        for (account, balance) in balances {
+            pipeline
+                .cmd("EVAL")
+                .arg(PUT_IF_NEWER)
+                .arg(1)
+                .arg(self.key(*account))
+                .arg(balance.version)
+                .arg(balance.balance_minor)
+                .arg(self.ttl_milliseconds)
+                .ignore();
+        }
+        let _: Option<()> = self
+            .call("put balances", |mut connection| async move {
+                pipeline.query_async(&mut connection).await
+            })
+            .await;
+    }
+
+    /// Tells every instance about new balances, so their L1 upgrades its copies.
+    pub async fn publish(&self, balances: &[(Uuid, VersionedBalance)]) {
+        let message = encode_invalidation(self.instance, balances);
+        let channel = self.channel();
+        let published: Option<i64> = self
+            .call("PUBLISH", |mut connection| async move {
+                redis::cmd("PUBLISH").arg(channel).arg(message).query_async(&mut connection).await
+            })
+            .await;
+        if published.is_some() {
+            self.metrics.invalidations_sent.inc_by(balances.len() as u64);
+        }
+    }
+
+    /// Follows the invalidation channel until `caches` is dropped, reconnecting after
+    /// any failure. After a reconnect L1 balances are cleared: messages sent while
+    /// disconnected are lost.
+    pub fn spawn_subscriber(caches: &Arc<Caches>) -> Option<tokio::task::JoinHandle<()>> {
+        let l2 = caches.l2()?;
+        let (client, channel, instance) = (l2.client.clone(), l2.channel(), l2.instance);
+        let caches: Weak<Caches> = Arc::downgrade(caches);
+        Some(tokio::spawn(async move {
+            let last_warning = Mutex::new(None);
+            let mut backoff = Duration::from_millis(100);
+            let mut was_connected = false;
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    redis::RedisResult::Ok(pubsub)
+                };
+                match subscribed.await {
+                    Ok(mut pubsub) => {
+                        let Some(live) = caches.upgrade() else { return };
+                        if was_connected {
+                            live.clear_l1_balances();
+                            tracing::info!("reconnected to the Redis invalidation channel");
+                        }
+                        drop(live);
+                        was_connected = true;
+                        backoff = Duration::from_millis(100);
+                        let mut messages = pubsub.on_message();
+                        while let Some(message) = messages.next().await {
+                            let Some(live) = caches.upgrade() else { return };
+                            let Ok(payload) = message.get_payload::<String>() else { continue };
+                            apply_invalidation(&live, instance, &payload).await;
+                        }
+                        warn_rate_limited(&last_warning, Instant::now(), "invalidation channel", &"connection lost");
+                    }
+                    Err(error) => {
+                        if caches.upgrade().is_none() {
+                            return;
+                        }
+                        warn_rate_limited(&last_warning, Instant::now(), "subscribe", &error);
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }))
+    }
+}
+
+fn warn_rate_limited(last_warning: &Mutex<Option<Instant>>, now: Instant, what: &str, error: &dyn std::fmt::Display) {
+    let mut last = last_warning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if last.is_none_or(|at| now.duration_since(at) >= WARNING_INTERVAL) {
+        *last = Some(now);
+        tracing::warn!(error = %error, "Redis {what} failed; serving without L2 until it is back");
+    }
+}
+
+/// "<instance> <account>:<version>:<balance> …"
+fn encode_invalidation(instance: Uuid, balances: &[(Uuid, VersionedBalance)]) -> String {
+    let mut message = instance.simple().to_string();
+    for (account, balance) in balances {
+        message.push(' ');
+        message.push_str(&format!("{}:{}", account.simple(), encode(*balance)));
+    }
+    message
+}
+
+async fn apply_invalidation(caches: &Caches, own_instance: Uuid, payload: &str) {
+    let mut parts = payload.split(' ');
+    let Some(sender) = parts.next().and_then(|text| Uuid::try_parse(text).ok()) else { return };
+    if sender == own_instance {
+        return;
+    }
+    for part in parts {
+        let Some((account, balance)) = part.split_once(':') else { continue };
+        let (Ok(account), Some(balance)) = (Uuid::try_parse(account), decode(balance)) else {
+            continue;
+        };
+        caches.metrics.invalidations_received.inc();
+        caches.put_l1_balance(account, balance).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidations_round_trip() {
+        let instance = Uuid::new_v4();
+        let account = Uuid::now_v7();
+        let balance = VersionedBalance {
+            balance_minor: -1250,
+            version: 42,
+        };
+        let message = encode_invalidation(instance, &[(account, balance)]);
+        let mut parts = message.split(' ');
+        assert_eq!(parts.next(), Some(instance.simple().to_string().as_str()));
+        let (id, encoded) = parts.next().unwrap().split_once(':').unwrap();
+        assert_eq!(Uuid::try_parse(id).unwrap(), account);
+        assert_eq!(decode(encoded), Some(balance));
+        assert_eq!(decode("garbage"), None);
+    }
+}

@@ -1,0 +1,191 @@
+//! Prometheus metrics, one registry per application instance (so tests that run several
+//! instances in one process read each instance's own numbers). Served at `/metrics` in
+//! the OpenMetrics text format, which Prometheus scrapes natively.
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheName {
+    Balance,
+    Account,
+    Payment,
+    PaymentEntries,
+    Entry,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheLevel {
+    L1,
+    L2,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub cache: CacheName,
+    pub level: CacheLevel,
+    pub result: CacheResult,
+}
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum PaymentOutcome {
+    Posted,
+    Declined,
+    Replayed,
+    Rejected,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PaymentLabels {
+    pub outcome: PaymentOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    pub path: &'static str,
+    pub status: u16,
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    pub cache_l2_errors: Counter,
+    pub invalidations_sent: Counter,
+    pub invalidations_received: Counter,
+    pub payments: Family<PaymentLabels, Counter>,
+    pub idempotent_replays: Family<OperationLabels, Counter>,
+    pub write_retries: Counter,
+    pub write_retries_exhausted: Counter,
+    pub database_statements: Counter,
+    pub request_duration: Family<RequestLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ledger");
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Cache lookups by cache, level and hit or miss",
+            cache_lookups.clone(),
+        );
+        let cache_l2_errors = Counter::default();
+        registry.register(
+            "cache_l2_errors",
+            "Redis (L2) operations that failed or timed out; the request went on without L2",
+            cache_l2_errors.clone(),
+        );
+        let invalidations_sent = Counter::default();
+        registry.register(
+            "cache_invalidations_sent",
+            "Balance invalidations published to other instances",
+            invalidations_sent.clone(),
+        );
+        let invalidations_received = Counter::default();
+        registry.register(
+            "cache_invalidations_received",
+            "Balance invalidations received from other instances",
+            invalidations_received.clone(),
+        );
+        let payments = Family::<PaymentLabels, Counter>::default();
+        registry.register(
+            "payments",
+            "createPayment outcomes: posted, declined, replayed, or rejected with an error",
+            payments.clone(),
+        );
+        let idempotent_replays = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "idempotent_replays",
+            "Requests answered by replaying an earlier outcome of the same key",
+            idempotent_replays.clone(),
+        );
+        let write_retries = Counter::default();
+        registry.register(
+            "write_retries",
+            "Write transactions rerun after a serialization failure, deadlock or busy database",
+            write_retries.clone(),
+        );
+        let write_retries_exhausted = Counter::default();
+        registry.register(
+            "write_retries_exhausted",
+            "Writes that ran out of retries and answered RETRY_LATER",
+            write_retries_exhausted.clone(),
+        );
+        let database_statements = Counter::default();
+        registry.register(
+            "database_statements",
+            "SQL statements sent to the database",
+            database_statements.clone(),
+        );
+        let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            // 100 µs to ~1.6 s.
+            Histogram::new(exponential_buckets(0.000_1, 2.0, 15))
+        });
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            request_duration.clone(),
+        );
+        Self {
+            registry,
+            cache_lookups,
+            cache_l2_errors,
+            invalidations_sent,
+            invalidations_received,
+            payments,
+            idempotent_replays,
+            write_retries,
+            write_retries_exhausted,
+            database_statements,
+            request_duration,
+        }
+    }
+
+    pub fn cache_lookup(&self, cache: CacheName, level: CacheLevel, result: CacheResult, count: usize) {
+        if count > 0 {
+            self.cache_lookups
+                .get_or_create(&CacheLabels { cache, level, result })
+                .inc_by(count as u64);
+        }
+    }
+
+    pub fn cache_lookup_count(&self, cache: CacheName, level: CacheLevel, result: CacheResult) -> u64 {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { cache, level, result })
+            .get()
+    }
+
+    pub fn payment(&self, outcome: PaymentOutcome) {
+        self.payments.get_or_create(&PaymentLabels { outcome }).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
