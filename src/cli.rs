@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 
 use crate::config::{CacheConfig, Config, DatabaseConfig, ServerConfig};
-use crate::startup::{self, Application};
 use crate::metrics::Metrics;
+use crate::startup::{self, Application};
 use crate::{auth, graphql, ledger, telemetry};
 
 #[derive(Debug, Parser)]

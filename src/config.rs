@@ -68,27 +68,57 @@ pub struct CacheConfig {
     pub redis_url: Option<String>,
 
     /// Balances kept in the in-process L1 cache; 0 turns the L1 balance cache off.
-    #[arg(long = "cache-l1-balance-capacity", env = "CACHE_L1_BALANCE_CAPACITY", default_value_t = 100_000, global = true)]
+    #[arg(
+        long = "cache-l1-balance-capacity",
+        env = "CACHE_L1_BALANCE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
     pub l1_balance_capacity: u64,
 
     /// Lifetime of an L1 balance: the staleness bound when invalidations are lost.
-    #[arg(long = "cache-l1-balance-ttl-ms", env = "CACHE_L1_BALANCE_TTL_MS", default_value_t = 2_000, global = true)]
+    #[arg(
+        long = "cache-l1-balance-ttl-ms",
+        env = "CACHE_L1_BALANCE_TTL_MS",
+        default_value_t = 2_000,
+        global = true
+    )]
     pub l1_balance_ttl_ms: u64,
 
     /// Immutable objects (account settings, payments, entries) kept in L1 per kind.
-    #[arg(long = "cache-l1-object-capacity", env = "CACHE_L1_OBJECT_CAPACITY", default_value_t = 100_000, global = true)]
+    #[arg(
+        long = "cache-l1-object-capacity",
+        env = "CACHE_L1_OBJECT_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
     pub l1_object_capacity: u64,
 
     /// Lifetime of an L2 (Redis) balance that no write refreshes.
-    #[arg(long = "cache-l2-balance-ttl-ms", env = "CACHE_L2_BALANCE_TTL_MS", default_value_t = 10_000, global = true)]
+    #[arg(
+        long = "cache-l2-balance-ttl-ms",
+        env = "CACHE_L2_BALANCE_TTL_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub l2_balance_ttl_ms: u64,
 
     /// A Redis call slower than this is abandoned and the request goes on without L2.
-    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = 100, global = true)]
+    #[arg(
+        long = "redis-timeout-ms",
+        env = "REDIS_TIMEOUT_MS",
+        default_value_t = 100,
+        global = true
+    )]
     pub redis_timeout_ms: u64,
 
     /// Prefix of Redis keys and channel; instances sharing a database must share it.
-    #[arg(long = "cache-namespace", env = "CACHE_NAMESPACE", default_value = "ledger", global = true)]
+    #[arg(
+        long = "cache-namespace",
+        env = "CACHE_NAMESPACE",
+        default_value = "ledger",
+        global = true
+    )]
     pub namespace: String,
 }
 
@@ -110,7 +140,8 @@ impl CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         let defaults = CacheSettings::default();
-        let milliseconds = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let milliseconds =
+            |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self {
             redis_url: None,
             l1_balance_capacity: defaults.l1_balance_capacity,

@@ -13,8 +13,8 @@ use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, Serv
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
-use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -47,7 +47,10 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             request_timeout,
         ))
-        .layer(middleware::from_fn_with_state(state.clone(), record_latency))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_latency,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

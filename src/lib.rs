@@ -3,6 +3,8 @@
 
 /// Clients (tenants), API keys and who a request is from.
 pub mod auth;
+/// Versioned L1 (moka) and L2 (Redis) caches.
+pub mod cache;
 /// The command line: `serve`, `migrate`, `schema`, `client create`, `verify`.
 pub mod cli;
 /// Configuration from the environment and flags.
@@ -23,12 +25,10 @@ pub mod idempotency;
 pub mod ids;
 /// Money, balance rules, postings, the ledger service and its audit.
 pub mod ledger;
-/// Relay keyset pagination.
-pub mod pagination;
-/// Versioned L1 (moka) and L2 (Redis) caches.
-pub mod cache;
 /// Prometheus metrics.
 pub mod metrics;
+/// Relay keyset pagination.
+pub mod pagination;
 /// Building and running the application.
 pub mod startup;
 /// Logging.

@@ -163,22 +163,43 @@ impl Metrics {
         }
     }
 
-    pub fn cache_lookup(&self, cache: CacheName, level: CacheLevel, result: CacheResult, count: usize) {
+    pub fn cache_lookup(
+        &self,
+        cache: CacheName,
+        level: CacheLevel,
+        result: CacheResult,
+        count: usize,
+    ) {
         if count > 0 {
             self.cache_lookups
-                .get_or_create(&CacheLabels { cache, level, result })
+                .get_or_create(&CacheLabels {
+                    cache,
+                    level,
+                    result,
+                })
                 .inc_by(count as u64);
         }
     }
 
-    pub fn cache_lookup_count(&self, cache: CacheName, level: CacheLevel, result: CacheResult) -> u64 {
+    pub fn cache_lookup_count(
+        &self,
+        cache: CacheName,
+        level: CacheLevel,
+        result: CacheResult,
+    ) -> u64 {
         self.cache_lookups
-            .get_or_create(&CacheLabels { cache, level, result })
+            .get_or_create(&CacheLabels {
+                cache,
+                level,
+                result,
+            })
             .get()
     }
 
     pub fn payment(&self, outcome: PaymentOutcome) {
-        self.payments.get_or_create(&PaymentLabels { outcome }).inc();
+        self.payments
+            .get_or_create(&PaymentLabels { outcome })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.

@@ -8,14 +8,14 @@ use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator};
-use crate::config::Config;
 use crate::cache::{Caches, RedisL2};
+use crate::config::Config;
 use crate::db::{self, Backend};
-use crate::metrics::Metrics;
 use crate::entity::client;
 use crate::graphql::{AppSchema, build_schema};
 use crate::http;
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
 
 /// Everything a request handler needs, cheap to clone.
 #[derive(Clone)]
@@ -99,12 +99,14 @@ pub async fn connect_and_migrate(
     config: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<DatabaseConnection> {
-    let db = db::connect(&config.database, metrics.database_statements.clone()).await.with_context(|| {
-        format!(
-            "cannot connect to the database at {}",
-            redact(&config.database.url)
-        )
-    })?;
+    let db = db::connect(&config.database, metrics.database_statements.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database at {}",
+                redact(&config.database.url)
+            )
+        })?;
     db::migrate(&db).await.context("cannot apply migrations")?;
     Ok(db)
 }

@@ -74,7 +74,12 @@ where
     K: Hash + Eq + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    (capacity > 0).then(|| Cache::builder().max_capacity(capacity).time_to_live(ttl).build())
+    (capacity > 0).then(|| {
+        Cache::builder()
+            .max_capacity(capacity)
+            .time_to_live(ttl)
+            .build()
+    })
 }
 
 pub struct Caches {
@@ -112,7 +117,9 @@ impl Caches {
 
     /// Stores `balance` in L1 unless L1 already holds the same or a newer version.
     pub async fn put_l1_balance(&self, account: Uuid, balance: VersionedBalance) {
-        let Some(balances) = &self.balances else { return };
+        let Some(balances) = &self.balances else {
+            return;
+        };
         balances
             .entry(account)
             .and_compute_with(|existing| async move {
@@ -165,7 +172,12 @@ impl Caches {
             }
         }
         if self.balances.is_some() {
-            self.count(CacheName::Balance, CacheLevel::L1, found.len(), missing.len());
+            self.count(
+                CacheName::Balance,
+                CacheLevel::L1,
+                found.len(),
+                missing.len(),
+            );
         }
         if missing.is_empty() {
             return Ok(found);
@@ -215,8 +227,10 @@ impl Caches {
     }
 
     fn count(&self, cache: CacheName, level: CacheLevel, hits: usize, misses: usize) {
-        self.metrics.cache_lookup(cache, level, CacheResult::Hit, hits);
-        self.metrics.cache_lookup(cache, level, CacheResult::Miss, misses);
+        self.metrics
+            .cache_lookup(cache, level, CacheResult::Hit, hits);
+        self.metrics
+            .cache_lookup(cache, level, CacheResult::Miss, misses);
     }
 
     pub async fn accounts<F, Fut>(
@@ -228,7 +242,14 @@ impl Caches {
         F: FnOnce(Vec<Uuid>) -> Fut,
         Fut: Future<Output = AppResult<Vec<(Uuid, account::Model)>>>,
     {
-        read_through(self.accounts.as_ref(), CacheName::Account, &self.metrics, ids, load).await
+        read_through(
+            self.accounts.as_ref(),
+            CacheName::Account,
+            &self.metrics,
+            ids,
+            load,
+        )
+        .await
     }
 
     pub async fn payments<F, Fut>(
@@ -240,7 +261,14 @@ impl Caches {
         F: FnOnce(Vec<Uuid>) -> Fut,
         Fut: Future<Output = AppResult<Vec<(Uuid, payment::Model)>>>,
     {
-        read_through(self.payments.as_ref(), CacheName::Payment, &self.metrics, ids, load).await
+        read_through(
+            self.payments.as_ref(),
+            CacheName::Payment,
+            &self.metrics,
+            ids,
+            load,
+        )
+        .await
     }
 
     pub async fn entries<F, Fut>(
@@ -252,7 +280,14 @@ impl Caches {
         F: FnOnce(Vec<Uuid>) -> Fut,
         Fut: Future<Output = AppResult<Vec<(Uuid, ledger_entry::Model)>>>,
     {
-        read_through(self.entries.as_ref(), CacheName::Entry, &self.metrics, ids, load).await
+        read_through(
+            self.entries.as_ref(),
+            CacheName::Entry,
+            &self.metrics,
+            ids,
+            load,
+        )
+        .await
     }
 
     /// Entries by payment. A payment and its entries commit together, so the entries of

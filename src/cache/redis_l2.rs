@@ -69,7 +69,8 @@ impl RedisL2 {
             client,
             connection,
             namespace: settings.namespace.clone(),
-            ttl_milliseconds: u64::try_from(settings.l2_balance_ttl.as_millis()).unwrap_or(u64::MAX),
+            ttl_milliseconds: u64::try_from(settings.l2_balance_ttl.as_millis())
+                .unwrap_or(u64::MAX),
             timeout: settings.redis_timeout,
             instance: Uuid::new_v4(),
             skip_until: Mutex::new(None),
@@ -87,20 +88,29 @@ impl RedisL2 {
     }
 
     fn is_skipped(&self) -> bool {
-        let skip_until = self.skip_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let skip_until = self
+            .skip_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         skip_until.is_some_and(|until| Instant::now() < until)
     }
 
     fn failed(&self, what: &str, error: &dyn std::fmt::Display) {
         self.metrics.cache_l2_errors.inc();
         let now = Instant::now();
-        *self.skip_until.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-            Some(now + FAILURE_BACKOFF);
+        *self
+            .skip_until
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now + FAILURE_BACKOFF);
         warn_rate_limited(&self.last_warning, now, what, error);
     }
 
     /// Runs one Redis call with the timeout; `None` when L2 is skipped or failed.
-    async fn call<T, Fut>(&self, what: &str, call: impl FnOnce(ConnectionManager) -> Fut) -> Option<T>
+    async fn call<T, Fut>(
+        &self,
+        what: &str,
+        call: impl FnOnce(ConnectionManager) -> Fut,
+    ) -> Option<T>
     where
         Fut: Future<Output = redis::RedisResult<T>>,
     {
@@ -125,10 +135,18 @@ impl RedisL2 {
         let keys: Vec<String> = accounts.iter().map(|account| self.key(*account)).collect();
         let values: Vec<Option<String>> = self
             .call("MGET", |mut connection| async move {
-                redis::cmd("MGET").arg(&keys).query_async(&mut connection).await
+                redis::cmd("MGET")
+                    .arg(&keys)
+                    .query_async(&mut connection)
+                    .await
             })
             .await?;
-        Some(values.iter().map(|value| value.as_deref().and_then(decode)).collect())
+        Some(
+            values
+                .iter()
+                .map(|value| value.as_deref().and_then(decode))
+                .collect(),
+        )
     }
 
     /// Compare-and-set each balance, all in one round trip.
@@ -161,11 +179,17 @@ impl RedisL2 {
         let channel = self.channel();
         let published: Option<i64> = self
             .call("PUBLISH", |mut connection| async move {
-                redis::cmd("PUBLISH").arg(channel).arg(message).query_async(&mut connection).await
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async(&mut connection)
+                    .await
             })
             .await;
         if published.is_some() {
-            self.metrics.invalidations_sent.inc_by(balances.len() as u64);
+            self.metrics
+                .invalidations_sent
+                .inc_by(balances.len() as u64);
         }
     }
 
@@ -199,10 +223,17 @@ impl RedisL2 {
                         let mut messages = pubsub.on_message();
                         while let Some(message) = messages.next().await {
                             let Some(live) = caches.upgrade() else { return };
-                            let Ok(payload) = message.get_payload::<String>() else { continue };
+                            let Ok(payload) = message.get_payload::<String>() else {
+                                continue;
+                            };
                             apply_invalidation(&live, instance, &payload).await;
                         }
-                        warn_rate_limited(&last_warning, Instant::now(), "invalidation channel", &"connection lost");
+                        warn_rate_limited(
+                            &last_warning,
+                            Instant::now(),
+                            "invalidation channel",
+                            &"connection lost",
+                        );
                     }
                     Err(error) => {
                         if caches.upgrade().is_none() {
@@ -218,8 +249,15 @@ impl RedisL2 {
     }
 }
 
-fn warn_rate_limited(last_warning: &Mutex<Option<Instant>>, now: Instant, what: &str, error: &dyn std::fmt::Display) {
-    let mut last = last_warning.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+fn warn_rate_limited(
+    last_warning: &Mutex<Option<Instant>>,
+    now: Instant,
+    what: &str,
+    error: &dyn std::fmt::Display,
+) {
+    let mut last = last_warning
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if last.is_none_or(|at| now.duration_since(at) >= WARNING_INTERVAL) {
         *last = Some(now);
         tracing::warn!(error = %error, "Redis {what} failed; serving without L2 until it is back");
@@ -238,12 +276,16 @@ fn encode_invalidation(instance: Uuid, balances: &[(Uuid, VersionedBalance)]) ->
 
 async fn apply_invalidation(caches: &Caches, own_instance: Uuid, payload: &str) {
     let mut parts = payload.split(' ');
-    let Some(sender) = parts.next().and_then(|text| Uuid::try_parse(text).ok()) else { return };
+    let Some(sender) = parts.next().and_then(|text| Uuid::try_parse(text).ok()) else {
+        return;
+    };
     if sender == own_instance {
         return;
     }
     for part in parts {
-        let Some((account, balance)) = part.split_once(':') else { continue };
+        let Some((account, balance)) = part.split_once(':') else {
+            continue;
+        };
         let (Ok(account), Some(balance)) = (Uuid::try_parse(account), decode(balance)) else {
             continue;
         };

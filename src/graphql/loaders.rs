@@ -36,16 +36,28 @@ fn uuids<K: Copy>(keys: &[K], uuid: impl Fn(K) -> Uuid) -> Vec<Uuid> {
     keys.iter().copied().map(uuid).collect()
 }
 
-fn rekey<K: Eq + std::hash::Hash, V>(found: HashMap<Uuid, V>, key: impl Fn(Uuid) -> K) -> HashMap<K, V> {
-    found.into_iter().map(|(id, value)| (key(id), value)).collect()
+fn rekey<K: Eq + std::hash::Hash, V>(
+    found: HashMap<Uuid, V>,
+    key: impl Fn(Uuid) -> K,
+) -> HashMap<K, V> {
+    found
+        .into_iter()
+        .map(|(id, value)| (key(id), value))
+        .collect()
 }
 
 impl Loader<AccountId> for LedgerLoader {
     type Value = account::Model;
     type Error = AppError;
 
-    async fn load(&self, keys: &[AccountId]) -> Result<HashMap<AccountId, Self::Value>, Self::Error> {
-        let found = self.ledger.account_settings(self.client, &uuids(keys, |id| id.0)).await?;
+    async fn load(
+        &self,
+        keys: &[AccountId],
+    ) -> Result<HashMap<AccountId, Self::Value>, Self::Error> {
+        let found = self
+            .ledger
+            .account_settings(self.client, &uuids(keys, |id| id.0))
+            .await?;
         Ok(rekey(found, AccountId))
     }
 }
@@ -54,8 +66,14 @@ impl Loader<CachedBalance> for LedgerLoader {
     type Value = VersionedBalance;
     type Error = AppError;
 
-    async fn load(&self, keys: &[CachedBalance]) -> Result<HashMap<CachedBalance, Self::Value>, Self::Error> {
-        let found = self.ledger.cached_balances(self.client, &uuids(keys, |key| key.0.0)).await?;
+    async fn load(
+        &self,
+        keys: &[CachedBalance],
+    ) -> Result<HashMap<CachedBalance, Self::Value>, Self::Error> {
+        let found = self
+            .ledger
+            .cached_balances(self.client, &uuids(keys, |key| key.0.0))
+            .await?;
         Ok(rekey(found, |id| CachedBalance(AccountId(id))))
     }
 }
@@ -64,8 +82,14 @@ impl Loader<StrongBalance> for LedgerLoader {
     type Value = VersionedBalance;
     type Error = AppError;
 
-    async fn load(&self, keys: &[StrongBalance]) -> Result<HashMap<StrongBalance, Self::Value>, Self::Error> {
-        let found = self.ledger.strong_balances(self.client, &uuids(keys, |key| key.0.0)).await?;
+    async fn load(
+        &self,
+        keys: &[StrongBalance],
+    ) -> Result<HashMap<StrongBalance, Self::Value>, Self::Error> {
+        let found = self
+            .ledger
+            .strong_balances(self.client, &uuids(keys, |key| key.0.0))
+            .await?;
         Ok(rekey(found, |id| StrongBalance(AccountId(id))))
     }
 }
@@ -74,9 +98,18 @@ impl Loader<PaymentId> for LedgerLoader {
     type Value = payment::Model;
     type Error = AppError;
 
-    async fn load(&self, keys: &[PaymentId]) -> Result<HashMap<PaymentId, Self::Value>, Self::Error> {
-        let rows = self.ledger.payments_by_ids(self.client, &uuids(keys, |id| id.0)).await?;
-        Ok(rows.into_iter().map(|row| (PaymentId(row.id), row)).collect())
+    async fn load(
+        &self,
+        keys: &[PaymentId],
+    ) -> Result<HashMap<PaymentId, Self::Value>, Self::Error> {
+        let rows = self
+            .ledger
+            .payments_by_ids(self.client, &uuids(keys, |id| id.0))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (PaymentId(row.id), row))
+            .collect())
     }
 }
 
@@ -88,8 +121,14 @@ impl Loader<LedgerEntryId> for LedgerLoader {
         &self,
         keys: &[LedgerEntryId],
     ) -> Result<HashMap<LedgerEntryId, Self::Value>, Self::Error> {
-        let rows = self.ledger.entries_by_ids(self.client, &uuids(keys, |id| id.0)).await?;
-        Ok(rows.into_iter().map(|row| (LedgerEntryId(row.id), row)).collect())
+        let rows = self
+            .ledger
+            .entries_by_ids(self.client, &uuids(keys, |id| id.0))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (LedgerEntryId(row.id), row))
+            .collect())
     }
 }
 

@@ -4,8 +4,8 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, MergedObject, Object, Result};
 
 use crate::error::AppError;
-use crate::graphql::{RequestScope, scope};
 use crate::graphql::types::{Account, LedgerEntry, Node, Payment, connection, page_arguments};
+use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
 use crate::pagination::{CursorKind, PageRequest};

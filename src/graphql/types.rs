@@ -5,9 +5,9 @@ use async_graphql::connection::{Connection, Edge};
 use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
+use crate::cache::VersionedBalance;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
-use crate::cache::VersionedBalance;
 use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
 use crate::graphql::scalars::Money;
 use crate::graphql::scope;
@@ -166,7 +166,8 @@ impl Account {
             Consistency::Cached => loader.load_one(CachedBalance(id)).await?,
             Consistency::Strong => loader.load_one(StrongBalance(id)).await?,
         };
-        let balance = balance.ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
+        let balance =
+            balance.ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
         Ok(self.balance_of(balance))
     }
 

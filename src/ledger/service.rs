@@ -14,14 +14,13 @@ use chrono::Utc;
 use rand::Rng;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr,
-    EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
 };
 use uuid::Uuid;
 
 use crate::cache::{Caches, VersionedBalance};
 use crate::db::Backend;
-use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
@@ -32,6 +31,7 @@ use crate::ledger::posting::{
 };
 use crate::ledger::requests::{NewAccount, NewPayment};
 use crate::ledger::write_gate::WriteGate;
+use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 use crate::pagination::{Page, PageRequest, fetch_page};
 
 /// How many times one write transaction is attempted before the client is told to retry.
@@ -275,19 +275,19 @@ impl Ledger {
         let payment_id = PaymentId::generate();
         let created = self
             .create_once(
-            idempotency::Operation::CreatePayment.as_str(),
-            &[request.from.0, request.to.0],
-            || {
-                self.find_replayed(
-                    client,
-                    &request.idempotency_key,
-                    &fingerprint,
-                    |id| async move { self.payments_by_ids(client, &[id]).await },
-                )
-            },
-            || self.try_create_payment(client, &request, &fingerprint, payment_id),
-        )
-        .await;
+                idempotency::Operation::CreatePayment.as_str(),
+                &[request.from.0, request.to.0],
+                || {
+                    self.find_replayed(
+                        client,
+                        &request.idempotency_key,
+                        &fingerprint,
+                        |id| async move { self.payments_by_ids(client, &[id]).await },
+                    )
+                },
+                || self.try_create_payment(client, &request, &fingerprint, payment_id),
+            )
+            .await;
         self.metrics.payment(match &created {
             Ok(created) if created.replayed => PaymentOutcome::Replayed,
             Ok(created) if created.value.status == PaymentStatus::Posted.as_str() => {
@@ -386,7 +386,11 @@ impl Ledger {
 
     /// A committed payment is final: remember it, and spread its accounts' new
     /// balances to L1, L2 and every other instance.
-    async fn after_payment_commit(&self, payment: &payment::Model, entries: Vec<ledger_entry::Model>) {
+    async fn after_payment_commit(
+        &self,
+        payment: &payment::Model,
+        entries: Vec<ledger_entry::Model>,
+    ) {
         let balances: Vec<(Uuid, VersionedBalance)> = entries
             .iter()
             .map(|entry| {
@@ -611,7 +615,11 @@ impl Ledger {
 
     /// Fails with NOT_FOUND unless `account` belongs to `client`.
     async fn require_account(&self, client: ClientId, account: AccountId) -> AppResult<()> {
-        if self.account_settings(client, &[account.0]).await?.contains_key(&account.0) {
+        if self
+            .account_settings(client, &[account.0])
+            .await?
+            .contains_key(&account.0)
+        {
             Ok(())
         } else {
             Err(AppError::not_found(format!("account {account} not found")))

@@ -146,16 +146,8 @@ impl TestApp {
 
     /// POSTs a GraphQL request to the instance at `address` as the test client.
     pub async fn graphql_at(&self, address: &str, query: &str, variables: Value) -> Value {
-        self.http
-            .post(format!("{address}/graphql"))
-            .bearer_auth(&self.api_key)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
+        self.post_graphql(address, Some(&self.api_key), query, variables)
             .await
-            .expect("the server answers")
-            .json()
-            .await
-            .expect("the response is JSON")
     }
 
     /// Like `pay`, against the instance at `address`.
@@ -188,9 +180,20 @@ impl TestApp {
     }
 
     pub async fn graphql_as(&self, api_key: Option<&str>, query: &str, variables: Value) -> Value {
+        self.post_graphql(&self.address, api_key, query, variables)
+            .await
+    }
+
+    async fn post_graphql(
+        &self,
+        address: &str,
+        api_key: Option<&str>,
+        query: &str,
+        variables: Value,
+    ) -> Value {
         let mut request = self
             .http
-            .post(format!("{}/graphql", self.address))
+            .post(format!("{address}/graphql"))
             .json(&json!({ "query": query, "variables": variables }));
         if let Some(api_key) = api_key {
             request = request.bearer_auth(api_key);
