@@ -1,0 +1,248 @@
+//! Balance-read throughput by cache level, against the release server on PostgreSQL and
+//! Redis, next to a trivial `{ __typename }` query on the same server, in one run.
+//!
+//!     cargo bench --bench reads
+//!
+//! Reads `LEDGER_BENCH_DATABASE_URL` (an admin PostgreSQL URL; default
+//! postgres://postgres@127.0.0.1:5432/postgres) and `LEDGER_BENCH_REDIS_URL` (default
+//! redis://127.0.0.1:6379), `BENCH_SECONDS` per phase (default 5) and `BENCH_CONCURRENCY`
+//! (default 32). Creates and drops its own database. Prints numbers; asserts nothing.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+
+const ACCOUNTS: usize = 100;
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let scheme_end = url.find("://").map(|index| index + 3).unwrap_or(0);
+    match url[scheme_end..].find('/') {
+        Some(slash) => format!("{}/{name}", &url[..scheme_end + slash]),
+        None => format!("{url}/{name}"),
+    }
+}
+
+struct Server {
+    process: Child,
+    address: String,
+}
+
+impl Server {
+    fn start(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_payments-ledger"));
+        command
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", redis_url)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("CACHE_NAMESPACE", format!("ledger-bench-{port}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let process = command.spawn().expect("the server starts");
+        let address = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Self { process, address };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not start listening");
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kib| kib / 1024.0)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+async fn graphql(http: &reqwest::Client, address: &str, key: &str, query: &str, variables: Value) -> Value {
+    http.post(format!("{address}/graphql"))
+        .bearer_auth(key)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("the server answers")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+struct PhaseResult {
+    name: &'static str,
+    requests_per_second: f64,
+    latency: Histogram<u64>,
+    errors: u64,
+    rss_mib: f64,
+}
+
+/// A closed loop: `concurrency` workers each send the next request as soon as the last
+/// one answered, for `duration`.
+async fn run_phase(
+    name: &'static str,
+    server: &Server,
+    key: &str,
+    query: &'static str,
+    accounts: &Arc<Vec<String>>,
+    concurrency: usize,
+    duration: Duration,
+) -> PhaseResult {
+    let http = reqwest::Client::new();
+    // Warm-up: every account once, so "warm" means warm.
+    for account in accounts.iter() {
+        graphql(&http, &server.address, key, query, json!({ "id": account })).await;
+    }
+    let started = Instant::now();
+    let workers = (0..concurrency).map(|worker| {
+        let (http, address, key, accounts) = (http.clone(), server.address.clone(), key.to_owned(), Arc::clone(accounts));
+        tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let (mut count, mut errors) = (0_u64, 0_u64);
+            let mut index = worker;
+            while started.elapsed() < duration {
+                let account = &accounts[index % accounts.len()];
+                index += concurrency;
+                let sent = Instant::now();
+                let response = graphql(&http, &address, &key, query, json!({ "id": account })).await;
+                latency.record(sent.elapsed().as_micros() as u64).ok();
+                count += 1;
+                errors += u64::from(response.get("errors").is_some());
+            }
+            (count, errors, latency)
+        })
+    });
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let (mut count, mut errors) = (0, 0);
+    for worker in futures::future::join_all(workers).await {
+        let (worker_count, worker_errors, worker_latency) = worker.unwrap();
+        count += worker_count;
+        errors += worker_errors;
+        latency.add(worker_latency).unwrap();
+    }
+    PhaseResult {
+        name,
+        requests_per_second: count as f64 / started.elapsed().as_secs_f64(),
+        latency,
+        errors,
+        rss_mib: server.rss_mib(),
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|kib| kib.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    format!("{} cores, {cpu}, {memory:.0} GiB", std::thread::available_parallelism().map_or(0, usize::from))
+}
+
+async fn setup(server: &Server, key: &str) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let create = "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
+    let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": "funding", "currency": "USD", "balanceRule": "UNBOUNDED" } })).await;
+    let funding = response["data"]["createAccount"]["account"]["id"].as_str().unwrap().to_owned();
+    let mut accounts = Vec::new();
+    for index in 0..ACCOUNTS {
+        let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": format!("a{index}"), "currency": "USD", "balanceRule": "NON_NEGATIVE" } })).await;
+        let account = response["data"]["createAccount"]["account"]["id"].as_str().unwrap().to_owned();
+        let pay = "mutation($input: CreatePaymentInput!) { createPayment(input: $input) { payment { status } } }";
+        graphql(&http, &server.address, key, pay, json!({ "input": { "idempotencyKey": format!("f{index}"), "fromAccountId": funding, "toAccountId": account, "amount": "100.00", "currency": "USD" } })).await;
+        accounts.push(account);
+    }
+    accounts
+}
+
+fn main() {
+    let admin_url = env_or("LEDGER_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let redis_url = env_or("LEDGER_BENCH_REDIS_URL", "redis://127.0.0.1:6379");
+    let seconds: u64 = env_or("BENCH_SECONDS", "5").parse().unwrap_or(5);
+    let concurrency: usize = env_or("BENCH_CONCURRENCY", "32").parse().unwrap_or(32);
+    let duration = Duration::from_secs(seconds);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = format!("ledger_bench_{}", uuid::Uuid::new_v4().simple());
+    runtime.block_on(async {
+        let admin = sea_orm::Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {database}")).await.unwrap();
+    });
+    let database_url = with_database(&admin_url, &database);
+
+    let output = Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
+        .args(["client", "create", "bench"])
+        .env("DATABASE_URL", &database_url)
+        .output()
+        .expect("client create runs");
+    let key = String::from_utf8(output.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+
+    let results = runtime.block_on(async {
+        const TYPENAME: &str = "query($id: ID!) { __typename }";
+        const CACHED: &str = "query($id: ID!) { account(id: $id) { balance { amount version } } }";
+        const STRONG: &str = "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount version } } }";
+        let server = Server::start(&database_url, &redis_url, &[]);
+        let accounts = Arc::new(setup(&server, &key).await);
+        let mut results = vec![
+            run_phase("{ __typename }", &server, &key, TYPENAME, &accounts, concurrency, duration).await,
+            run_phase("balance, warm L1", &server, &key, CACHED, &accounts, concurrency, duration).await,
+            run_phase("balance, STRONG (uncached)", &server, &key, STRONG, &accounts, concurrency, duration).await,
+        ];
+        drop(server);
+        let l2_only = Server::start(&database_url, &redis_url, &[("CACHE_L1_BALANCE_CAPACITY", "0")]);
+        results.push(run_phase("balance, L2 only (L1 off)", &l2_only, &key, CACHED, &accounts, concurrency, duration).await);
+        results
+    });
+
+    runtime.block_on(async {
+        let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await.ok();
+    });
+
+    println!("\nmachine: {}", machine());
+    println!("{seconds} s per phase, {concurrency} concurrent clients, {ACCOUNTS} accounts, server and client on the same machine\n");
+    println!("| phase | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for result in &results {
+        let ms = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
+        println!(
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {:.1} |",
+            result.name,
+            result.requests_per_second,
+            ms(0.5),
+            ms(0.9),
+            ms(0.99),
+            result.latency.max() as f64 / 1000.0,
+            result.errors,
+            result.rss_mib
+        );
+    }
+    let rate = |name: &str| results.iter().find(|result| result.name == name).map_or(0.0, |result| result.requests_per_second);
+    let warm = rate("balance, warm L1");
+    println!();
+    println!("warm L1 / {{ __typename }}: {:.2}x (goal >= 0.8x)", warm / rate("{ __typename }"));
+    println!("warm L1 / STRONG:         {:.2}x (goal >= 5x)", warm / rate("balance, STRONG (uncached)"));
+    println!("L2 only / STRONG:         {:.2}x", rate("balance, L2 only (L1 off)") / rate("balance, STRONG (uncached)"));
+}
