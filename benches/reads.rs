@@ -36,7 +36,11 @@ struct Server {
 
 impl Server {
     fn start(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_payments-ledger"));
         command
             .arg("serve")
@@ -61,11 +65,19 @@ impl Server {
     }
 
     fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .and_then(|value| {
+                value
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
             .map_or(0.0, |kib| kib / 1024.0)
     }
 }
@@ -77,7 +89,13 @@ impl Drop for Server {
     }
 }
 
-async fn graphql(http: &reqwest::Client, address: &str, key: &str, query: &str, variables: Value) -> Value {
+async fn graphql(
+    http: &reqwest::Client,
+    address: &str,
+    key: &str,
+    query: &str,
+    variables: Value,
+) -> Value {
     http.post(format!("{address}/graphql"))
         .bearer_auth(key)
         .json(&json!({ "query": query, "variables": variables }))
@@ -115,7 +133,12 @@ async fn run_phase(
     }
     let started = Instant::now();
     let workers = (0..concurrency).map(|worker| {
-        let (http, address, key, accounts) = (http.clone(), server.address.clone(), key.to_owned(), Arc::clone(accounts));
+        let (http, address, key, accounts) = (
+            http.clone(),
+            server.address.clone(),
+            key.to_owned(),
+            Arc::clone(accounts),
+        );
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let (mut count, mut errors) = (0_u64, 0_u64);
@@ -124,7 +147,8 @@ async fn run_phase(
                 let account = &accounts[index % accounts.len()];
                 index += concurrency;
                 let sent = Instant::now();
-                let response = graphql(&http, &address, &key, query, json!({ "id": account })).await;
+                let response =
+                    graphql(&http, &address, &key, query, json!({ "id": account })).await;
                 latency.record(sent.elapsed().as_micros() as u64).ok();
                 count += 1;
                 errors += u64::from(response.get("errors").is_some());
@@ -152,25 +176,44 @@ async fn run_phase(
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find_map(|line| line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                line.strip_prefix("model name")
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").to_owned()))
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .map(|line| line.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
         .and_then(|kib| kib.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
-    format!("{} cores, {cpu}, {memory:.0} GiB", std::thread::available_parallelism().map_or(0, usize::from))
+    format!(
+        "{} cores, {cpu}, {memory:.0} GiB",
+        std::thread::available_parallelism().map_or(0, usize::from)
+    )
 }
 
 async fn setup(server: &Server, key: &str) -> Vec<String> {
     let http = reqwest::Client::new();
-    let create = "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
+    let create =
+        "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
     let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": "funding", "currency": "USD", "balanceRule": "UNBOUNDED" } })).await;
-    let funding = response["data"]["createAccount"]["account"]["id"].as_str().unwrap().to_owned();
+    let funding = response["data"]["createAccount"]["account"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut accounts = Vec::new();
     for index in 0..ACCOUNTS {
         let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": format!("a{index}"), "currency": "USD", "balanceRule": "NON_NEGATIVE" } })).await;
-        let account = response["data"]["createAccount"]["account"]["id"].as_str().unwrap().to_owned();
+        let account = response["data"]["createAccount"]["account"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let pay = "mutation($input: CreatePaymentInput!) { createPayment(input: $input) { payment { status } } }";
         graphql(&http, &server.address, key, pay, json!({ "input": { "idempotencyKey": format!("f{index}"), "fromAccountId": funding, "toAccountId": account, "amount": "100.00", "currency": "USD" } })).await;
         accounts.push(account);
@@ -179,7 +222,10 @@ async fn setup(server: &Server, key: &str) -> Vec<String> {
 }
 
 fn main() {
-    let admin_url = env_or("LEDGER_BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let admin_url = env_or(
+        "LEDGER_BENCH_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
     let redis_url = env_or("LEDGER_BENCH_REDIS_URL", "redis://127.0.0.1:6379");
     let seconds: u64 = env_or("BENCH_SECONDS", "5").parse().unwrap_or(5);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", "32").parse().unwrap_or(32);
@@ -187,8 +233,15 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let database = format!("ledger_bench_{}", uuid::Uuid::new_v4().simple());
     runtime.block_on(async {
-        let admin = sea_orm::Database::connect(&admin_url).await.expect("PostgreSQL is reachable");
-        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("CREATE DATABASE {database}")).await.unwrap();
+        let admin = sea_orm::Database::connect(&admin_url)
+            .await
+            .expect("PostgreSQL is reachable");
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("CREATE DATABASE {database}"),
+        )
+        .await
+        .unwrap();
     });
     let database_url = with_database(&admin_url, &database);
 
@@ -197,10 +250,16 @@ fn main() {
         .env("DATABASE_URL", &database_url)
         .output()
         .expect("client create runs");
-    let key = String::from_utf8(output.stdout).unwrap().lines().last().unwrap().trim().to_owned();
+    let key = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
 
     let results = runtime.block_on(async {
-        const TYPENAME: &str = "query($id: ID!) { __typename }";
+        const TYPENAME: &str = "{ __typename }";
         const CACHED: &str = "query($id: ID!) { account(id: $id) { balance { amount version } } }";
         const STRONG: &str = "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount version } } }";
         let server = Server::start(&database_url, &redis_url, &[]);
@@ -218,12 +277,21 @@ fn main() {
 
     runtime.block_on(async {
         let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
-        sea_orm::ConnectionTrait::execute_unprepared(&admin, &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await.ok();
+        sea_orm::ConnectionTrait::execute_unprepared(
+            &admin,
+            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+        )
+        .await
+        .ok();
     });
 
     println!("\nmachine: {}", machine());
-    println!("{seconds} s per phase, {concurrency} concurrent clients, {ACCOUNTS} accounts, server and client on the same machine\n");
-    println!("| phase | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |");
+    println!(
+        "{seconds} s per phase, {concurrency} concurrent clients, {ACCOUNTS} accounts, server and client on the same machine\n"
+    );
+    println!(
+        "| phase | requests/s | p50 ms | p90 ms | p99 ms | max ms | errors | server RSS MiB |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for result in &results {
         let ms = |quantile: f64| result.latency.value_at_quantile(quantile) as f64 / 1000.0;
@@ -239,10 +307,24 @@ fn main() {
             result.rss_mib
         );
     }
-    let rate = |name: &str| results.iter().find(|result| result.name == name).map_or(0.0, |result| result.requests_per_second);
+    let rate = |name: &str| {
+        results
+            .iter()
+            .find(|result| result.name == name)
+            .map_or(0.0, |result| result.requests_per_second)
+    };
     let warm = rate("balance, warm L1");
     println!();
-    println!("warm L1 / {{ __typename }}: {:.2}x (goal >= 0.8x)", warm / rate("{ __typename }"));
-    println!("warm L1 / STRONG:         {:.2}x (goal >= 5x)", warm / rate("balance, STRONG (uncached)"));
-    println!("L2 only / STRONG:         {:.2}x", rate("balance, L2 only (L1 off)") / rate("balance, STRONG (uncached)"));
+    println!(
+        "warm L1 / {{ __typename }}: {:.2}x (goal >= 0.8x)",
+        warm / rate("{ __typename }")
+    );
+    println!(
+        "warm L1 / STRONG:         {:.2}x (goal >= 5x)",
+        warm / rate("balance, STRONG (uncached)")
+    );
+    println!(
+        "L2 only / STRONG:         {:.2}x",
+        rate("balance, L2 only (L1 off)") / rate("balance, STRONG (uncached)")
+    );
 }

@@ -226,6 +226,25 @@ impl Caches {
         }
     }
 
+    /// An L1 balance without waiting for a DataLoader batch: a hit answers at once, a
+    /// miss (not counted here) goes on through the loader.
+    pub async fn peek_balance(&self, account: Uuid) -> Option<VersionedBalance> {
+        let found = self.l1_balance(&account).await;
+        if found.is_some() {
+            self.count(CacheName::Balance, CacheLevel::L1, 1, 0);
+        }
+        found
+    }
+
+    /// Account settings from L1 without waiting for a DataLoader batch.
+    pub async fn peek_account(&self, account: Uuid) -> Option<account::Model> {
+        let found = self.accounts.as_ref()?.get(&account).await;
+        if found.is_some() {
+            self.count(CacheName::Account, CacheLevel::L1, 1, 0);
+        }
+        found
+    }
+
     fn count(&self, cache: CacheName, level: CacheLevel, hits: usize, misses: usize) {
         self.metrics
             .cache_lookup(cache, level, CacheResult::Hit, hits);

@@ -4,7 +4,9 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, MergedObject, Object, Result};
 
 use crate::error::AppError;
-use crate::graphql::types::{Account, LedgerEntry, Node, Payment, connection, page_arguments};
+use crate::graphql::types::{
+    Account, LedgerEntry, Node, Payment, connection, load_account, page_arguments,
+};
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
@@ -22,12 +24,9 @@ pub struct NodeQuery;
 async fn load_node(scope: &RequestScope, id: &str) -> Result<Option<Node>> {
     let (kind, uuid) = ids::parse_any(id)?;
     Ok(match kind {
-        IdKind::Account => scope
-            .loader
-            .load_one(AccountId(uuid))
+        IdKind::Account => load_account(scope, AccountId(uuid))
             .await?
-            .map(|row| Account::from_row(row).map(Node::Account))
-            .transpose()?,
+            .map(Node::Account),
         IdKind::Payment => scope
             .loader
             .load_one(PaymentId(uuid))
@@ -75,14 +74,10 @@ pub struct AccountQuery;
 #[Object]
 impl AccountQuery {
     async fn account(&self, ctx: &Context<'_>, id: ID) -> Result<Account> {
-        let scope = scope(ctx)?;
         let id = AccountId::parse(&id)?;
-        let row = scope
-            .loader
-            .load_one(id)
+        Ok(load_account(scope(ctx)?, id)
             .await?
-            .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
-        Ok(Account::from_row(row)?)
+            .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?)
     }
 
     /// The account with this `externalRef`, or null.

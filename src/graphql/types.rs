@@ -10,7 +10,7 @@ use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
 use crate::graphql::scalars::Money;
-use crate::graphql::scope;
+use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
@@ -160,11 +160,14 @@ impl Account {
         ctx: &Context<'_>,
         #[graphql(default)] consistency: Consistency,
     ) -> Result<Balance> {
-        let loader = &scope(ctx)?.loader;
+        let scope = scope(ctx)?;
         let id = self.account_id();
         let balance = match consistency {
-            Consistency::Cached => loader.load_one(CachedBalance(id)).await?,
-            Consistency::Strong => loader.load_one(StrongBalance(id)).await?,
+            Consistency::Cached => match scope.ledger.peek_balance(id).await {
+                Some(balance) => Some(balance),
+                None => scope.loader.load_one(CachedBalance(id)).await?,
+            },
+            Consistency::Strong => scope.loader.load_one(StrongBalance(id)).await?,
         };
         let balance =
             balance.ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
@@ -247,13 +250,19 @@ impl Payment {
     }
 }
 
-async fn load_account(ctx: &Context<'_>, id: AccountId) -> Result<Account> {
-    let row = scope(ctx)?
-        .loader
-        .load_one(id)
+/// An account of the caller's: L1 at once, else through the request's DataLoader.
+pub async fn load_account(scope: &RequestScope, id: AccountId) -> AppResult<Option<Account>> {
+    let row = match scope.ledger.peek_account_settings(scope.client, id).await {
+        Some(row) => Some(row),
+        None => scope.loader.load_one(id).await?,
+    };
+    row.map(Account::from_row).transpose()
+}
+
+async fn required_account(ctx: &Context<'_>, id: AccountId) -> Result<Account> {
+    Ok(load_account(scope(ctx)?, id)
         .await?
-        .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
-    Ok(Account::from_row(row)?)
+        .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?)
 }
 
 #[Object]
@@ -282,11 +291,11 @@ impl Payment {
 
     #[allow(clippy::wrong_self_convention)] // the field is named by the API
     async fn from_account(&self, ctx: &Context<'_>) -> Result<Account> {
-        load_account(ctx, AccountId(self.row.from_account_id)).await
+        required_account(ctx, AccountId(self.row.from_account_id)).await
     }
 
     async fn to_account(&self, ctx: &Context<'_>) -> Result<Account> {
-        load_account(ctx, AccountId(self.row.to_account_id)).await
+        required_account(ctx, AccountId(self.row.to_account_id)).await
     }
 
     async fn amount(&self) -> Money {
@@ -350,7 +359,7 @@ impl LedgerEntry {
     }
 
     async fn account(&self, ctx: &Context<'_>) -> Result<Account> {
-        load_account(ctx, AccountId(self.row.account_id)).await
+        required_account(ctx, AccountId(self.row.account_id)).await
     }
 
     async fn payment(&self, ctx: &Context<'_>) -> Result<Payment> {

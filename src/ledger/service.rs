@@ -455,6 +455,24 @@ impl Ledger {
         Ok(found)
     }
 
+    /// One account's settings if L1 has them, checked against the tenant.
+    pub async fn peek_account_settings(
+        &self,
+        client: ClientId,
+        id: AccountId,
+    ) -> Option<account::Model> {
+        self.caches
+            .peek_account(id.0)
+            .await
+            .filter(|row| row.client_id == client.0)
+    }
+
+    /// One account's balance if L1 has it. Only for accounts already known to be the
+    /// caller's.
+    pub async fn peek_balance(&self, id: AccountId) -> Option<VersionedBalance> {
+        self.caches.peek_balance(id.0).await
+    }
+
     /// Balances through L1, L2 and the database.
     pub async fn cached_balances(
         &self,

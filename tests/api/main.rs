@@ -10,6 +10,7 @@ mod concurrency;
 mod http;
 mod idempotency;
 mod loaders;
+mod loadgen;
 mod pagination;
 mod payments;
 mod schema;

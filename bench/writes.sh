@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Write benchmark, in one run on one machine: the release server on PostgreSQL (+ Redis)
+# driven by loadgen at 1, 16 and 64 concurrent clients, next to pgbench's built-in
+# TPC-B-like transaction on the same PostgreSQL at the same client counts, plus a run
+# with half of all payments on one hot account. Prints one markdown table.
+#
+#   bash bench/writes.sh
+#
+# Environment: LEDGER_BENCH_DATABASE_URL (admin URL, default
+# postgres://postgres@127.0.0.1:5432/postgres), LEDGER_BENCH_REDIS_URL (default
+# redis://127.0.0.1:6379), BENCH_SECONDS per run (default 15), BENCH_CLIENTS (default
+# "1 16 64"), PGBENCH_SCALE (default 16). Creates and drops its own databases.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ADMIN_URL=${LEDGER_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+REDIS_URL=${LEDGER_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
+RUN_SECONDS=${BENCH_SECONDS:-15}
+CLIENTS=${BENCH_CLIENTS:-"1 16 64"}
+SCALE=${PGBENCH_SCALE:-16}
+PORT=${BENCH_PORT:-18080}
+TARGET=${CARGO_TARGET_DIR:-target}
+
+cargo build --release --bin payments-ledger --bin loadgen >&2
+SERVER_BIN="$TARGET/release/payments-ledger"
+LOADGEN_BIN="$TARGET/release/loadgen"
+
+LEDGER_DB="ledger_bench_writes_$$"
+PGBENCH_DB="ledger_bench_pgbench_$$"
+BASE_URL="${ADMIN_URL%/*}"
+LEDGER_URL="$BASE_URL/$LEDGER_DB"
+PGBENCH_URL="$BASE_URL/$PGBENCH_DB"
+SERVER_PID=""
+
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $LEDGER_DB WITH (FORCE)" -c "DROP DATABASE IF EXISTS $PGBENCH_DB WITH (FORCE)" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+psql -q "$ADMIN_URL" -c "CREATE DATABASE $LEDGER_DB" -c "CREATE DATABASE $PGBENCH_DB" >/dev/null
+echo "pgbench: initializing scale $SCALE" >&2
+pgbench -i -q -s "$SCALE" "$PGBENCH_URL" >/dev/null 2>&1
+
+KEY=$(DATABASE_URL="$LEDGER_URL" "$SERVER_BIN" client create bench | tail -n 1)
+DATABASE_URL="$LEDGER_URL" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$PORT" \
+  CACHE_NAMESPACE="ledger-bench-$$" DATABASE_MAX_CONNECTIONS=32 RUST_LOG=warn \
+  "$SERVER_BIN" serve >/dev/null 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVER_PID/status"; }
+
+# Runs loadgen while sampling the server's RSS; prints "payments/s p99_ms max_rss_mib violations".
+run_loadgen() {
+  local clients=$1 hot=$2
+  local out peak=0 sample
+  out=$(mktemp)
+  "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency "$clients" \
+    --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json >"$out" &
+  local loadgen_pid=$!
+  while kill -0 "$loadgen_pid" 2>/dev/null; do
+    sample=$(rss_mib)
+    [ "${sample:-0}" -gt "$peak" ] && peak=$sample
+    sleep 0.5
+  done
+  wait "$loadgen_pid" || true
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.1f %.2f %s %d" % (r["payments_per_second"], r["payment_latency_ms"]["p99"], sys.argv[2], len(r["violations"])))' "$out" "$peak"
+  rm -f "$out"
+}
+
+run_pgbench() {
+  local clients=$1 threads=$1
+  [ "$threads" -gt 2 ] && threads=2
+  pgbench -n -c "$clients" -j "$threads" -T "$RUN_SECONDS" "$PGBENCH_URL" 2>/dev/null \
+    | awk '/^tps = / { printf "%.1f", $3; exit }'
+}
+
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; loadgen over 200 accounts"
+echo
+echo "| clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---|"
+for clients in $CLIENTS; do
+  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" 0)"
+  tps=$(run_pgbench "$clients")
+  ratio=$(python3 -c "print('%.2f' % ($payments / $tps))")
+  echo "| $clients | 0 | $payments | $p99 | $rss | $tps | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
+done
+read -r payments p99 rss violations <<<"$(run_loadgen 16 0.5)"
+tps=$(run_pgbench 16)
+ratio=$(python3 -c "print('%.2f' % ($payments / $tps))")
+echo "| 16 | 0.5 | $payments | $p99 | $rss | $tps | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"

@@ -1,0 +1,479 @@
+//! The load generator: concurrent payments with duplicate resends, same-key races,
+//! client timeouts with retries that reuse the key, a hot account and reads, followed by
+//! a verifier. It talks to any running server over HTTP, so it convinces anyone that
+//! exactly-once holds under pressure, and measures how fast it does.
+
+mod report;
+mod verify;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+pub use report::Report;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Drive a payments-ledger server with payments, duplicates, races and retries, then verify the ledger"
+)]
+pub struct Options {
+    /// Base URL of the server.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// API key of the client to act as.
+    #[arg(long, env = "LEDGER_API_KEY")]
+    pub api_key: String,
+    /// Concurrent clients, each sending its next request when the last one answered.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// How long to run, e.g. 10s, 2m (ignored when --requests is given).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Stop after this many operations instead of after --duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Accounts to pay between (plus one UNBOUNDED funding account).
+    #[arg(long, default_value_t = 20)]
+    pub accounts: usize,
+    #[arg(long, default_value = "USD")]
+    pub currency: String,
+    /// What each new account is funded with.
+    #[arg(long, default_value = "1000.00")]
+    pub initial_balance: String,
+    /// Share of payments that touch the hot account (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub hot_share: f64,
+    /// Share of payment requests that resend an earlier, acknowledged request later
+    /// (same key, same input): each must replay the same payment.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_rate: f64,
+    /// Share of new payments sent two or three times at once with one key.
+    #[arg(long, default_value_t = 0.0)]
+    pub race_rate: f64,
+    /// A request not answered within this is abandoned and retried with the same key.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Retries per payment after a timeout, transport error or RETRY_LATER.
+    #[arg(long, default_value_t = 8)]
+    pub retries: u32,
+    /// Share of operations that read a balance instead of paying (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub read_ratio: f64,
+    /// Reuse existing accounts (comma-separated ids; the first is the funding account)
+    /// instead of creating new ones.
+    #[arg(long, value_delimiter = ',')]
+    pub reuse_accounts: Vec<String>,
+    /// Also run the database-level audit (`payments-ledger verify`) against this URL.
+    #[arg(long)]
+    pub verify_database_url: Option<String>,
+    /// Do not follow ledgerEntries cursors during the run.
+    #[arg(long)]
+    pub no_poller: bool,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the report as one JSON object (for scripts) instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const PAY: &str = "mutation($input: CreatePaymentInput!) {
+  createPayment(input: $input) { replayed payment { id status } }
+}";
+const READ: &str = "query($id: ID!) { account(id: $id) { balance { amount version } } }";
+const RESEND_QUEUE_MAX: usize = 10_000;
+
+/// One payment request, as sent (and resent).
+#[derive(Debug, Clone)]
+struct PaymentInput {
+    key: String,
+    from: String,
+    to: String,
+    amount: String,
+}
+
+/// What the server finally said about a payment request.
+enum Outcome {
+    Acknowledged {
+        id: String,
+        status: String,
+        replayed: bool,
+    },
+    Failed,
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: u64,
+    reads: u64,
+    posted: u64,
+    declined: u64,
+    replayed: u64,
+    gave_up: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+struct Shared {
+    options: Options,
+    http: reqwest::Client,
+    accounts: Vec<String>,
+    started: Instant,
+    operations: AtomicU64,
+    counts: Mutex<Counts>,
+    write_latency: Mutex<Histogram<u64>>,
+    read_latency: Mutex<Histogram<u64>>,
+    /// The payment each acknowledged key named first.
+    acknowledged: Mutex<HashMap<String, String>>,
+    resend_queue: Mutex<VecDeque<PaymentInput>>,
+    violations: Mutex<Vec<String>>,
+    stop: AtomicBool,
+}
+
+fn histogram() -> Histogram<u64> {
+    // Microseconds, 1 µs to 10 minutes, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        let response = self
+            .http
+            .post(format!("{}/graphql", self.options.url))
+            .bearer_auth(&self.options.api_key)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await?;
+        Ok(response.json().await?)
+    }
+
+    fn error(&self, code: &str) {
+        *lock(&self.counts)
+            .errors
+            .entry(code.to_owned())
+            .or_default() += 1;
+    }
+
+    fn violation(&self, text: String) {
+        lock(&self.violations).push(text);
+    }
+
+    /// Whether another operation may start.
+    fn take_ticket(&self) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let taken = self.operations.fetch_add(1, Ordering::Relaxed);
+        match self.options.requests {
+            Some(limit) => taken < limit,
+            None => self.started.elapsed() < self.options.duration,
+        }
+    }
+
+    /// Sends one payment until it has an outcome, retrying with the same key.
+    async fn pay(&self, input: &PaymentInput) -> Outcome {
+        let variables = json!({ "input": {
+            "idempotencyKey": input.key, "fromAccountId": input.from, "toAccountId": input.to,
+            "amount": input.amount, "currency": self.options.currency,
+        }});
+        for attempt in 0..=self.options.retries {
+            if attempt > 0 {
+                let backoff = Duration::from_millis(10 << attempt.min(6));
+                tokio::time::sleep(backoff.mul_f64(rand::random::<f64>() + 0.5)).await;
+            }
+            lock(&self.counts).requests += 1;
+            let sent = Instant::now();
+            let answer =
+                tokio::time::timeout(self.options.timeout, self.graphql(PAY, variables.clone()))
+                    .await;
+            lock(&self.write_latency).saturating_record(sent.elapsed().as_micros() as u64);
+            let response = match answer {
+                Err(_) => {
+                    self.error("CLIENT_TIMEOUT");
+                    continue;
+                }
+                Ok(Err(_)) => {
+                    self.error("TRANSPORT");
+                    continue;
+                }
+                Ok(Ok(response)) => response,
+            };
+            if let Some(code) = response["errors"][0]["extensions"]["code"].as_str() {
+                self.error(code);
+                match code {
+                    "RETRY_LATER" | "INTERNAL" => continue,
+                    _ => return Outcome::Failed,
+                }
+            }
+            let payload = &response["data"]["createPayment"];
+            let (Some(id), Some(status)) = (
+                payload["payment"]["id"].as_str(),
+                payload["payment"]["status"].as_str(),
+            ) else {
+                self.error("MALFORMED_RESPONSE");
+                return Outcome::Failed;
+            };
+            return Outcome::Acknowledged {
+                id: id.to_owned(),
+                status: status.to_owned(),
+                replayed: payload["replayed"].as_bool().unwrap_or(false),
+            };
+        }
+        lock(&self.counts).gave_up += 1;
+        Outcome::Failed
+    }
+
+    /// Records an acknowledgement and checks it names the key's one payment.
+    fn acknowledge(&self, input: &PaymentInput, outcome: &Outcome) {
+        let Outcome::Acknowledged {
+            id,
+            status,
+            replayed,
+        } = outcome
+        else {
+            return;
+        };
+        {
+            let mut counts = lock(&self.counts);
+            match (replayed, status.as_str()) {
+                (true, _) => counts.replayed += 1,
+                (false, "POSTED") => counts.posted += 1,
+                (false, _) => counts.declined += 1,
+            }
+        }
+        let mut acknowledged = lock(&self.acknowledged);
+        match acknowledged.get(&input.key) {
+            Some(first) if first != id => {
+                let first = first.clone();
+                drop(acknowledged);
+                self.violation(format!(
+                    "key {} answered with payment {first} and later with {id}",
+                    input.key
+                ));
+            }
+            Some(_) => {}
+            None => {
+                acknowledged.insert(input.key.clone(), id.clone());
+            }
+        }
+    }
+
+    async fn read(&self, rng: &mut StdRng) {
+        let account = &self.accounts[rng.random_range(0..self.accounts.len())];
+        lock(&self.counts).requests += 1;
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            self.options.timeout,
+            self.graphql(READ, json!({ "id": account })),
+        )
+        .await;
+        lock(&self.read_latency).saturating_record(sent.elapsed().as_micros() as u64);
+        lock(&self.counts).reads += 1;
+        match answer {
+            Err(_) => self.error("CLIENT_TIMEOUT"),
+            Ok(Err(_)) => self.error("TRANSPORT"),
+            Ok(Ok(response)) => {
+                if let Some(code) = response["errors"][0]["extensions"]["code"].as_str() {
+                    self.error(code);
+                }
+            }
+        }
+    }
+
+    fn new_payment(&self, rng: &mut StdRng, run: &str, sequence: u64) -> PaymentInput {
+        // accounts[0] funds; accounts[1] is the hot account.
+        let payers = &self.accounts[1..];
+        let mut from = rng.random_range(0..payers.len());
+        let mut to = (from + rng.random_range(1..payers.len())) % payers.len();
+        if rng.random_bool(self.options.hot_share.clamp(0.0, 1.0)) {
+            if rng.random_bool(0.5) {
+                from = 0;
+                to = if to == 0 { 1 } else { to };
+            } else {
+                to = 0;
+                from = if from == 0 { 1 } else { from };
+            }
+        }
+        let cents = rng.random_range(1..=2_000);
+        PaymentInput {
+            key: format!("{run}-{sequence}"),
+            from: payers[from].clone(),
+            to: payers[to].clone(),
+            amount: format!("{}.{:02}", cents / 100, cents % 100),
+        }
+    }
+
+    async fn worker(self: Arc<Self>, worker: usize, run: String) {
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let mut sequence = 0_u64;
+        while self.take_ticket() {
+            if rng.random_bool(self.options.read_ratio.clamp(0.0, 1.0)) {
+                self.read(&mut rng).await;
+                continue;
+            }
+            if rng.random_bool(self.options.duplicate_rate.clamp(0.0, 1.0)) {
+                let queued = lock(&self.resend_queue).pop_front();
+                if let Some(input) = queued {
+                    let outcome = self.pay(&input).await;
+                    self.acknowledge(&input, &outcome);
+                    continue;
+                }
+            }
+            sequence += 1;
+            let input = self.new_payment(&mut rng, &format!("{run}-w{worker}"), sequence);
+            let senders = if rng.random_bool(self.options.race_rate.clamp(0.0, 1.0)) {
+                rng.random_range(2..=3)
+            } else {
+                1
+            };
+            let outcomes = futures::future::join_all((0..senders).map(|_| self.pay(&input))).await;
+            for outcome in &outcomes {
+                self.acknowledge(&input, outcome);
+            }
+            if outcomes
+                .iter()
+                .any(|outcome| matches!(outcome, Outcome::Acknowledged { .. }))
+            {
+                let mut queue = lock(&self.resend_queue);
+                if queue.len() < RESEND_QUEUE_MAX {
+                    queue.push_back(input);
+                }
+            }
+        }
+    }
+
+    fn progress_line(&self) -> String {
+        let counts = lock(&self.counts);
+        let seconds = self.started.elapsed().as_secs_f64();
+        let errors: u64 = counts.errors.values().sum();
+        format!(
+            "{seconds:>6.1}s  requests {} ({:.0}/s)  posted {}  declined {}  replayed {}  reads {}  errors {}",
+            counts.requests,
+            counts.requests as f64 / seconds.max(0.001),
+            counts.posted,
+            counts.declined,
+            counts.replayed,
+            counts.reads,
+            errors
+        )
+    }
+}
+
+async fn create_accounts(shared: &Shared, run: &str) -> anyhow::Result<Vec<String>> {
+    let options = &shared.options;
+    if options.accounts < 2 {
+        bail!("--accounts must be at least 2");
+    }
+    let create =
+        "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
+    let mut accounts: Vec<String> = Vec::with_capacity(options.accounts + 1);
+    for index in 0..=options.accounts {
+        let rule = if index == 0 {
+            "UNBOUNDED"
+        } else {
+            "NON_NEGATIVE"
+        };
+        let response = shared
+            .graphql(
+                create,
+                json!({ "input": { "idempotencyKey": format!("{run}-account-{index}"), "currency": options.currency, "balanceRule": rule } }),
+            )
+            .await?;
+        let id = response["data"]["createAccount"]["account"]["id"]
+            .as_str()
+            .with_context(|| format!("cannot create an account: {response}"))?
+            .to_owned();
+        if index > 0 {
+            let funding = PaymentInput {
+                key: format!("{run}-fund-{index}"),
+                from: accounts[0].clone(),
+                to: id.clone(),
+                amount: options.initial_balance.clone(),
+            };
+            if !matches!(shared.pay(&funding).await, Outcome::Acknowledged { .. }) {
+                bail!("cannot fund account {id}");
+            }
+        }
+        accounts.push(id);
+    }
+    Ok(accounts)
+}
+
+/// Runs the load, then the verifier.
+pub async fn run(options: Options) -> anyhow::Result<Report> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency * 3)
+        .build()?;
+    let run_id = format!("loadgen-{}", uuid::Uuid::now_v7().simple());
+    let mut shared = Shared {
+        options: options.clone(),
+        http,
+        accounts: Vec::new(),
+        started: Instant::now(),
+        operations: AtomicU64::new(0),
+        counts: Mutex::default(),
+        write_latency: Mutex::new(histogram()),
+        read_latency: Mutex::new(histogram()),
+        acknowledged: Mutex::default(),
+        resend_queue: Mutex::default(),
+        violations: Mutex::default(),
+        stop: AtomicBool::new(false),
+    };
+    shared.accounts = if options.reuse_accounts.is_empty() {
+        create_accounts(&shared, &run_id).await?
+    } else if options.reuse_accounts.len() < 3 {
+        bail!("--reuse-accounts needs a funding account and at least two more");
+    } else {
+        options.reuse_accounts.clone()
+    };
+    let initial = verify::strong_balances(&shared).await?;
+    // Setup is not part of the measurement.
+    *lock(&shared.counts) = Counts::default();
+    *lock(&shared.write_latency) = histogram();
+    lock(&shared.acknowledged).clear();
+    shared.started = Instant::now();
+    let shared = Arc::new(shared);
+
+    let poller =
+        (!options.no_poller).then(|| tokio::spawn(verify::poll_entries(Arc::clone(&shared))));
+    let progress = (!options.quiet).then(|| {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprintln!("{}", shared.progress_line());
+            }
+        })
+    });
+    let workers: Vec<_> = (0..options.concurrency.max(1))
+        .map(|worker| tokio::spawn(Arc::clone(&shared).worker(worker, run_id.clone())))
+        .collect();
+    for worker in workers {
+        worker.await?;
+    }
+    let elapsed = shared.started.elapsed();
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let entries_seen = match poller {
+        Some(poller) => Some(poller.await??),
+        None => None,
+    };
+    verify::verify(&shared, &initial, entries_seen).await?;
+    Ok(Report::new(&shared, elapsed))
+}

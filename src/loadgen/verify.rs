@@ -1,0 +1,233 @@
+//! The loadgen's verifier: what every acknowledgement promised, checked after the run
+//! through the API (so it works against any server), plus the database audit when
+//! loadgen may read the database.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+use super::{Shared, lock};
+
+/// Ids in one aliased query.
+const CHUNK: usize = 50;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct AccountState {
+    balance: Decimal,
+    version: i64,
+    rule: String,
+    credit_limit: Option<Decimal>,
+}
+
+fn decimal(value: &serde_json::Value) -> anyhow::Result<Decimal> {
+    let text = value.as_str().context("a decimal string")?;
+    Decimal::from_str(text).with_context(|| format!("decimal {text:?}"))
+}
+
+/// Every account's balance, read STRONG.
+pub(super) async fn strong_balances(
+    shared: &Shared,
+) -> anyhow::Result<HashMap<String, AccountState>> {
+    let mut states = HashMap::new();
+    for chunk in shared.accounts.chunks(CHUNK) {
+        let fields: String = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
+                format!(
+                    "a{index}: account(id: {id}) {{ balanceRule creditLimit balance(consistency: STRONG) {{ amount version }} }} ",
+                    id = serde_json::to_string(id).unwrap_or_default()
+                )
+            })
+            .collect();
+        let response = shared
+            .graphql(&format!("{{ {fields} }}"), json!({}))
+            .await?;
+        for (index, id) in chunk.iter().enumerate() {
+            let account = &response["data"][format!("a{index}")];
+            let balance = &account["balance"];
+            let state = AccountState {
+                balance: decimal(&balance["amount"])
+                    .with_context(|| format!("account {id}: {response}"))?,
+                version: balance["version"].as_i64().context("a version")?,
+                rule: account["balanceRule"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                credit_limit: account["creditLimit"]
+                    .as_str()
+                    .and_then(|text| Decimal::from_str(text).ok()),
+            };
+            states.insert(id.clone(), state);
+        }
+    }
+    Ok(states)
+}
+
+/// What a poller following each account's `ledgerEntries` cursor saw: per account,
+/// (version, signed amount) in the order received.
+pub(super) type EntriesSeen = HashMap<String, Vec<(i64, Decimal)>>;
+
+pub(super) async fn poll_entries(shared: Arc<Shared>) -> anyhow::Result<EntriesSeen> {
+    const PAGE: &str = "query($id: ID!, $after: String) { ledgerEntries(accountId: $id, first: 100, after: $after) {
+      nodes { accountVersion direction amount } pageInfo { endCursor } } }";
+    let mut seen: EntriesSeen = HashMap::new();
+    let mut cursors: HashMap<String, Option<String>> = HashMap::new();
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        let mut received = 0;
+        for account in &shared.accounts {
+            loop {
+                let after = cursors.get(account).cloned().flatten();
+                let response = shared
+                    .graphql(PAGE, json!({ "id": account, "after": after }))
+                    .await?;
+                let page = &response["data"]["ledgerEntries"];
+                let nodes = page["nodes"]
+                    .as_array()
+                    .with_context(|| format!("ledgerEntries: {response}"))?;
+                for node in nodes {
+                    let amount = decimal(&node["amount"])?;
+                    let signed = if node["direction"] == "DEBIT" {
+                        -amount
+                    } else {
+                        amount
+                    };
+                    seen.entry(account.clone()).or_default().push((
+                        node["accountVersion"].as_i64().context("a version")?,
+                        signed,
+                    ));
+                }
+                received += nodes.len();
+                if let Some(cursor) = page["pageInfo"]["endCursor"].as_str() {
+                    cursors.insert(account.clone(), Some(cursor.to_owned()));
+                }
+                if nodes.len() < 100 {
+                    break;
+                }
+            }
+        }
+        // After the run, one more full round that finds nothing new ends the poll.
+        if stopping && received == 0 {
+            return Ok(seen);
+        }
+        if !stopping {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub(super) async fn verify(
+    shared: &Shared,
+    initial: &HashMap<String, AccountState>,
+    entries_seen: Option<EntriesSeen>,
+) -> anyhow::Result<()> {
+    // Every acknowledged key names exactly the payment it was acknowledged with.
+    let acknowledged: Vec<(String, String)> = lock(&shared.acknowledged)
+        .iter()
+        .map(|(key, id)| (key.clone(), id.clone()))
+        .collect();
+    for chunk in acknowledged.chunks(CHUNK) {
+        let fields: String = chunk
+            .iter()
+            .enumerate()
+            .map(|(index, (key, _))| {
+                format!(
+                    "k{index}: paymentByIdempotencyKey(idempotencyKey: {}) {{ id }} ",
+                    serde_json::to_string(key).unwrap_or_default()
+                )
+            })
+            .collect();
+        let response = shared
+            .graphql(&format!("{{ {fields} }}"), json!({}))
+            .await?;
+        for (index, (key, id)) in chunk.iter().enumerate() {
+            match response["data"][format!("k{index}")]["id"].as_str() {
+                Some(found) if found == id => {}
+                Some(found) => shared.violation(format!(
+                    "key {key} was acknowledged as {id} but names {found}"
+                )),
+                None => shared.violation(format!(
+                    "key {key} was acknowledged as {id} but no payment has it"
+                )),
+            }
+        }
+    }
+
+    // Balances: money stays inside the set of accounts, and no rule is broken.
+    let last = strong_balances(shared).await?;
+    let total = |states: &HashMap<String, AccountState>| {
+        states.values().map(|state| state.balance).sum::<Decimal>()
+    };
+    if total(&last) != total(initial) {
+        shared.violation(format!(
+            "money not conserved: balances summed to {} before the run and {} after",
+            total(initial),
+            total(&last)
+        ));
+    }
+    for (id, state) in &last {
+        let floor = match state.rule.as_str() {
+            "NON_NEGATIVE" => Some(Decimal::ZERO),
+            "CREDIT_LIMIT" => state.credit_limit.map(|limit| -limit),
+            _ => None,
+        };
+        if floor.is_some_and(|floor| state.balance < floor) {
+            shared.violation(format!(
+                "account {id} ({}) has balance {}",
+                state.rule, state.balance
+            ));
+        }
+    }
+
+    // The poller saw every entry exactly once, in version order, and they add up.
+    if let Some(seen) = entries_seen {
+        for (id, state) in &last {
+            let entries = seen.get(id).map(Vec::as_slice).unwrap_or_default();
+            let versions: Vec<i64> = entries.iter().map(|(version, _)| *version).collect();
+            if versions != (1..=state.version).collect::<Vec<_>>() {
+                shared.violation(format!(
+                    "poller of account {id} saw versions {} (of {}), not each of 1..={} once",
+                    summarize(&versions),
+                    versions.len(),
+                    state.version
+                ));
+                continue;
+            }
+            let sum: Decimal = entries.iter().map(|(_, signed)| *signed).sum();
+            if sum != state.balance {
+                shared.violation(format!(
+                    "account {id}: entries sum to {sum}, balance is {}",
+                    state.balance
+                ));
+            }
+        }
+    }
+
+    if let Some(url) = &shared.options.verify_database_url {
+        let db = sea_orm::Database::connect(url.as_str())
+            .await
+            .context("cannot connect to --verify-database-url")?;
+        for violation in crate::ledger::audit::find_violations(&db).await? {
+            shared.violation(format!("database audit: {violation}"));
+        }
+        db.close().await.ok();
+    }
+    Ok(())
+}
+
+/// "1..40, 42, 41" style, short.
+fn summarize(versions: &[i64]) -> String {
+    let shown: Vec<String> = versions.iter().take(20).map(i64::to_string).collect();
+    if versions.len() > 20 {
+        format!("{} …", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
+}

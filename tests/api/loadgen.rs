@@ -1,0 +1,100 @@
+//! The load generator against a test server, with duplicates, races, a hot account and
+//! reads turned on, then its verifier (through the API and the database audit).
+
+use std::process::Command;
+
+use clap::Parser;
+use payments_ledger::loadgen::{self, Options};
+
+use crate::helpers::{Backend, spawn_app};
+use crate::on_both_backends;
+
+on_both_backends!(loadgen_with_duplicates_and_races_finds_no_violation);
+
+async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let options = Options::parse_from([
+        "loadgen",
+        "--url",
+        &app.address,
+        "--api-key",
+        &app.api_key,
+        "--concurrency",
+        "12",
+        "--requests",
+        "400",
+        "--accounts",
+        "6",
+        "--initial-balance",
+        "20.00",
+        "--hot-share",
+        "0.5",
+        "--duplicate-rate",
+        "0.2",
+        "--race-rate",
+        "0.05",
+        "--read-ratio",
+        "0.1",
+        "--verify-database-url",
+        &app.database.url,
+        "--quiet",
+    ]);
+    let report = loadgen::run(options).await.expect("loadgen runs");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.payments > 100, "{report}");
+    assert!(
+        report.posted > 0 && report.declined > 0,
+        "accounts start nearly empty: {report}"
+    );
+    assert!(
+        report.replayed > 0,
+        "duplicates and races were replayed: {report}"
+    );
+    assert_eq!(report.gave_up, 0, "{report}");
+    app.assert_ledger_sound().await;
+
+    // The binary: same run, smaller, and its exit code says "no violation".
+    let (address, key, url) = (
+        app.address.clone(),
+        app.api_key.clone(),
+        app.database.url.clone(),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_loadgen"))
+            .args([
+                "--url",
+                &address,
+                "--api-key",
+                &key,
+                "--concurrency",
+                "4",
+                "--requests",
+                "60",
+            ])
+            .args([
+                "--accounts",
+                "3",
+                "--duplicate-rate",
+                "0.2",
+                "--race-rate",
+                "0.05",
+                "--quiet",
+                "--json",
+            ])
+            .args(["--verify-database-url", &url])
+            .output()
+            .expect("loadgen runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
+    assert_eq!(summary["violations"], serde_json::json!([]));
+}
