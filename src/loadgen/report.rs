@@ -110,7 +110,7 @@ impl fmt::Display for Report {
             ("payment", &self.write_latency),
             ("read", &self.read_latency),
         ] {
-            if histogram.len() > 0 {
+            if !histogram.is_empty() {
                 writeln!(
                     f,
                     "{name:<7} latency ms  p50 {:.2}  p90 {:.2}  p99 {:.2}  max {:.2}",
