@@ -53,11 +53,13 @@ impl Server {
         for (name, value) in extra {
             command.env(name, value);
         }
-        let process = command.spawn().expect("the server starts");
-        let address = format!("http://127.0.0.1:{port}");
+        let server = Self {
+            process: command.spawn().expect("the server starts"),
+            address: format!("http://127.0.0.1:{port}"),
+        };
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { process, address };
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

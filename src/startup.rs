@@ -12,7 +12,7 @@ use crate::cache::{Caches, RedisL2};
 use crate::config::Config;
 use crate::db::{self, Backend};
 use crate::entity::client;
-use crate::graphql::{AppSchema, build_schema};
+use crate::graphql::{AppSchema, ParsedQueries, build_schema};
 use crate::http;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
@@ -26,6 +26,7 @@ pub struct AppState {
     pub schema: AppSchema,
     pub metrics: Arc<Metrics>,
     pub caches: Arc<Caches>,
+    pub parsed_queries: Arc<ParsedQueries>,
 }
 
 pub struct Application {
@@ -51,6 +52,7 @@ impl Application {
             schema: build_schema(),
             metrics,
             caches,
+            parsed_queries: Arc::default(),
             config: Arc::new(config),
         };
         Ok(Self {

@@ -70,25 +70,36 @@ fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
+/// The ledger service. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
-pub struct Ledger {
+pub struct Ledger(Arc<LedgerParts>);
+
+pub struct LedgerParts {
     db: DatabaseConnection,
     backend: Backend,
-    write_gate: Arc<WriteGate>,
+    write_gate: WriteGate,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
+}
+
+impl std::ops::Deref for Ledger {
+    type Target = LedgerParts;
+
+    fn deref(&self) -> &LedgerParts {
+        &self.0
+    }
 }
 
 impl Ledger {
     pub fn new(db: DatabaseConnection, caches: Arc<Caches>, metrics: Arc<Metrics>) -> Self {
         let backend = Backend::of(&db);
-        Self {
-            write_gate: Arc::new(WriteGate::new(backend.write_lanes())),
+        Self(Arc::new(LedgerParts {
+            write_gate: WriteGate::new(backend.write_lanes()),
             db,
             backend,
             caches,
             metrics,
-        }
+        }))
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
