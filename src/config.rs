@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cache::CacheSettings;
+use crate::db::WriteIsolation;
 
 /// Where the ledger is stored.
 #[derive(Debug, Clone, Args)]
@@ -36,6 +37,16 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub acquire_timeout_seconds: u64,
+
+    /// Isolation of PostgreSQL write transactions (SQLite has one writer).
+    #[arg(
+        long = "postgres-write-isolation",
+        env = "POSTGRES_WRITE_ISOLATION",
+        value_enum,
+        default_value_t = WriteIsolation::Serializable,
+        global = true
+    )]
+    pub write_isolation: WriteIsolation,
 }
 
 /// How the HTTP server listens and what it accepts.
@@ -171,6 +182,7 @@ impl Config {
                 url: url.into(),
                 max_connections: 16,
                 acquire_timeout_seconds: 5,
+                write_isolation: WriteIsolation::default(),
             },
             server: ServerConfig {
                 listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),

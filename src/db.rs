@@ -15,6 +15,19 @@ use sea_orm::{
 
 use crate::config::DatabaseConfig;
 
+/// The isolation level of PostgreSQL write transactions. Both keep every invariant:
+/// each decision is made from account rows locked `FOR UPDATE` in id order and written
+/// back under a version check, and exactly-once rests on a unique key. SERIALIZABLE adds
+/// the database's own proof of that, at the price of false-positive serialization
+/// failures when concurrent transactions insert into the same index pages
+/// (docs/consistency.md, docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WriteIsolation {
+    #[default]
+    Serializable,
+    ReadCommitted,
+}
+
 /// The database flavour, and everything that differs between the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -31,12 +44,13 @@ impl Backend {
     }
 
     /// How a transaction that writes money begins.
-    pub fn write_transaction_options(self) -> TransactionOptions {
+    pub fn write_transaction_options(self, isolation: WriteIsolation) -> TransactionOptions {
         match self {
-            // Row locks plus SERIALIZABLE: no interleaving can produce a result that a
-            // serial order could not.
             Self::Postgres => TransactionOptions {
-                isolation_level: Some(IsolationLevel::Serializable),
+                isolation_level: Some(match isolation {
+                    WriteIsolation::Serializable => IsolationLevel::Serializable,
+                    WriteIsolation::ReadCommitted => IsolationLevel::ReadCommitted,
+                }),
                 ..Default::default()
             },
             // SQLite has one writer; IMMEDIATE takes the write lock at BEGIN, so a

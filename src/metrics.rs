@@ -2,46 +2,53 @@
 //! instances in one process read each instance's own numbers). Served at `/metrics` in
 //! the OpenMetrics text format, which Prometheus scrapes natively.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum CacheName {
-    Balance,
-    Account,
-    Payment,
-    PaymentEntries,
-    Entry,
+/// An enum of label values, written in Prometheus' lower case.
+macro_rules! label_values {
+    ($name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+                encoder.write_str(match self {
+                    $(Self::$variant => $text),+
+                })
+            }
+        }
+    };
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum CacheLevel {
-    L1,
-    L2,
-}
-
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum CacheResult {
-    Hit,
-    Miss,
-}
+label_values!(CacheName {
+    Balance => "balance",
+    Account => "account",
+    Payment => "payment",
+    PaymentEntries => "payment_entries",
+    Entry => "entry",
+});
+label_values!(CacheLevel { L1 => "l1", L2 => "l2" });
+label_values!(CacheResult { Hit => "hit", Miss => "miss" });
+label_values!(PaymentOutcome {
+    Posted => "posted",
+    Declined => "declined",
+    Replayed => "replayed",
+    Rejected => "rejected",
+});
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
     pub cache: CacheName,
     pub level: CacheLevel,
     pub result: CacheResult,
-}
-
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
-pub enum PaymentOutcome {
-    Posted,
-    Declined,
-    Replayed,
-    Rejected,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -47,7 +47,12 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen_addr))?;
         let state = AppState {
-            ledger: Ledger::new(db.clone(), Arc::clone(&caches), Arc::clone(&metrics)),
+            ledger: Ledger::new(
+                db.clone(),
+                config.database.write_isolation,
+                Arc::clone(&caches),
+                Arc::clone(&metrics),
+            ),
             authenticator: Authenticator::new(db),
             schema: build_schema(),
             metrics,

@@ -20,7 +20,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::cache::{Caches, VersionedBalance};
-use crate::db::Backend;
+use crate::db::{Backend, WriteIsolation};
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
@@ -77,6 +77,7 @@ pub struct Ledger(Arc<LedgerParts>);
 pub struct LedgerParts {
     db: DatabaseConnection,
     backend: Backend,
+    write_isolation: WriteIsolation,
     write_gate: WriteGate,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
@@ -91,12 +92,18 @@ impl std::ops::Deref for Ledger {
 }
 
 impl Ledger {
-    pub fn new(db: DatabaseConnection, caches: Arc<Caches>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        write_isolation: WriteIsolation,
+        caches: Arc<Caches>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let backend = Backend::of(&db);
         Self(Arc::new(LedgerParts {
             write_gate: WriteGate::new(backend.write_lanes()),
             db,
             backend,
+            write_isolation,
             caches,
             metrics,
         }))
@@ -133,7 +140,7 @@ impl Ledger {
 
     async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
         self.db
-            .begin_with_options(self.backend.write_transaction_options())
+            .begin_with_options(self.backend.write_transaction_options(self.write_isolation))
             .await
     }
 

@@ -10,16 +10,32 @@ use rand::Rng;
 use sea_orm::EntityTrait;
 use uuid::Uuid;
 
-use crate::helpers::{Backend, spawn_app};
+use payments_ledger::db::WriteIsolation;
+
+use crate::helpers::{AppOptions, Backend, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(three_hundred_concurrent_payments_keep_every_invariant);
+
+/// The same on PostgreSQL with READ COMMITTED write transactions: row locks alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_concurrent_payments_under_read_committed() {
+    let options = AppOptions {
+        write_isolation: WriteIsolation::ReadCommitted,
+        ..AppOptions::default()
+    };
+    concurrent_payments(Backend::Postgres, options).await;
+}
 
 const ACCOUNTS: usize = 10;
 const PAYMENTS: usize = 300;
 
 async fn three_hundred_concurrent_payments_keep_every_invariant(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
+    concurrent_payments(backend, AppOptions::default()).await;
+}
+
+async fn concurrent_payments(backend: Backend, options: AppOptions) {
+    let Some(app) = spawn_app_with(backend, options).await else {
         return;
     };
     let funding = app.create_account("USD", "UNBOUNDED", None).await;

@@ -59,6 +59,7 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     /// Overrides cache settings (capacities, lifetimes).
     pub cache: Option<payments_ledger::config::CacheConfig>,
+    pub write_isolation: payments_ledger::db::WriteIsolation,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -89,6 +90,7 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         config.cache = cache;
     }
     config.cache.redis_url = redis_url;
+    config.database.write_isolation = options.write_isolation;
     config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
     let application = Application::build(config.clone())
         .await

@@ -3,7 +3,9 @@
 use futures::future::join_all;
 use serde_json::json;
 
-use crate::helpers::{Backend, error_code, spawn_app};
+use payments_ledger::db::WriteIsolation;
+
+use crate::helpers::{AppOptions, Backend, error_code, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -109,7 +111,21 @@ async fn reusing_a_key_for_other_input_changes_nothing(backend: Backend) {
 }
 
 async fn fifty_concurrent_sends_of_one_key_pay_once(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
+    fifty_sends_of_one_key(backend, AppOptions::default()).await;
+}
+
+/// The same on PostgreSQL with READ COMMITTED write transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_sends_of_one_key_pay_once_under_read_committed() {
+    let options = AppOptions {
+        write_isolation: WriteIsolation::ReadCommitted,
+        ..AppOptions::default()
+    };
+    fifty_sends_of_one_key(Backend::Postgres, options).await;
+}
+
+async fn fifty_sends_of_one_key(backend: Backend, options: AppOptions) {
+    let Some(app) = spawn_app_with(backend, options).await else {
         return;
     };
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
