@@ -43,14 +43,22 @@ echo "pgbench: initializing scale $SCALE" >&2
 pgbench -i -q -s "$SCALE" "$PGBENCH_URL" >/dev/null 2>&1
 
 KEY=$(DATABASE_URL="$LEDGER_URL" "$SERVER_BIN" client create bench | tail -n 1)
-DATABASE_URL="$LEDGER_URL" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$PORT" \
-  CACHE_NAMESPACE="ledger-bench-$$" DATABASE_MAX_CONNECTIONS=32 RUST_LOG=warn \
-  "$SERVER_BIN" serve >/dev/null 2>&1 &
-SERVER_PID=$!
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+
+start_server() {
+  DATABASE_URL="$LEDGER_URL" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$PORT" \
+    CACHE_NAMESPACE="ledger-bench-$$" DATABASE_MAX_CONNECTIONS=32 RUST_LOG=warn \
+    POSTGRES_WRITE_ISOLATION="$1" "$SERVER_BIN" serve >/dev/null 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+}
+
+stop_server() {
+  kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=""
+}
 
 rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVER_PID/status"; }
 
@@ -82,15 +90,23 @@ run_pgbench() {
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; loadgen over 200 accounts"
 echo
-echo "| clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---|"
-for clients in $CLIENTS; do
-  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" 0)"
-  tps=$(run_pgbench "$clients")
-  ratio=$(python3 -c "print('%.2f' % ($payments / $tps))")
-  echo "| $clients | 0 | $payments | $p99 | $rss | $tps | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
+echo "| isolation | clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+declare -A TPS
+for clients in $CLIENTS 16; do
+  [ -n "${TPS[$clients]:-}" ] || TPS[$clients]=$(run_pgbench "$clients")
 done
-read -r payments p99 rss violations <<<"$(run_loadgen 16 0.5)"
-tps=$(run_pgbench 16)
-ratio=$(python3 -c "print('%.2f' % ($payments / $tps))")
-echo "| 16 | 0.5 | $payments | $p99 | $rss | $tps | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
+row() {
+  local isolation=$1 clients=$2 hot=$3 payments p99 rss violations ratio
+  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" "$hot")"
+  ratio=$(python3 -c "print('%.2f' % ($payments / ${TPS[$clients]}))")
+  echo "| $isolation | $clients | $hot | $payments | $p99 | $rss | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
+}
+for isolation in serializable read-committed; do
+  start_server "$isolation"
+  for clients in $CLIENTS; do
+    row "$isolation" "$clients" 0
+  done
+  row "$isolation" 16 0.5
+  stop_server
+done

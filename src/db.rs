@@ -47,10 +47,12 @@ impl Backend {
     pub fn write_transaction_options(self, isolation: WriteIsolation) -> TransactionOptions {
         match self {
             Self::Postgres => TransactionOptions {
-                isolation_level: Some(match isolation {
-                    WriteIsolation::Serializable => IsolationLevel::Serializable,
-                    WriteIsolation::ReadCommitted => IsolationLevel::ReadCommitted,
-                }),
+                // READ COMMITTED is every connection's default (set when it connects),
+                // so it needs no extra SET TRANSACTION round trip.
+                isolation_level: match isolation {
+                    WriteIsolation::Serializable => Some(IsolationLevel::Serializable),
+                    WriteIsolation::ReadCommitted => None,
+                },
                 ..Default::default()
             },
             // SQLite has one writer; IMMEDIATE takes the write lock at BEGIN, so a
@@ -105,6 +107,10 @@ pub async fn connect(
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds))
         .sqlx_logging(false)
+        .map_sqlx_postgres_opts(|options| {
+            // Reads, and READ COMMITTED writes, do not depend on the server's default.
+            options.options([("default_transaction_isolation", "read committed")])
+        })
         .map_sqlx_sqlite_opts(|options| {
             options
                 .journal_mode(SqliteJournalMode::Wal)

@@ -137,8 +137,7 @@ impl Caches {
             self.put_l1_balance(*account, *balance).await;
         }
         if let Some(l2) = &self.l2 {
-            l2.put_balances(balances).await;
-            l2.publish(balances).await;
+            l2.put_and_publish(balances).await;
         }
     }
 

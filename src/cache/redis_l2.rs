@@ -149,11 +149,7 @@ impl RedisL2 {
         )
     }
 
-    /// Compare-and-set each balance, all in one round trip.
-    pub async fn put_balances(&self, balances: &[(Uuid, VersionedBalance)]) {
-        if balances.is_empty() {
-            return;
-        }
+    fn put_pipeline(&self, balances: &[(Uuid, VersionedBalance)]) -> redis::Pipeline {
         let mut pipeline = redis::pipe();
         for (account, balance) in balances {
             pipeline
@@ -166,6 +162,15 @@ impl RedisL2 {
                 .arg(self.ttl_milliseconds)
                 .ignore();
         }
+        pipeline
+    }
+
+    /// Compare-and-set each balance, all in one round trip.
+    pub async fn put_balances(&self, balances: &[(Uuid, VersionedBalance)]) {
+        if balances.is_empty() {
+            return;
+        }
+        let pipeline = self.put_pipeline(balances);
         let _: Option<()> = self
             .call("put balances", |mut connection| async move {
                 pipeline.query_async(&mut connection).await
@@ -173,17 +178,21 @@ impl RedisL2 {
             .await;
     }
 
-    /// Tells every instance about new balances, so their L1 upgrades its copies.
-    pub async fn publish(&self, balances: &[(Uuid, VersionedBalance)]) {
-        let message = encode_invalidation(self.instance, balances);
-        let channel = self.channel();
-        let published: Option<i64> = self
-            .call("PUBLISH", |mut connection| async move {
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(message)
-                    .query_async(&mut connection)
-                    .await
+    /// After a commit: compare-and-set each balance and tell every instance about them,
+    /// so their L1 upgrades its copies; one round trip.
+    pub async fn put_and_publish(&self, balances: &[(Uuid, VersionedBalance)]) {
+        if balances.is_empty() {
+            return;
+        }
+        let mut pipeline = self.put_pipeline(balances);
+        pipeline
+            .cmd("PUBLISH")
+            .arg(self.channel())
+            .arg(encode_invalidation(self.instance, balances))
+            .ignore();
+        let published: Option<()> = self
+            .call("put and publish balances", |mut connection| async move {
+                pipeline.query_async(&mut connection).await
             })
             .await;
         if published.is_some() {

@@ -391,12 +391,17 @@ impl Ledger {
             .exec_without_returning(&transaction)
             .await?;
 
-        let mut entries = Vec::with_capacity(2);
-        if let PostingPlan::Post { debit, credit } = plan {
-            for (account, entry) in [(source, debit), (destination, credit)] {
-                entries.push(post_entry(&transaction, &payment, account, entry).await?);
+        let entries = match plan {
+            PostingPlan::Post { debit, credit } => {
+                post_entries(
+                    &transaction,
+                    &payment,
+                    [(source, debit), (destination, credit)],
+                )
+                .await?
             }
-        }
+            PostingPlan::Decline(_) => Vec::new(),
+        };
         transaction.commit().await?;
         self.after_payment_commit(&payment, entries).await;
         Ok(payment)
@@ -733,48 +738,69 @@ async fn claim_key(
     })
 }
 
-/// Moves `account` to the entry's balance and version and appends the entry.
-async fn post_entry(
+/// Moves both accounts to their entries' balances and versions and appends the two
+/// entries: one UPDATE and one INSERT, whatever the backend.
+async fn post_entries(
     transaction: &DatabaseTransaction,
     payment: &payment::Model,
-    account: &account::Model,
-    entry: EntryPlan,
-) -> Result<ledger_entry::Model, AttemptError> {
-    // The version condition can only fail if the row lock did not hold: a bug, and
+    postings: [(&account::Model, EntryPlan); 2],
+) -> Result<Vec<ledger_entry::Model>, AttemptError> {
+    // In scope here only: it gives every type `min` and `max`.
+    use sea_orm::sea_query::ExprTrait as _;
+    // The version conditions can only fail if a row lock did not hold: a bug, and
     // committing would break "version = entry count".
+    let new_value = |value: fn(&EntryPlan) -> i64| {
+        let [(first, first_entry), (second, second_entry)] = &postings;
+        Expr::case(account::Column::Id.eq(first.id), value(first_entry))
+            .case(account::Column::Id.eq(second.id), value(second_entry))
+            .finally(Expr::val(0_i64))
+    };
+    let mut matches_locked_version = Condition::any();
+    for (account, entry) in &postings {
+        matches_locked_version = matches_locked_version.add(
+            account::Column::Id
+                .eq(account.id)
+                .and(account::Column::Version.eq(entry.account_version - 1)),
+        );
+    }
     let updated = account::Entity::update_many()
         .col_expr(
             account::Column::BalanceMinor,
-            Expr::value(entry.balance_after_minor),
+            new_value(|entry| entry.balance_after_minor).into(),
         )
-        .col_expr(account::Column::Version, Expr::value(entry.account_version))
-        .filter(account::Column::Id.eq(account.id))
-        .filter(account::Column::Version.eq(entry.account_version - 1))
+        .col_expr(
+            account::Column::Version,
+            new_value(|entry| entry.account_version).into(),
+        )
+        .filter(matches_locked_version)
         .exec(transaction)
         .await?;
-    if updated.rows_affected != 1 {
+    if updated.rows_affected != 2 {
         return Err(AppError::internal(anyhow::anyhow!(
-            "account {} changed while locked",
-            AccountId(account.id)
+            "accounts of payment {} changed while locked",
+            PaymentId(payment.id)
         ))
         .into());
     }
-    let row = ledger_entry::Model {
-        id: LedgerEntryId::generate().0,
-        client_id: payment.client_id,
-        account_id: account.id,
-        payment_id: payment.id,
-        currency: payment.currency.clone(),
-        direction: entry.direction.as_str().to_owned(),
-        amount_minor: entry.amount_minor,
-        balance_after_minor: entry.balance_after_minor,
-        account_version: entry.account_version,
-        created_at: payment.created_at,
-    };
-    ledger_entry::Entity::insert(ledger_entry::ActiveModel::from(row.clone()))
+    let rows: Vec<ledger_entry::Model> = postings
+        .iter()
+        .map(|(account, entry)| ledger_entry::Model {
+            id: LedgerEntryId::generate().0,
+            client_id: payment.client_id,
+            account_id: account.id,
+            payment_id: payment.id,
+            currency: payment.currency.clone(),
+            direction: entry.direction.as_str().to_owned(),
+            amount_minor: entry.amount_minor,
+            balance_after_minor: entry.balance_after_minor,
+            account_version: entry.account_version,
+            created_at: payment.created_at,
+        })
+        .collect();
+    ledger_entry::Entity::insert_many(rows.iter().cloned().map(ledger_entry::ActiveModel::from))
         .exec_without_returning(transaction)
         .await?;
-    Ok(row)
+    Ok(rows)
 }
 
 fn account_state(account: &account::Model) -> AppResult<AccountState> {
