@@ -39,29 +39,6 @@ fn short_lived() -> CacheConfig {
 /// copied into L1 just before it expired.
 const SHORT_LIVED_BOUND: Duration = Duration::from_millis(1_300);
 
-async fn balance_at(
-    app: &TestApp,
-    address: &str,
-    account: &str,
-    consistency: &str,
-) -> (String, i64) {
-    let response = app
-        .graphql_at(
-            address,
-            BALANCE,
-            json!({ "id": account, "consistency": consistency }),
-        )
-        .await;
-    let balance = &response["data"]["account"]["balance"];
-    (
-        balance["amount"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{response}"))
-            .to_owned(),
-        balance["version"].as_i64().unwrap(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_puts_keep_the_newest_version_in_l1_and_redis() {
     let Ok(redis_url) = std::env::var("LEDGER_TEST_REDIS_URL") else {
@@ -136,7 +113,8 @@ async fn a_payment_on_one_instance_is_seen_on_another(backend: Backend) {
     app.fund(&source, "10.00", "USD").await;
     // B has the old balance cached.
     assert_eq!(
-        balance_at(&app, &replica.address, &destination, "CACHED").await,
+        app.balance_at(&replica.address, &destination, "CACHED")
+            .await,
         ("0.00".to_owned(), 0)
     );
 
@@ -145,7 +123,8 @@ async fn a_payment_on_one_instance_is_seen_on_another(backend: Backend) {
         .await;
     // STRONG on B sees it at once.
     assert_eq!(
-        balance_at(&app, &replica.address, &destination, "STRONG").await,
+        app.balance_at(&replica.address, &destination, "STRONG")
+            .await,
         ("2.50".to_owned(), 1)
     );
     // The default read on B sees it within the bound (normally within milliseconds,
@@ -154,7 +133,9 @@ async fn a_payment_on_one_instance_is_seen_on_another(backend: Backend) {
         CacheConfig::default().l1_balance_ttl_ms + CacheConfig::default().l2_balance_ttl_ms,
     );
     loop {
-        let seen = balance_at(&app, &replica.address, &destination, "CACHED").await;
+        let seen = app
+            .balance_at(&replica.address, &destination, "CACHED")
+            .await;
         if seen == ("2.50".to_owned(), 1) {
             break;
         }
@@ -307,7 +288,7 @@ async fn redis_going_away_fails_no_request_and_l2_comes_back(backend: Backend) {
     // Converged: the cached read is the database's balance.
     let expected = app.balance(&wallet).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let cached = balance_at(&app, &app.address, &wallet, "CACHED").await;
+    let cached = app.balance_at(&app.address, &wallet, "CACHED").await;
     assert_eq!(cached, expected);
     drop(redis);
     app.assert_ledger_sound().await;
@@ -388,7 +369,7 @@ async fn after_writes_stop_every_instance_converges_to_the_database(backend: Bac
                 )
                 .await;
             } else {
-                balance_at(app, instance, account, "CACHED").await;
+                app.balance_at(instance, account, "CACHED").await;
             }
         }
     }))
@@ -399,7 +380,7 @@ async fn after_writes_stop_every_instance_converges_to_the_database(backend: Bac
         let truth = app.balance(account).await;
         for instance in &instances {
             assert_eq!(
-                balance_at(&app, instance, account, "CACHED").await,
+                app.balance_at(instance, account, "CACHED").await,
                 truth,
                 "{instance}"
             );

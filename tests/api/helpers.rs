@@ -315,10 +315,22 @@ impl TestApp {
 
     /// Balance amount and version, read STRONG.
     pub async fn balance(&self, account: &str) -> (String, i64) {
+        self.balance_at(&self.address, account, "STRONG").await
+    }
+
+    /// Balance amount and version as the instance at `address` reads it.
+    pub async fn balance_at(
+        &self,
+        address: &str,
+        account: &str,
+        consistency: &str,
+    ) -> (String, i64) {
         let response = self
-            .graphql(
-                "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount version } } }",
-                json!({ "id": account }),
+            .graphql_at(
+                address,
+                "query($id: ID!, $consistency: Consistency!) {
+                   account(id: $id) { balance(consistency: $consistency) { amount version } } }",
+                json!({ "id": account, "consistency": consistency }),
             )
             .await;
         let balance = &response["data"]["account"]["balance"];
