@@ -1,6 +1,7 @@
 //! The command line. Every subcommand prints what a script needs on stdout and
 //! diagnostics on stderr, and exits non-zero on failure.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{CacheConfig, Config, DatabaseConfig, ServerConfig};
@@ -39,7 +40,13 @@ pub enum Command {
         command: ClientCommand,
     },
     /// Check every ledger invariant from the database; exits 1 listing any violation.
-    Verify,
+    Verify {
+        /// A file of acknowledged payments, one "<idempotency key><TAB><payment id>" per
+        /// line (as `loadgen --acknowledged-log` writes): each key must have exactly
+        /// that payment.
+        #[arg(long)]
+        acknowledged: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,9 +91,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("created client {name:?}; its API key, shown only this once:");
             println!("{}", created.api_key);
         }
-        Command::Verify => {
+        Command::Verify { acknowledged } => {
             let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
-            let violations = ledger::audit::find_violations(&db).await?;
+            let mut violations = ledger::audit::find_violations(&db).await?;
+            if let Some(path) = acknowledged {
+                let log = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                violations.extend(ledger::audit::check_acknowledged(&db, &log).await?);
+            }
             if !violations.is_empty() {
                 for violation in &violations {
                     println!("VIOLATION {violation}");

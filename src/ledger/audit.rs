@@ -149,3 +149,60 @@ pub async fn find_violations(connection: &impl ConnectionTrait) -> Result<Vec<Vi
     }
     Ok(violations)
 }
+
+/// Checks a log of acknowledged payments ("<key>\t<payment id>" per line) against the
+/// database: every acknowledged key must have exactly the payment it was acknowledged
+/// with. The unique key on (client, key) makes "exactly" hold; this finds a missing or
+/// different payment.
+pub async fn check_acknowledged(
+    connection: &impl ConnectionTrait,
+    log: &str,
+) -> Result<Vec<Violation>, DbErr> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    use crate::entity::payment;
+
+    const CHUNK: usize = 500;
+    const INVARIANT: &str = "every acknowledged key has exactly its payment";
+    let mut violations = Vec::new();
+    let mut acknowledged = Vec::new();
+    for (number, line) in log
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+    {
+        match line
+            .split_once('\t')
+            .map(|(key, id)| (key, PaymentId::parse(id.trim())))
+        {
+            Some((key, Ok(id))) => acknowledged.push((key.to_owned(), id)),
+            _ => violations.push(Violation {
+                invariant: INVARIANT,
+                detail: format!("line {} is not \"<key>\\t<payment id>\"", number + 1),
+            }),
+        }
+    }
+    for chunk in acknowledged.chunks(CHUNK) {
+        let rows = payment::Entity::find()
+            .filter(payment::Column::Id.is_in(chunk.iter().map(|(_, id)| id.0)))
+            .all(connection)
+            .await?;
+        for (key, id) in chunk {
+            match rows.iter().find(|row| row.id == id.0) {
+                Some(row) if &row.idempotency_key == key => {}
+                Some(row) => violations.push(Violation {
+                    invariant: INVARIANT,
+                    detail: format!(
+                        "payment {id} was acknowledged for key {key:?} but has key {:?}",
+                        row.idempotency_key
+                    ),
+                }),
+                None => violations.push(Violation {
+                    invariant: INVARIANT,
+                    detail: format!("payment {id}, acknowledged for key {key:?}, does not exist"),
+                }),
+            }
+        }
+    }
+    Ok(violations)
+}

@@ -72,6 +72,10 @@ pub struct Options {
     /// instead of creating new ones.
     #[arg(long, value_delimiter = ',')]
     pub reuse_accounts: Vec<String>,
+    /// Write every acknowledged payment ("<key>\t<payment id>" per line) to this file,
+    /// for `payments-ledger verify --acknowledged` to check from the database.
+    #[arg(long)]
+    pub acknowledged_log: Option<std::path::PathBuf>,
     /// Also run the database-level audit (`payments-ledger verify`) against this URL.
     #[arg(long)]
     pub verify_database_url: Option<String>,
@@ -475,5 +479,12 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         None => None,
     };
     verify::verify(&shared, &initial, entries_seen).await?;
+    if let Some(path) = &options.acknowledged_log {
+        let log: String = lock(&shared.acknowledged)
+            .iter()
+            .map(|(key, id)| format!("{key}\t{id}\n"))
+            .collect();
+        std::fs::write(path, log).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     Ok(Report::new(&shared, elapsed))
 }

@@ -56,10 +56,15 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
     app.assert_ledger_sound().await;
 
     // The binary: same run, smaller, and its exit code says "no violation".
-    let (address, key, url) = (
+    let log = std::env::temp_dir().join(format!(
+        "ledger-acknowledged-{}.tsv",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let (address, key, url, log_path) = (
         app.address.clone(),
         app.api_key.clone(),
         app.database.url.clone(),
+        log.clone(),
     );
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -84,6 +89,8 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
                 "--json",
             ])
             .args(["--verify-database-url", &url])
+            .arg("--acknowledged-log")
+            .arg(&log_path)
             .output()
             .expect("loadgen runs")
     })
@@ -97,4 +104,44 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
     );
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect("a JSON report");
     assert_eq!(summary["violations"], serde_json::json!([]));
+
+    // The verifier alone, from the database: the log checks out...
+    let verify = |log: std::path::PathBuf| {
+        let url = app.database.url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
+                .env("DATABASE_URL", url)
+                .arg("verify")
+                .arg("--acknowledged")
+                .arg(log)
+                .output()
+                .expect("verify runs")
+        })
+    };
+    let acknowledged = std::fs::read_to_string(&log).expect("loadgen wrote its log");
+    assert!(acknowledged.lines().count() > 10, "{acknowledged}");
+    let output = verify(log.clone()).await.unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
+    // ...and a claim the ledger does not back is a violation, with exit code 1.
+    let (first_key, _) = acknowledged
+        .lines()
+        .next()
+        .unwrap()
+        .split_once('\t')
+        .unwrap();
+    let forged = format!("{acknowledged}{first_key}\tpay_0193a5b0c1d27f3e8a4b5c6d7e8f9a0b\n");
+    std::fs::write(&log, forged).unwrap();
+    let output = verify(log.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("VIOLATION") && stdout.contains("does not exist"),
+        "{stdout}"
+    );
+    std::fs::remove_file(&log).ok();
 }
