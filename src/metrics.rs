@@ -34,6 +34,7 @@ label_values!(CacheName {
     Payment => "payment",
     PaymentEntries => "payment_entries",
     Entry => "entry",
+    IdempotencyKey => "idempotency_key",
 });
 label_values!(CacheLevel { L1 => "l1", L2 => "l2" });
 label_values!(CacheResult { Hit => "hit", Miss => "miss" });

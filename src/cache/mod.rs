@@ -24,6 +24,8 @@ use uuid::Uuid;
 
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::AppResult;
+use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::ids::ClientId;
 use crate::metrics::{CacheLevel, CacheName, CacheResult, Metrics};
 pub use redis_l2::RedisL2;
 
@@ -88,6 +90,9 @@ pub struct Caches {
     payments: Option<Cache<Uuid, payment::Model>>,
     payment_entries: Option<Cache<Uuid, Arc<Vec<ledger_entry::Model>>>>,
     entries: Option<Cache<Uuid, ledger_entry::Model>>,
+    /// Idempotency keys this instance has seen used: (client, key) -> (fingerprint,
+    /// resource). A key's record never changes once committed.
+    idempotency_keys: Option<Cache<(Uuid, String), (Fingerprint, Uuid)>>,
     l2: Option<RedisL2>,
     metrics: Arc<Metrics>,
 }
@@ -106,6 +111,7 @@ impl Caches {
             payments: l1(capacity, ttl),
             payment_entries: l1(capacity, ttl),
             entries: l1(capacity, ttl),
+            idempotency_keys: l1(capacity, ttl),
             l2,
             metrics,
         })
@@ -327,6 +333,41 @@ impl Caches {
             load,
         )
         .await
+    }
+
+    /// The committed record of `key`, if this instance has seen it.
+    pub async fn known_key(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+    ) -> Option<(Fingerprint, Uuid)> {
+        let found = self
+            .idempotency_keys
+            .as_ref()?
+            .get(&(client.0, key.as_str().to_owned()))
+            .await;
+        if self.idempotency_keys.is_some() {
+            let hits = usize::from(found.is_some());
+            self.count(CacheName::IdempotencyKey, CacheLevel::L1, hits, 1 - hits);
+        }
+        found
+    }
+
+    /// Remembers a key's committed record.
+    pub async fn remember_key(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        resource_id: Uuid,
+    ) {
+        if let Some(keys) = &self.idempotency_keys {
+            keys.insert(
+                (client.0, key.as_str().to_owned()),
+                (fingerprint.clone(), resource_id),
+            )
+            .await;
+        }
     }
 
     /// Remembers a payment and its entries just written: both are final.

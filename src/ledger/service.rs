@@ -66,6 +66,16 @@ impl From<AppError> for AttemptError {
     }
 }
 
+/// One request's use of an idempotency key: whose, for what, and what it would create.
+#[derive(Clone, Copy)]
+struct KeyUse<'a> {
+    client: ClientId,
+    key: &'a IdempotencyKey,
+    operation: idempotency::Operation,
+    fingerprint: &'a Fingerprint,
+    resource_id: Uuid,
+}
+
 fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
@@ -144,73 +154,72 @@ impl Ledger {
             .await
     }
 
-    /// The shape every creating mutation shares: replay a known key without a write
-    /// transaction; otherwise queue for the touched accounts, run the attempt with
-    /// retries, and turn a key another request claimed meanwhile into its replay.
-    async fn create_once<T, Replay, ReplayFuture, Attempt, AttemptFuture>(
+    /// The shape every creating mutation shares. A key this instance has seen replays
+    /// from memory without touching the database. Otherwise: queue for the touched
+    /// accounts and run the attempt with retries; its first statement claims the key,
+    /// and a key another request claimed first turns into a replay of that request's
+    /// outcome, read from the database (the only judge).
+    async fn create_once<T, Load, LoadFuture, Attempt, AttemptFuture>(
         &self,
-        operation: &'static str,
+        key: KeyUse<'_>,
         accounts: &[Uuid],
-        replay: Replay,
+        load: Load,
         attempt: Attempt,
     ) -> AppResult<Created<T>>
     where
-        Replay: Fn() -> ReplayFuture,
-        ReplayFuture: Future<Output = AppResult<Option<T>>>,
+        Load: Fn(Uuid) -> LoadFuture,
+        LoadFuture: Future<Output = AppResult<Vec<T>>>,
         Attempt: FnMut() -> AttemptFuture,
         AttemptFuture: Future<Output = Result<T, AttemptError>>,
     {
-        let replayed = |value| {
+        let replay = |resource_id: Uuid| async move {
             self.metrics
                 .idempotent_replays
-                .get_or_create(&OperationLabels { operation })
+                .get_or_create(&OperationLabels {
+                    operation: key.operation.as_str(),
+                })
                 .inc();
-            Created {
+            let value = load(resource_id).await?.into_iter().next().ok_or_else(|| {
+                AppError::internal(anyhow::anyhow!(
+                    "idempotency key names {resource_id}, which does not exist"
+                ))
+            })?;
+            Ok(Created {
                 value,
                 replayed: true,
-            }
+            })
         };
-        if let Some(value) = replay().await? {
-            return Ok(replayed(value));
+        if let Some((fingerprint, resource_id)) = self.caches.known_key(key.client, key.key).await {
+            if &fingerprint != key.fingerprint {
+                return Err(AppError::IdempotencyKeyReused);
+            }
+            return replay(resource_id).await;
         }
         let _lanes = self.write_gate.enter(accounts).await;
         match self.with_retries(attempt).await {
-            Ok(value) => Ok(Created {
-                value,
-                replayed: false,
-            }),
-            // The owner of the key committed, so its record is there to replay.
+            Ok(value) => {
+                self.caches
+                    .remember_key(key.client, key.key, key.fingerprint, key.resource_id)
+                    .await;
+                Ok(Created {
+                    value,
+                    replayed: false,
+                })
+            }
             Err(AttemptError::KeyTaken) => {
-                replay().await?.map(replayed).ok_or(AppError::RetryLater)
+                let resource_id =
+                    idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
+                        .await?
+                        // The owner of the key committed, so its record is there.
+                        .ok_or(AppError::RetryLater)?;
+                self.caches
+                    .remember_key(key.client, key.key, key.fingerprint, resource_id)
+                    .await;
+                replay(resource_id).await
             }
             Err(AttemptError::App(error)) => Err(error),
             Err(AttemptError::Db(error)) => Err(error.into()),
         }
-    }
-
-    /// The object a stored key points at, if `fingerprint` may replay it.
-    async fn find_replayed<T, Load, LoadFuture>(
-        &self,
-        client: ClientId,
-        key: &IdempotencyKey,
-        fingerprint: &Fingerprint,
-        load: Load,
-    ) -> AppResult<Option<T>>
-    where
-        Load: FnOnce(Uuid) -> LoadFuture,
-        LoadFuture: Future<Output = AppResult<Vec<T>>>,
-    {
-        let Some(resource_id) =
-            idempotency::find_replay(&self.db, client, key, fingerprint).await?
-        else {
-            return Ok(None);
-        };
-        let found = load(resource_id).await?.into_iter().next().ok_or_else(|| {
-            AppError::internal(anyhow::anyhow!(
-                "idempotency key names {resource_id}, which does not exist"
-            ))
-        })?;
-        Ok(Some(found))
     }
 
     #[tracing::instrument(skip_all, fields(client = %client.0))]
@@ -221,17 +230,17 @@ impl Ledger {
     ) -> AppResult<Created<account::Model>> {
         let fingerprint = request.fingerprint();
         let account_id = AccountId::generate();
+        let key = KeyUse {
+            client,
+            key: &request.idempotency_key,
+            operation: idempotency::Operation::CreateAccount,
+            fingerprint: &fingerprint,
+            resource_id: account_id.0,
+        };
         self.create_once(
-            idempotency::Operation::CreateAccount.as_str(),
+            key,
             &[account_id.0],
-            || {
-                self.find_replayed(
-                    client,
-                    &request.idempotency_key,
-                    &fingerprint,
-                    |id| async move { self.accounts_by_ids(client, &[id]).await },
-                )
-            },
+            |id| async move { self.accounts_by_ids(client, &[id]).await },
             || self.try_create_account(client, &request, &fingerprint, account_id),
         )
         .await
@@ -291,18 +300,18 @@ impl Ledger {
     ) -> AppResult<Created<payment::Model>> {
         let fingerprint = request.fingerprint();
         let payment_id = PaymentId::generate();
+        let key = KeyUse {
+            client,
+            key: &request.idempotency_key,
+            operation: idempotency::Operation::CreatePayment,
+            fingerprint: &fingerprint,
+            resource_id: payment_id.0,
+        };
         let created = self
             .create_once(
-                idempotency::Operation::CreatePayment.as_str(),
+                key,
                 &[request.from.0, request.to.0],
-                || {
-                    self.find_replayed(
-                        client,
-                        &request.idempotency_key,
-                        &fingerprint,
-                        |id| async move { self.payments_by_ids(client, &[id]).await },
-                    )
-                },
+                |id| async move { self.payments_by_ids(client, &[id]).await },
                 || self.try_create_payment(client, &request, &fingerprint, payment_id),
             )
             .await;
