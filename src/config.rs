@@ -100,7 +100,7 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-l1-object-capacity",
         env = "CACHE_L1_OBJECT_CAPACITY",
-        default_value_t = 100_000,
+        default_value_t = 20_000,
         global = true
     )]
     pub l1_object_capacity: u64,

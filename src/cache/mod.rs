@@ -60,7 +60,7 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             l1_balance_capacity: 100_000,
-            l1_object_capacity: 100_000,
+            l1_object_capacity: 20_000,
             l1_balance_ttl: Duration::from_secs(2),
             l1_object_ttl: Duration::from_secs(600),
             l2_balance_ttl: Duration::from_secs(10),
