@@ -6,7 +6,7 @@
 //! whichever transaction inserts it first owns the key, every other one replays it.
 
 use chrono::Utc;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, EntityTrait};
+use sea_orm::{ConnectionTrait, EntityTrait};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -104,27 +104,34 @@ pub async fn find_replay(
     }
 }
 
-/// Claims `key` inside the caller's transaction. A unique violation from this insert
-/// means another request owns the key; the caller rolls back and replays.
-pub async fn claim(
-    transaction: &impl ConnectionTrait,
+/// The record that claims `key` for `resource_id`.
+pub fn record(
     client: ClientId,
     key: &IdempotencyKey,
     operation: Operation,
     fingerprint: &Fingerprint,
     resource_id: Uuid,
+) -> idempotency_key::Model {
+    idempotency_key::Model {
+        client_id: client.0,
+        idempotency_key: key.as_str().to_owned(),
+        operation: operation.as_str().to_owned(),
+        request_fingerprint: fingerprint.0.clone(),
+        resource_id,
+        created_at: Utc::now(),
+    }
+}
+
+/// Claims a key inside the caller's transaction. A unique violation from this insert
+/// means another request owns the key; the caller rolls back and replays.
+pub async fn claim(
+    transaction: &impl ConnectionTrait,
+    record: idempotency_key::Model,
 ) -> Result<(), sea_orm::DbErr> {
-    idempotency_key::Entity::insert(idempotency_key::ActiveModel {
-        client_id: Set(client.0),
-        idempotency_key: Set(key.as_str().to_owned()),
-        operation: Set(operation.as_str().to_owned()),
-        request_fingerprint: Set(fingerprint.0.clone()),
-        resource_id: Set(resource_id),
-        created_at: Set(Utc::now()),
-    })
-    .exec_without_returning(transaction)
-    .await
-    .map(|_| ())
+    idempotency_key::Entity::insert(idempotency_key::ActiveModel::from(record))
+        .exec_without_returning(transaction)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! invariant from the stored rows.
 
 pub mod audit;
+mod fused;
 pub mod money;
 pub mod posting;
 pub mod requests;

@@ -21,10 +21,11 @@ use uuid::Uuid;
 
 use crate::cache::{Caches, VersionedBalance};
 use crate::db::{Backend, WriteIsolation};
-use crate::entity::{account, ledger_entry, payment};
+use crate::entity::{account, idempotency_key, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, LedgerEntryId, PaymentId};
+use crate::ledger::fused;
 use crate::ledger::money::Currency;
 use crate::ledger::posting::{
     AccountState, BalanceRule, EntryPlan, PaymentStatus, PostingPlan, plan_posting,
@@ -254,15 +255,14 @@ impl Ledger {
         account_id: AccountId,
     ) -> Result<account::Model, AttemptError> {
         let transaction = self.begin_write().await?;
-        claim_key(
-            &transaction,
+        let record = idempotency::record(
             client,
             &request.idempotency_key,
             idempotency::Operation::CreateAccount,
             fingerprint,
             account_id.0,
-        )
-        .await?;
+        );
+        claim_key(&transaction, record).await?;
         let model = account::Model {
             id: account_id.0,
             client_id: client.0,
@@ -334,24 +334,15 @@ impl Ledger {
         payment_id: PaymentId,
     ) -> Result<payment::Model, AttemptError> {
         let transaction = self.begin_write().await?;
-        claim_key(
-            &transaction,
+        let record = idempotency::record(
             client,
             &request.idempotency_key,
             idempotency::Operation::CreatePayment,
             fingerprint,
             payment_id.0,
-        )
-        .await?;
-
-        // Ordered by id: every transaction locks accounts in the same order, so two
-        // payments between the same pair of accounts cannot deadlock.
-        let locked = account::Entity::find()
-            .filter(account::Column::ClientId.eq(client.0))
-            .filter(account::Column::Id.is_in([request.from.0, request.to.0]))
-            .order_by_asc(account::Column::Id)
-            .lock_exclusive()
-            .all(&transaction)
+        );
+        let locked = self
+            .claim_key_and_lock_accounts(&transaction, record, [request.from.0, request.to.0])
             .await?;
         let find = |id: AccountId| {
             locked
@@ -396,24 +387,75 @@ impl Ledger {
             description: request.description.clone(),
             created_at: now,
         };
-        payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
-            .exec_without_returning(&transaction)
-            .await?;
-
         let entries = match plan {
             PostingPlan::Post { debit, credit } => {
-                post_entries(
-                    &transaction,
-                    &payment,
-                    [(source, debit), (destination, credit)],
-                )
-                .await?
+                let postings = [(source, debit), (destination, credit)];
+                let entries = entry_rows(&payment, &postings);
+                let moved = self
+                    .write_posting(&transaction, &payment, &postings, &entries)
+                    .await?;
+                // The version conditions can only fail if a row lock did not hold: a
+                // bug, and committing would break "version = entry count".
+                if moved != 2 {
+                    return Err(AppError::internal(anyhow::anyhow!(
+                        "accounts of payment {payment_id} changed while locked"
+                    ))
+                    .into());
+                }
+                entries.to_vec()
             }
-            PostingPlan::Decline(_) => Vec::new(),
+            PostingPlan::Decline(_) => {
+                payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
+                    .exec_without_returning(&transaction)
+                    .await?;
+                Vec::new()
+            }
         };
         transaction.commit().await?;
         self.after_payment_commit(&payment, entries).await;
         Ok(payment)
+    }
+
+    /// Claims the key, then locks both accounts in id order (a foreign or unknown
+    /// account is simply not returned). On PostgreSQL in one statement.
+    async fn claim_key_and_lock_accounts(
+        &self,
+        transaction: &DatabaseTransaction,
+        record: idempotency_key::Model,
+        accounts: [Uuid; 2],
+    ) -> Result<Vec<account::Model>, AttemptError> {
+        if self.backend == Backend::Postgres {
+            return fused::claim_key_and_lock_accounts(transaction, record, accounts)
+                .await
+                .map_err(claim_error);
+        }
+        let client = record.client_id;
+        claim_key(transaction, record).await?;
+        // Ordered by id: every transaction locks accounts in the same order, so two
+        // payments between the same pair of accounts cannot deadlock.
+        Ok(account::Entity::find()
+            .filter(account::Column::ClientId.eq(client))
+            .filter(account::Column::Id.is_in(accounts))
+            .order_by_asc(account::Column::Id)
+            .lock_exclusive()
+            .all(transaction)
+            .await?)
+    }
+
+    /// Writes a posted payment, both balances and both entries; returns how many
+    /// accounts moved. On PostgreSQL in one statement.
+    async fn write_posting(
+        &self,
+        transaction: &DatabaseTransaction,
+        payment: &payment::Model,
+        postings: &[(&account::Model, EntryPlan); 2],
+        entries: &[ledger_entry::Model; 2],
+    ) -> Result<u64, DbErr> {
+        if self.backend == Backend::Postgres {
+            let locked_versions = postings.map(|(account, _)| (account.id, account.version));
+            return fused::write_posting(transaction, payment, locked_versions, entries).await;
+        }
+        write_posting_portable(transaction, payment, postings, entries).await
     }
 
     /// A committed payment is final: remember it, and spread its accounts' new
@@ -723,49 +765,63 @@ impl Ledger {
 
 async fn claim_key(
     transaction: &DatabaseTransaction,
-    client: ClientId,
-    key: &IdempotencyKey,
-    operation: idempotency::Operation,
-    fingerprint: &Fingerprint,
-    resource_id: Uuid,
+    record: idempotency_key::Model,
 ) -> Result<(), AttemptError> {
-    idempotency::claim(
-        transaction,
-        client,
-        key,
-        operation,
-        fingerprint,
-        resource_id,
-    )
-    .await
-    .map_err(|error| {
-        if is_unique_violation(&error) {
-            AttemptError::KeyTaken
-        } else {
-            AttemptError::Db(error)
-        }
+    idempotency::claim(transaction, record)
+        .await
+        .map_err(claim_error)
+}
+
+/// A unique violation while claiming a key means another request owns it.
+fn claim_error(error: DbErr) -> AttemptError {
+    if is_unique_violation(&error) {
+        AttemptError::KeyTaken
+    } else {
+        AttemptError::Db(error)
+    }
+}
+
+/// The two entries of a posting.
+fn entry_rows(
+    payment: &payment::Model,
+    postings: &[(&account::Model, EntryPlan); 2],
+) -> [ledger_entry::Model; 2] {
+    postings.map(|(account, entry)| ledger_entry::Model {
+        id: LedgerEntryId::generate().0,
+        client_id: payment.client_id,
+        account_id: account.id,
+        payment_id: payment.id,
+        currency: payment.currency.clone(),
+        direction: entry.direction.as_str().to_owned(),
+        amount_minor: entry.amount_minor,
+        balance_after_minor: entry.balance_after_minor,
+        account_version: entry.account_version,
+        created_at: payment.created_at,
     })
 }
 
-/// Moves both accounts to their entries' balances and versions and appends the two
-/// entries: one UPDATE and one INSERT, whatever the backend.
-async fn post_entries(
+/// Inserts a posted payment, moves both accounts to their entries' balances and versions
+/// and appends the two entries: one statement each, on any backend. Returns how many
+/// accounts moved.
+async fn write_posting_portable(
     transaction: &DatabaseTransaction,
     payment: &payment::Model,
-    postings: [(&account::Model, EntryPlan); 2],
-) -> Result<Vec<ledger_entry::Model>, AttemptError> {
+    postings: &[(&account::Model, EntryPlan); 2],
+    entries: &[ledger_entry::Model; 2],
+) -> Result<u64, DbErr> {
     // In scope here only: it gives every type `min` and `max`.
     use sea_orm::sea_query::ExprTrait as _;
-    // The version conditions can only fail if a row lock did not hold: a bug, and
-    // committing would break "version = entry count".
+    payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
+        .exec_without_returning(transaction)
+        .await?;
     let new_value = |value: fn(&EntryPlan) -> i64| {
-        let [(first, first_entry), (second, second_entry)] = &postings;
+        let [(first, first_entry), (second, second_entry)] = postings;
         Expr::case(account::Column::Id.eq(first.id), value(first_entry))
             .case(account::Column::Id.eq(second.id), value(second_entry))
             .finally(Expr::val(0_i64))
     };
     let mut matches_locked_version = Condition::any();
-    for (account, entry) in &postings {
+    for (account, entry) in postings {
         matches_locked_version = matches_locked_version.add(
             account::Column::Id
                 .eq(account.id)
@@ -784,32 +840,10 @@ async fn post_entries(
         .filter(matches_locked_version)
         .exec(transaction)
         .await?;
-    if updated.rows_affected != 2 {
-        return Err(AppError::internal(anyhow::anyhow!(
-            "accounts of payment {} changed while locked",
-            PaymentId(payment.id)
-        ))
-        .into());
-    }
-    let rows: Vec<ledger_entry::Model> = postings
-        .iter()
-        .map(|(account, entry)| ledger_entry::Model {
-            id: LedgerEntryId::generate().0,
-            client_id: payment.client_id,
-            account_id: account.id,
-            payment_id: payment.id,
-            currency: payment.currency.clone(),
-            direction: entry.direction.as_str().to_owned(),
-            amount_minor: entry.amount_minor,
-            balance_after_minor: entry.balance_after_minor,
-            account_version: entry.account_version,
-            created_at: payment.created_at,
-        })
-        .collect();
-    ledger_entry::Entity::insert_many(rows.iter().cloned().map(ledger_entry::ActiveModel::from))
+    ledger_entry::Entity::insert_many(entries.iter().cloned().map(ledger_entry::ActiveModel::from))
         .exec_without_returning(transaction)
         .await?;
-    Ok(rows)
+    Ok(updated.rows_affected)
 }
 
 fn account_state(account: &account::Model) -> AppResult<AccountState> {
