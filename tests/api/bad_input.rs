@@ -304,5 +304,16 @@ async fn bad_requests_are_refused(backend: Backend) {
             "{response}"
         );
     }
+    // nodes takes at most 100 ids.
+    let ids: Vec<String> = (0..101)
+        .map(|_| "acc_0193a5b0c1d27f3e8a4b5c6d7e8f9a0b".to_owned())
+        .collect();
+    let response = app
+        .graphql(
+            "query($ids: [ID!]!) { nodes(ids: $ids) { id } }",
+            json!({ "ids": ids }),
+        )
+        .await;
+    assert_eq!(error_code(&response), Some("BAD_USER_INPUT"), "{response}");
     assert_eq!(app.count("accounts").await, 0);
 }
