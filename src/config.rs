@@ -7,6 +7,7 @@ use clap::Args;
 
 use crate::cache::CacheSettings;
 use crate::db::WriteIsolation;
+use crate::ledger::service::WriteSettings;
 
 /// Where the ledger is stored.
 #[derive(Debug, Clone, Args)]
@@ -47,6 +48,39 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub write_isolation: WriteIsolation,
+
+    /// Group commit: the most payments one write transaction carries. Payments that
+    /// arrive while a transaction runs go into the next one together; 1 turns grouping
+    /// off (one transaction per payment).
+    #[arg(
+        long = "write-batch-max",
+        env = "WRITE_BATCH_MAX",
+        default_value_t = 64,
+        value_parser = clap::value_parser!(u16).range(1..=1000),
+        global = true
+    )]
+    pub write_batch_max: u16,
+
+    /// Group commit: how many payment transactions one instance runs at once (SQLite:
+    /// always 1, its single writer).
+    #[arg(
+        long = "write-batches-in-flight",
+        env = "WRITE_BATCHES_IN_FLIGHT",
+        default_value_t = 2,
+        value_parser = clap::value_parser!(u16).range(1..=64),
+        global = true
+    )]
+    pub write_batches_in_flight: u16,
+}
+
+impl DatabaseConfig {
+    pub fn write_settings(&self) -> WriteSettings {
+        WriteSettings {
+            isolation: self.write_isolation,
+            batch_max: usize::from(self.write_batch_max),
+            batches_in_flight: usize::from(self.write_batches_in_flight),
+        }
+    }
 }
 
 /// How the HTTP server listens and what it accepts.
@@ -183,6 +217,8 @@ impl Config {
                 max_connections: 16,
                 acquire_timeout_seconds: 5,
                 write_isolation: WriteIsolation::default(),
+                write_batch_max: 64,
+                write_batches_in_flight: 2,
             },
             server: ServerConfig {
                 listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),

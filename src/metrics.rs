@@ -80,6 +80,7 @@ pub struct Metrics {
     pub idempotent_replays: Family<OperationLabels, Counter>,
     pub write_retries: Counter,
     pub write_retries_exhausted: Counter,
+    pub write_batch_payments: Histogram,
     pub database_statements: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
 }
@@ -141,6 +142,13 @@ impl Metrics {
             "Writes that ran out of retries and answered RETRY_LATER",
             write_retries_exhausted.clone(),
         );
+        // 1, 2, 4, … 1024 payments.
+        let write_batch_payments = Histogram::new(exponential_buckets(1.0, 2.0, 11));
+        registry.register(
+            "write_batch_payments",
+            "Payments per write transaction (group commit): how many concurrent payments shared one commit",
+            write_batch_payments.clone(),
+        );
         let database_statements = Counter::default();
         registry.register(
             "database_statements",
@@ -166,6 +174,7 @@ impl Metrics {
             idempotent_replays,
             write_retries,
             write_retries_exhausted,
+            write_batch_payments,
             database_statements,
             request_duration,
         }

@@ -49,7 +49,7 @@ impl Application {
         let state = AppState {
             ledger: Ledger::new(
                 db.clone(),
-                config.database.write_isolation,
+                config.database.write_settings(),
                 Arc::clone(&caches),
                 Arc::clone(&metrics),
             ),

@@ -3,7 +3,8 @@
 //! invariant from the stored rows.
 
 pub mod audit;
-mod fused;
+mod batch_sql;
+mod commit_queue;
 pub mod money;
 pub mod posting;
 pub mod requests;

@@ -208,6 +208,38 @@ pub fn plan_posting(
     PostingPlan::Post { debit, credit }
 }
 
+/// Decides payments one after another against running account states, exactly as if
+/// each had committed before the next began: a posting moves its accounts' states, so
+/// a later payment sees the balances and versions the earlier ones left. This is what
+/// lets one transaction carry many payments. `None` for a payment whose two accounts
+/// are not both in `states` or are one account: the caller's bug, never a decline.
+pub fn plan_in_order<K: Copy + Eq + std::hash::Hash>(
+    states: &mut std::collections::HashMap<K, AccountState>,
+    payments: impl IntoIterator<Item = (K, K, PositiveAmount)>,
+) -> Vec<Option<PostingPlan>> {
+    payments
+        .into_iter()
+        .map(|(from, to, amount)| {
+            let (Some(&source), Some(&destination)) = (states.get(&from), states.get(&to)) else {
+                return None;
+            };
+            if from == to {
+                return None;
+            }
+            let plan = plan_posting(source, destination, amount);
+            if let PostingPlan::Post { debit, credit } = plan {
+                for (account, entry) in [(from, debit), (to, credit)] {
+                    if let Some(state) = states.get_mut(&account) {
+                        state.balance_minor = entry.balance_after_minor;
+                        state.version = entry.account_version;
+                    }
+                }
+            }
+            Some(plan)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +342,81 @@ mod tests {
             BalanceFloor::new(BalanceRule::Unbounded, None).available(-30),
             None
         );
+    }
+
+    #[test]
+    fn payments_in_order_see_the_balances_earlier_ones_left() {
+        let mut states = std::collections::HashMap::from([
+            ("alice", account(BalanceRule::NonNegative, None, 100)),
+            ("bob", account(BalanceRule::NonNegative, None, 0)),
+            ("fund", account(BalanceRule::Unbounded, None, 0)),
+        ]);
+        let plans = plan_in_order(
+            &mut states,
+            [
+                ("alice", "bob", amount(60)),
+                ("alice", "bob", amount(60)),
+                ("bob", "alice", amount(10)),
+                ("alice", "bob", amount(50)),
+                ("fund", "alice", amount(5)),
+            ],
+        );
+        let posted: Vec<_> = plans
+            .iter()
+            .map(|plan| match plan.expect("both accounts are known") {
+                PostingPlan::Post { debit, credit } => Some((
+                    debit.balance_after_minor,
+                    debit.account_version,
+                    credit.balance_after_minor,
+                    credit.account_version,
+                )),
+                PostingPlan::Decline(_) => None,
+            })
+            .collect();
+        // Versions start at 7 and rise by one per entry; the decline moves nothing.
+        assert_eq!(
+            posted,
+            [
+                Some((40, 8, 60, 8)),
+                None,
+                Some((50, 9, 50, 9)),
+                Some((0, 10, 100, 10)),
+                Some((-5, 8, 5, 11)),
+            ]
+        );
+        assert_eq!(
+            plans[1],
+            Some(PostingPlan::Decline(DeclineReason::InsufficientFunds))
+        );
+        assert_eq!(
+            (states["alice"].balance_minor, states["alice"].version),
+            (5, 11)
+        );
+        assert_eq!(
+            (states["bob"].balance_minor, states["bob"].version),
+            (100, 10)
+        );
+        assert_eq!(
+            (states["fund"].balance_minor, states["fund"].version),
+            (-5, 8)
+        );
+        // Money is conserved over the whole sequence.
+        let total: i64 = states.values().map(|state| state.balance_minor).sum();
+        assert_eq!(total, 100);
+    }
+
+    #[test]
+    fn payments_in_order_refuse_unknown_or_identical_accounts() {
+        let mut states =
+            std::collections::HashMap::from([("alice", account(BalanceRule::Unbounded, None, 0))]);
+        let plans = plan_in_order(
+            &mut states,
+            [
+                ("alice", "nobody", amount(1)),
+                ("alice", "alice", amount(1)),
+            ],
+        );
+        assert_eq!(plans, [None, None]);
+        assert_eq!(states["alice"], account(BalanceRule::Unbounded, None, 0));
     }
 }

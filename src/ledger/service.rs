@@ -1,18 +1,19 @@
 //! The ledger service: the only code that opens write transactions.
 //!
-//! Every write follows one shape: claim the idempotency key, lock the accounts it
-//! touches in id order, decide with the pure rules in `posting`, write, commit. A
-//! retryable conflict (serialization failure, deadlock, SQLite busy) reruns the whole
-//! transaction a bounded number of times; a key someone else already claimed turns
-//! into a replay of their outcome.
+//! Payments are group-committed: concurrent payments queue (`commit_queue`) and run
+//! together in one transaction that locks their accounts in id order, claims their
+//! keys, decides them one after another with the pure rules in `posting`, writes, and
+//! commits. Each payment keeps its own outcome: one whose key someone else owns turns
+//! into a replay of that owner's outcome, one with a bad account fails alone before
+//! anything is stored. A retryable conflict (serialization failure, deadlock, SQLite
+//! busy) reruns the whole transaction a bounded number of times.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, SqlErr, TransactionTrait,
@@ -25,10 +26,11 @@ use crate::entity::{account, idempotency_key, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, LedgerEntryId, PaymentId};
-use crate::ledger::fused;
+use crate::ledger::batch_sql::{self, AccountMove};
+use crate::ledger::commit_queue::{CommitQueue, Queued};
 use crate::ledger::money::Currency;
 use crate::ledger::posting::{
-    AccountState, BalanceRule, EntryPlan, PaymentStatus, PostingPlan, plan_posting,
+    AccountState, BalanceRule, EntryPlan, PaymentStatus, PostingPlan, plan_in_order,
 };
 use crate::ledger::requests::{NewAccount, NewPayment};
 use crate::ledger::write_gate::WriteGate;
@@ -47,10 +49,23 @@ pub struct Created<T> {
     pub replayed: bool,
 }
 
-/// Why one attempt at a write transaction did not commit.
+/// How writes run: isolation and group commit.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteSettings {
+    pub isolation: WriteIsolation,
+    /// The most payments one transaction carries.
+    pub batch_max: usize,
+    /// How many payment transactions run at once (SQLite: 1).
+    pub batches_in_flight: usize,
+}
+
+/// Why a write did not take effect for one request.
 enum AttemptError {
     /// Another request committed this idempotency key first.
     KeyTaken,
+    /// The request cannot be carried out (unknown account, currency mismatch); nothing
+    /// was stored for it.
+    Invalid(AppError),
     App(AppError),
     Db(DbErr),
 }
@@ -90,8 +105,43 @@ pub struct LedgerParts {
     backend: Backend,
     write_isolation: WriteIsolation,
     write_gate: WriteGate,
+    payment_queue: CommitQueue<PaymentJob, JobOutcome>,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
+}
+
+/// A payment waiting for its batch, with everything decided before the database.
+struct PaymentJob {
+    client: ClientId,
+    request: NewPayment,
+    fingerprint: Fingerprint,
+    payment_id: PaymentId,
+}
+
+impl PaymentJob {
+    fn key_record(&self) -> idempotency_key::Model {
+        idempotency::record(
+            self.client,
+            &self.request.idempotency_key,
+            idempotency::Operation::CreatePayment,
+            &self.fingerprint,
+            self.payment_id.0,
+        )
+    }
+}
+
+/// What a batch did for one of its payments.
+enum JobOutcome {
+    Committed(payment::Model, Vec<ledger_entry::Model>),
+    KeyTaken,
+    Invalid(AppError),
+    Failed(AppError),
+}
+
+/// A committed batch: each payment's outcome, and the accounts' new balances.
+struct CommittedBatch {
+    outcomes: Vec<JobOutcome>,
+    balances: Vec<(Uuid, VersionedBalance)>,
 }
 
 impl std::ops::Deref for Ledger {
@@ -105,16 +155,21 @@ impl std::ops::Deref for Ledger {
 impl Ledger {
     pub fn new(
         db: DatabaseConnection,
-        write_isolation: WriteIsolation,
+        settings: WriteSettings,
         caches: Arc<Caches>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let backend = Backend::of(&db);
+        let batches_in_flight = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => settings.batches_in_flight,
+        };
         Self(Arc::new(LedgerParts {
             write_gate: WriteGate::new(backend.write_lanes()),
+            payment_queue: CommitQueue::new(batches_in_flight, settings.batch_max),
             db,
             backend,
-            write_isolation,
+            write_isolation: settings.isolation,
             caches,
             metrics,
         }))
@@ -156,22 +211,20 @@ impl Ledger {
     }
 
     /// The shape every creating mutation shares. A key this instance has seen replays
-    /// from memory without touching the database. Otherwise: queue for the touched
-    /// accounts and run the attempt with retries; its first statement claims the key,
-    /// and a key another request claimed first turns into a replay of that request's
-    /// outcome, read from the database (the only judge).
-    async fn create_once<T, Load, LoadFuture, Attempt, AttemptFuture>(
+    /// from memory without touching the database. Otherwise `execute` runs the write,
+    /// which claims the key in the effect's transaction; a key another request claimed
+    /// first turns into a replay of that request's outcome, read from the database (the
+    /// only judge). A request that cannot be carried out still answers
+    /// IDEMPOTENCY_KEY_REUSED if its key already names something else.
+    async fn create_once<T, Load, LoadFuture>(
         &self,
         key: KeyUse<'_>,
-        accounts: &[Uuid],
         load: Load,
-        attempt: Attempt,
+        execute: impl Future<Output = Result<T, AttemptError>>,
     ) -> AppResult<Created<T>>
     where
         Load: Fn(Uuid) -> LoadFuture,
         LoadFuture: Future<Output = AppResult<Vec<T>>>,
-        Attempt: FnMut() -> AttemptFuture,
-        AttemptFuture: Future<Output = Result<T, AttemptError>>,
     {
         let replay = |resource_id: Uuid| async move {
             self.metrics
@@ -196,8 +249,7 @@ impl Ledger {
             }
             return replay(resource_id).await;
         }
-        let _lanes = self.write_gate.enter(accounts).await;
-        match self.with_retries(attempt).await {
+        match execute.await {
             Ok(value) => {
                 self.caches
                     .remember_key(key.client, key.key, key.fingerprint, key.resource_id)
@@ -217,6 +269,14 @@ impl Ledger {
                     .remember_key(key.client, key.key, key.fingerprint, resource_id)
                     .await;
                 replay(resource_id).await
+            }
+            Err(AttemptError::Invalid(error)) => {
+                match idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
+                    .await?
+                {
+                    Some(resource_id) => replay(resource_id).await,
+                    None => Err(error),
+                }
             }
             Err(AttemptError::App(error)) => Err(error),
             Err(AttemptError::Db(error)) => Err(error.into()),
@@ -240,9 +300,14 @@ impl Ledger {
         };
         self.create_once(
             key,
-            &[account_id.0],
             |id| async move { self.accounts_by_ids(client, &[id]).await },
-            || self.try_create_account(client, &request, &fingerprint, account_id),
+            async {
+                let _lanes = self.write_gate.enter(&[account_id.0]).await;
+                self.with_retries(|| {
+                    self.try_create_account(client, &request, &fingerprint, account_id)
+                })
+                .await
+            },
         )
         .await
     }
@@ -300,19 +365,25 @@ impl Ledger {
     ) -> AppResult<Created<payment::Model>> {
         let fingerprint = request.fingerprint();
         let payment_id = PaymentId::generate();
+        let idempotency_key = request.idempotency_key.clone();
         let key = KeyUse {
             client,
-            key: &request.idempotency_key,
+            key: &idempotency_key,
             operation: idempotency::Operation::CreatePayment,
             fingerprint: &fingerprint,
             resource_id: payment_id.0,
         };
+        let job = PaymentJob {
+            client,
+            request,
+            fingerprint: fingerprint.clone(),
+            payment_id,
+        };
         let created = self
             .create_once(
                 key,
-                &[request.from.0, request.to.0],
                 |id| async move { self.payments_by_ids(client, &[id]).await },
-                || self.try_create_payment(client, &request, &fingerprint, payment_id),
+                self.commit_payment(job),
             )
             .await;
         self.metrics.payment(match &created {
@@ -326,159 +397,233 @@ impl Ledger {
         created
     }
 
-    async fn try_create_payment(
-        &self,
-        client: ClientId,
-        request: &NewPayment,
-        fingerprint: &Fingerprint,
-        payment_id: PaymentId,
-    ) -> Result<payment::Model, AttemptError> {
-        let transaction = self.begin_write().await?;
-        let record = idempotency::record(
-            client,
-            &request.idempotency_key,
-            idempotency::Operation::CreatePayment,
-            fingerprint,
-            payment_id.0,
-        );
-        let locked = self
-            .claim_key_and_lock_accounts(&transaction, record, [request.from.0, request.to.0])
-            .await?;
-        let find = |id: AccountId| {
-            locked
-                .iter()
-                .find(|account| account.id == id.0)
-                .ok_or_else(|| AppError::not_found(format!("account {id} not found")))
+    /// Queues a payment for the next batch and waits for its outcome.
+    async fn commit_payment(&self, job: PaymentJob) -> Result<payment::Model, AttemptError> {
+        let ledger = self.clone();
+        let outcome = self
+            .payment_queue
+            .submit(job, move |batch| {
+                let ledger = ledger.clone();
+                async move { ledger.run_payment_batch(batch).await }
+            })
+            .await;
+        match outcome {
+            Some(JobOutcome::Committed(payment, _)) => Ok(payment),
+            Some(JobOutcome::KeyTaken) => Err(AttemptError::KeyTaken),
+            Some(JobOutcome::Invalid(error)) => Err(AttemptError::Invalid(error)),
+            Some(JobOutcome::Failed(error)) => Err(AttemptError::App(error)),
+            // The batch may or may not have committed; a retry with the key will tell.
+            None => Err(AttemptError::App(AppError::internal(anyhow::anyhow!(
+                "a payment batch ended without answering"
+            )))),
+        }
+    }
+
+    /// Runs one batch and answers each of its payments. If the batch fails for a reason
+    /// other than contention, its payments run again one per transaction, so one
+    /// payment the database refuses cannot fail the others.
+    async fn run_payment_batch(&self, batch: Vec<Queued<PaymentJob, JobOutcome>>) {
+        self.metrics
+            .write_batch_payments
+            .observe(batch.len() as f64);
+        let jobs: Vec<&PaymentJob> = batch.iter().map(|queued| &queued.job).collect();
+        match self.commit_payments(&jobs).await {
+            Ok(outcomes) => {
+                for (queued, outcome) in batch.into_iter().zip(outcomes) {
+                    queued.answer(outcome);
+                }
+            }
+            Err(error) if batch.len() > 1 && !matches!(error, AppError::RetryLater) => {
+                tracing::warn!(error = %error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                for queued in batch {
+                    let outcome = match self.commit_payments(&[&queued.job]).await {
+                        Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
+                            JobOutcome::Failed(AppError::internal(anyhow::anyhow!(
+                                "a batch of one answered nothing"
+                            )))
+                        }),
+                        Err(error) => JobOutcome::Failed(error),
+                    };
+                    queued.answer(outcome);
+                }
+            }
+            Err(error) => {
+                for queued in batch {
+                    queued.answer(JobOutcome::Failed(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// One batch in one transaction (rerun on conflicts); after the commit, its payments
+    /// and balances go to the caches.
+    async fn commit_payments(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<JobOutcome>> {
+        let accounts: Vec<Uuid> = jobs
+            .iter()
+            .flat_map(|job| [job.request.from.0, job.request.to.0])
+            .collect();
+        let committed = {
+            let _lanes = self.write_gate.enter(&accounts).await;
+            self.with_retries(|| self.try_payment_batch(jobs)).await
         };
-        let source = find(request.from)?;
-        let destination = find(request.to)?;
-        for account in [source, destination] {
-            if account.currency != request.currency.code() {
-                return Err(AppError::CurrencyMismatch(format!(
-                    "payment is in {} but account {} holds {}",
-                    request.currency,
-                    AccountId(account.id),
-                    account.currency
+        let committed = match committed {
+            Ok(committed) => committed,
+            Err(AttemptError::App(error) | AttemptError::Invalid(error)) => return Err(error),
+            Err(AttemptError::Db(error)) => return Err(error.into()),
+            Err(AttemptError::KeyTaken) => {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "a batch cannot lose its key as a whole"
+                )));
+            }
+        };
+        for outcome in &committed.outcomes {
+            if let JobOutcome::Committed(payment, entries) = outcome {
+                self.caches.remember_payment(payment, entries.clone()).await;
+            }
+        }
+        self.caches.write_through(&committed.balances).await;
+        Ok(committed.outcomes)
+    }
+
+    /// One attempt at a batch: lock every account in id order, check each payment
+    /// against its accounts, claim the keys of the valid ones, decide them in queue
+    /// order, write everything with one statement, commit.
+    async fn try_payment_batch(
+        &self,
+        jobs: &[&PaymentJob],
+    ) -> Result<CommittedBatch, AttemptError> {
+        let transaction = self.begin_write().await?;
+        let mut account_ids: Vec<Uuid> = jobs
+            .iter()
+            .flat_map(|job| [job.request.from.0, job.request.to.0])
+            .collect();
+        account_ids.sort_unstable();
+        account_ids.dedup();
+        let locked: HashMap<Uuid, account::Model> =
+            batch_sql::lock_accounts(&transaction, self.backend, &account_ids)
+                .await?
+                .into_iter()
+                .map(|row| (row.id, row))
+                .collect();
+
+        let mut outcomes: Vec<Option<JobOutcome>> = jobs.iter().map(|_| None).collect();
+        let mut claims: Vec<usize> = Vec::with_capacity(jobs.len());
+        let mut keys_in_batch = HashSet::with_capacity(jobs.len());
+        for (index, job) in jobs.iter().enumerate() {
+            if let Err(error) = check_accounts(job, &locked) {
+                outcomes[index] = Some(JobOutcome::Invalid(error));
+            } else if !keys_in_batch.insert((job.client, job.request.idempotency_key.as_str())) {
+                // The same key twice in one batch: the first claims it, the second
+                // replays it once the batch has committed.
+                outcomes[index] = Some(JobOutcome::KeyTaken);
+            } else {
+                claims.push(index);
+            }
+        }
+        // Keys are inserted in one global order, so two batches holding some of the
+        // same keys wait for each other in one direction only.
+        claims.sort_by(|&a, &b| {
+            (jobs[a].client.0, jobs[a].request.idempotency_key.as_str())
+                .cmp(&(jobs[b].client.0, jobs[b].request.idempotency_key.as_str()))
+        });
+        let records: Vec<idempotency_key::Model> = claims
+            .iter()
+            .map(|&index| jobs[index].key_record())
+            .collect();
+        let owned = batch_sql::claim_keys(&transaction, self.backend, &records)
+            .await
+            .map_err(AttemptError::Db)?;
+        let mut to_post = Vec::with_capacity(claims.len());
+        for (index, job) in jobs.iter().enumerate() {
+            if outcomes[index].is_none() {
+                if owned.contains(&job.payment_id.0) {
+                    to_post.push(index);
+                } else {
+                    outcomes[index] = Some(JobOutcome::KeyTaken);
+                }
+            }
+        }
+
+        let mut states = HashMap::with_capacity(locked.len());
+        for row in locked.values() {
+            states.insert(row.id, account_state(row)?);
+        }
+        let plans = plan_in_order(
+            &mut states,
+            to_post.iter().map(|&index| {
+                let request = &jobs[index].request;
+                (request.from.0, request.to.0, request.amount)
+            }),
+        );
+        let now = Utc::now();
+        let mut payments = Vec::with_capacity(to_post.len());
+        let mut entries = Vec::with_capacity(to_post.len() * 2);
+        for (&index, plan) in to_post.iter().zip(plans) {
+            let plan = plan.ok_or_else(|| {
+                AppError::internal(anyhow::anyhow!("a checked payment has no locked accounts"))
+            })?;
+            let payment = payment_row(jobs[index], &plan, now);
+            let payment_entries = match plan {
+                PostingPlan::Post { debit, credit } => {
+                    entry_rows(&payment, [debit, credit]).to_vec()
+                }
+                PostingPlan::Decline(_) => Vec::new(),
+            };
+            entries.extend(payment_entries.iter().cloned());
+            payments.push(payment.clone());
+            outcomes[index] = Some(JobOutcome::Committed(payment, payment_entries));
+        }
+        let moves: Vec<AccountMove> = states
+            .iter()
+            .filter_map(|(id, state)| {
+                let locked_version = locked.get(id)?.version;
+                (state.version != locked_version).then_some(AccountMove {
+                    id: *id,
+                    locked_version,
+                    balance_minor: state.balance_minor,
+                    version: state.version,
+                })
+            })
+            .collect();
+        if !payments.is_empty() {
+            let moved =
+                batch_sql::write_postings(&transaction, self.backend, &payments, &moves, &entries)
+                    .await?;
+            // The version conditions can only fail if a row lock did not hold: a bug,
+            // and committing would break "version = entry count".
+            if moved != moves.len() as u64 {
+                return Err(AppError::internal(anyhow::anyhow!(
+                    "{} of {} accounts changed while locked",
+                    moves.len() as u64 - moved.min(moves.len() as u64),
+                    moves.len()
                 ))
                 .into());
             }
         }
-
-        let plan = plan_posting(
-            account_state(source)?,
-            account_state(destination)?,
-            request.amount,
-        );
-        let now = Utc::now();
-        let (status, decline_reason) = match plan {
-            PostingPlan::Post { .. } => (PaymentStatus::Posted, None),
-            PostingPlan::Decline(reason) => (PaymentStatus::Declined, Some(reason)),
-        };
-        let payment = payment::Model {
-            id: payment_id.0,
-            client_id: client.0,
-            idempotency_key: request.idempotency_key.as_str().to_owned(),
-            from_account_id: request.from.0,
-            to_account_id: request.to.0,
-            amount_minor: request.amount.minor(),
-            currency: request.currency.code().to_owned(),
-            status: status.as_str().to_owned(),
-            decline_reason: decline_reason.map(|reason| reason.as_str().to_owned()),
-            description: request.description.clone(),
-            created_at: now,
-        };
-        let entries = match plan {
-            PostingPlan::Post { debit, credit } => {
-                let postings = [(source, debit), (destination, credit)];
-                let entries = entry_rows(&payment, &postings);
-                let moved = self
-                    .write_posting(&transaction, &payment, &postings, &entries)
-                    .await?;
-                // The version conditions can only fail if a row lock did not hold: a
-                // bug, and committing would break "version = entry count".
-                if moved != 2 {
-                    return Err(AppError::internal(anyhow::anyhow!(
-                        "accounts of payment {payment_id} changed while locked"
-                    ))
-                    .into());
-                }
-                entries.to_vec()
-            }
-            PostingPlan::Decline(_) => {
-                payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
-                    .exec_without_returning(&transaction)
-                    .await?;
-                Vec::new()
-            }
-        };
         transaction.commit().await?;
-        self.after_payment_commit(&payment, entries).await;
-        Ok(payment)
-    }
-
-    /// Claims the key, then locks both accounts in id order (a foreign or unknown
-    /// account is simply not returned). On PostgreSQL in one statement.
-    async fn claim_key_and_lock_accounts(
-        &self,
-        transaction: &DatabaseTransaction,
-        record: idempotency_key::Model,
-        accounts: [Uuid; 2],
-    ) -> Result<Vec<account::Model>, AttemptError> {
-        if self.backend == Backend::Postgres {
-            return fused::claim_key_and_lock_accounts(transaction, record, accounts)
-                .await
-                .map_err(claim_error);
-        }
-        let client = record.client_id;
-        claim_key(transaction, record).await?;
-        // Ordered by id: every transaction locks accounts in the same order, so two
-        // payments between the same pair of accounts cannot deadlock.
-        Ok(account::Entity::find()
-            .filter(account::Column::ClientId.eq(client))
-            .filter(account::Column::Id.is_in(accounts))
-            .order_by_asc(account::Column::Id)
-            .lock_exclusive()
-            .all(transaction)
-            .await?)
-    }
-
-    /// Writes a posted payment, both balances and both entries; returns how many
-    /// accounts moved. On PostgreSQL in one statement.
-    async fn write_posting(
-        &self,
-        transaction: &DatabaseTransaction,
-        payment: &payment::Model,
-        postings: &[(&account::Model, EntryPlan); 2],
-        entries: &[ledger_entry::Model; 2],
-    ) -> Result<u64, DbErr> {
-        if self.backend == Backend::Postgres {
-            let locked_versions = postings.map(|(account, _)| (account.id, account.version));
-            return fused::write_posting(transaction, payment, locked_versions, entries).await;
-        }
-        write_posting_portable(transaction, payment, postings, entries).await
-    }
-
-    /// A committed payment is final: remember it, and spread its accounts' new
-    /// balances to L1, L2 and every other instance.
-    async fn after_payment_commit(
-        &self,
-        payment: &payment::Model,
-        entries: Vec<ledger_entry::Model>,
-    ) {
-        let balances: Vec<(Uuid, VersionedBalance)> = entries
+        let balances = moves
             .iter()
-            .map(|entry| {
+            .map(|row| {
                 (
-                    entry.account_id,
+                    row.id,
                     VersionedBalance {
-                        balance_minor: entry.balance_after_minor,
-                        version: entry.account_version,
+                        balance_minor: row.balance_minor,
+                        version: row.version,
                     },
                 )
             })
             .collect();
-        self.caches.remember_payment(payment, entries).await;
-        self.caches.write_through(&balances).await;
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| {
+                outcome.unwrap_or_else(|| {
+                    JobOutcome::Failed(AppError::internal(anyhow::anyhow!(
+                        "a payment in a batch got no outcome"
+                    )))
+                })
+            })
+            .collect();
+        Ok(CommittedBatch { outcomes, balances })
     }
 
     /// Accounts read from the database now, balances included; their balances also
@@ -781,15 +926,59 @@ fn claim_error(error: DbErr) -> AttemptError {
     }
 }
 
-/// The two entries of a posting.
+/// A payment's own check against its locked accounts: both exist, are the caller's,
+/// and hold the payment's currency. Accounts never change owner or currency, so a
+/// payment that fails here fails the same way every time.
+fn check_accounts(job: &PaymentJob, locked: &HashMap<Uuid, account::Model>) -> AppResult<()> {
+    for id in [job.request.from, job.request.to] {
+        let account = locked
+            .get(&id.0)
+            .filter(|account| account.client_id == job.client.0)
+            .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
+        if account.currency != job.request.currency.code() {
+            return Err(AppError::CurrencyMismatch(format!(
+                "payment is in {} but account {id} holds {}",
+                job.request.currency, account.currency
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn payment_row(job: &PaymentJob, plan: &PostingPlan, now: chrono::DateTime<Utc>) -> payment::Model {
+    let (status, decline_reason) = match plan {
+        PostingPlan::Post { .. } => (PaymentStatus::Posted, None),
+        PostingPlan::Decline(reason) => (PaymentStatus::Declined, Some(reason.as_str().to_owned())),
+    };
+    let request = &job.request;
+    payment::Model {
+        id: job.payment_id.0,
+        client_id: job.client.0,
+        idempotency_key: request.idempotency_key.as_str().to_owned(),
+        from_account_id: request.from.0,
+        to_account_id: request.to.0,
+        amount_minor: request.amount.minor(),
+        currency: request.currency.code().to_owned(),
+        status: status.as_str().to_owned(),
+        decline_reason,
+        description: request.description.clone(),
+        created_at: now,
+    }
+}
+
+/// The two entries of a posting: the debit on the source, the credit on the destination.
 fn entry_rows(
     payment: &payment::Model,
-    postings: &[(&account::Model, EntryPlan); 2],
+    [debit, credit]: [EntryPlan; 2],
 ) -> [ledger_entry::Model; 2] {
-    postings.map(|(account, entry)| ledger_entry::Model {
+    [
+        (payment.from_account_id, debit),
+        (payment.to_account_id, credit),
+    ]
+    .map(|(account_id, entry)| ledger_entry::Model {
         id: LedgerEntryId::generate().0,
         client_id: payment.client_id,
-        account_id: account.id,
+        account_id,
         payment_id: payment.id,
         currency: payment.currency.clone(),
         direction: entry.direction.as_str().to_owned(),
@@ -798,52 +987,6 @@ fn entry_rows(
         account_version: entry.account_version,
         created_at: payment.created_at,
     })
-}
-
-/// Inserts a posted payment, moves both accounts to their entries' balances and versions
-/// and appends the two entries: one statement each, on any backend. Returns how many
-/// accounts moved.
-async fn write_posting_portable(
-    transaction: &DatabaseTransaction,
-    payment: &payment::Model,
-    postings: &[(&account::Model, EntryPlan); 2],
-    entries: &[ledger_entry::Model; 2],
-) -> Result<u64, DbErr> {
-    // In scope here only: it gives every type `min` and `max`.
-    use sea_orm::sea_query::ExprTrait as _;
-    payment::Entity::insert(payment::ActiveModel::from(payment.clone()))
-        .exec_without_returning(transaction)
-        .await?;
-    let new_value = |value: fn(&EntryPlan) -> i64| {
-        let [(first, first_entry), (second, second_entry)] = postings;
-        Expr::case(account::Column::Id.eq(first.id), value(first_entry))
-            .case(account::Column::Id.eq(second.id), value(second_entry))
-            .finally(Expr::val(0_i64))
-    };
-    let mut matches_locked_version = Condition::any();
-    for (account, entry) in postings {
-        matches_locked_version = matches_locked_version.add(
-            account::Column::Id
-                .eq(account.id)
-                .and(account::Column::Version.eq(entry.account_version - 1)),
-        );
-    }
-    let updated = account::Entity::update_many()
-        .col_expr(
-            account::Column::BalanceMinor,
-            new_value(|entry| entry.balance_after_minor).into(),
-        )
-        .col_expr(
-            account::Column::Version,
-            new_value(|entry| entry.account_version).into(),
-        )
-        .filter(matches_locked_version)
-        .exec(transaction)
-        .await?;
-    ledger_entry::Entity::insert_many(entries.iter().cloned().map(ledger_entry::ActiveModel::from))
-        .exec_without_returning(transaction)
-        .await?;
-    Ok(updated.rows_affected)
 }
 
 fn account_state(account: &account::Model) -> AppResult<AccountState> {

@@ -7,6 +7,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod concurrency;
+mod group_commit;
 mod http;
 mod idempotency;
 mod loaders;

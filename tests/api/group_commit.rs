@@ -1,0 +1,167 @@
+//! Group commit: concurrent payments share transactions, yet each keeps its own
+//! outcome. A bad payment fails alone and stores nothing; payments in one batch see the
+//! balances the earlier ones left; a key sent twice into one batch has one effect.
+
+use futures::future::join_all;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::helpers::{Backend, TestApp, error_code, spawn_app};
+use crate::on_both_backends;
+
+on_both_backends!(
+    bad_payments_fail_alone_inside_shared_transactions,
+    payments_sharing_a_transaction_see_each_others_balances,
+);
+
+fn status(response: &Value) -> Option<&str> {
+    response["data"]["createPayment"]["payment"]["status"].as_str()
+}
+
+fn payment_id(response: &Value) -> Option<&str> {
+    response["data"]["createPayment"]["payment"]["id"].as_str()
+}
+
+/// (payments run in batches, batches) on the first instance, from its `/metrics`.
+async fn batch_counts(app: &TestApp) -> (f64, f64) {
+    let text = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("metrics are text");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} is missing from /metrics:\n{text}"))
+    };
+    (
+        value("ledger_write_batch_payments_sum "),
+        value("ledger_write_batch_payments_count "),
+    )
+}
+
+async fn bad_payments_fail_alone_inside_shared_transactions(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&source, "100.00", "USD").await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let euros = app.create_account("EUR", "NON_NEGATIVE", None).await;
+    let unknown = format!("acc_{}", Uuid::now_v7().simple());
+    let (payments_before, batches_before) = batch_counts(&app).await;
+
+    // 40 good payments, 10 to an account that does not exist, 10 into another currency,
+    // all at once: they share transactions.
+    let mut sends = Vec::new();
+    for index in 0..60 {
+        let to = match index % 6 {
+            4 => &unknown,
+            5 => &euros,
+            _ => &destination,
+        };
+        sends.push((format!("mixed-{index}"), to.clone()));
+    }
+    let responses = join_all(
+        sends
+            .iter()
+            .map(|(key, to)| app.pay_until_final(key, &source, to, "1.00", "USD")),
+    )
+    .await;
+    for ((key, to), response) in sends.iter().zip(&responses) {
+        if to == &destination {
+            assert_eq!(status(response), Some("POSTED"), "{key}: {response}");
+        } else if to == &unknown {
+            assert_eq!(error_code(response), Some("NOT_FOUND"), "{key}: {response}");
+        } else {
+            assert_eq!(
+                error_code(response),
+                Some("CURRENCY_MISMATCH"),
+                "{key}: {response}"
+            );
+        }
+    }
+    let (payments_after, batches_after) = batch_counts(&app).await;
+    let payments_run = payments_after - payments_before;
+    let batches = batches_after - batches_before;
+    assert!(payments_run >= 60.0, "every payment went through a batch");
+    assert!(
+        batches < payments_run,
+        "60 simultaneous payments must share transactions: {payments_run} payments in {batches} batches"
+    );
+    assert_eq!(app.balance(&destination).await, ("40.00".to_owned(), 40));
+    assert_eq!(app.balance(&source).await, ("60.00".to_owned(), 41));
+    assert_eq!(app.balance(&euros).await, ("0.00".to_owned(), 0));
+
+    // The failed ones stored nothing: their keys are still free for a corrected retry.
+    let retries = join_all(
+        sends
+            .iter()
+            .filter(|(_, to)| to != &destination)
+            .map(|(key, _)| app.pay_until_final(key, &source, &destination, "1.00", "USD")),
+    )
+    .await;
+    for response in &retries {
+        assert_eq!(status(response), Some("POSTED"), "{response}");
+        assert_eq!(response["data"]["createPayment"]["replayed"], false);
+    }
+    assert_eq!(app.balance(&destination).await, ("60.00".to_owned(), 60));
+    assert_eq!(app.count("payments").await, 61);
+    app.assert_ledger_sound().await;
+}
+
+async fn payments_sharing_a_transaction_see_each_others_balances(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&source, "10.00", "USD").await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+
+    // 30 payments of 1.00 out of 10.00, each of the first 10 keys sent three times at
+    // once: exactly ten post, whichever transactions they land in, and every copy of
+    // a key answers with the same payment.
+    let mut sends = Vec::new();
+    for index in 0..30 {
+        sends.push(format!("drain-{index}"));
+    }
+    for index in 0..10 {
+        sends.push(format!("drain-{index}"));
+        sends.push(format!("drain-{index}"));
+    }
+    let responses = join_all(
+        sends
+            .iter()
+            .map(|key| app.pay_until_final(key, &source, &destination, "1.00", "USD")),
+    )
+    .await;
+    let mut outcome_by_key = std::collections::HashMap::new();
+    for (key, response) in sends.iter().zip(&responses) {
+        let id = payment_id(response).unwrap_or_else(|| panic!("{key}: {response}"));
+        let outcome = (id.to_owned(), status(response).unwrap().to_owned());
+        let first = outcome_by_key.entry(key.clone()).or_insert(outcome.clone());
+        assert_eq!(*first, outcome, "every copy of {key} names one payment");
+    }
+    let posted = outcome_by_key
+        .values()
+        .filter(|(_, status)| status == "POSTED")
+        .count();
+    assert_eq!(outcome_by_key.len(), 30);
+    assert_eq!(posted, 10, "exactly the funds available were spent");
+    let declined: Vec<&Value> = responses
+        .iter()
+        .filter(|response| status(response) == Some("DECLINED"))
+        .collect();
+    assert!(declined.iter().all(|response| {
+        response["data"]["createPayment"]["payment"]["declineReason"] == "INSUFFICIENT_FUNDS"
+    }));
+    assert_eq!(app.balance(&source).await, ("0.00".to_owned(), 11));
+    assert_eq!(app.balance(&destination).await, ("10.00".to_owned(), 10));
+    // One payment per key (plus the funding), however many copies were sent.
+    assert_eq!(app.count("payments").await, 31);
+    app.assert_ledger_sound().await;
+}
