@@ -1,10 +1,11 @@
 //! An in-process queue in front of write transactions.
 //!
-//! It is a throughput device, not a correctness one: the database's row locks and
-//! SERIALIZABLE isolation keep the ledger right across any number of instances. What
-//! the gate adds is that two requests in one process that touch the same account wait
-//! here, instead of both starting a transaction and one of them failing to serialize
-//! and retrying. On SQLite there is one lane, matching its single writer.
+//! It is a throughput device, not a correctness one: the database's row locks, unique
+//! keys and isolation keep the ledger right across any number of instances. What the
+//! gate adds is that two writers in one process (payment batches, account creations)
+//! that touch the same account wait here, instead of both holding a connection while
+//! the database makes one wait for the other's row lock, or fail to serialize and
+//! retry. On SQLite there is one lane, matching its single writer.
 
 use std::hash::BuildHasher;
 
