@@ -2,7 +2,9 @@
 # Write benchmark, in one run on one machine: the release server on PostgreSQL (+ Redis)
 # driven by loadgen at 1, 16 and 64 concurrent clients, next to pgbench's built-in
 # TPC-B-like transaction on the same PostgreSQL at the same client counts, plus a run
-# with half of all payments on one hot account. Prints one markdown table.
+# with half of all payments on one hot account, and a row at 16 clients with group commit
+# off (WRITE_BATCH_MAX=1: one transaction per payment) as its baseline. Prints one
+# markdown table.
 #
 #   bash bench/writes.sh
 #
@@ -44,8 +46,9 @@ pgbench -i -q -s "$SCALE" "$PGBENCH_URL" >/dev/null 2>&1
 
 KEY=$(DATABASE_URL="$LEDGER_URL" "$SERVER_BIN" client create bench | tail -n 1)
 
+# start_server ISOLATION [WRITE_BATCH_MAX]
 start_server() {
-  DATABASE_URL="$LEDGER_URL" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$PORT" \
+  WRITE_BATCH_MAX="${2:-64}" DATABASE_URL="$LEDGER_URL" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$PORT" \
     CACHE_NAMESPACE="ledger-bench-$$" DATABASE_MAX_CONNECTIONS=32 RUST_LOG=warn \
     POSTGRES_WRITE_ISOLATION="$1" "$SERVER_BIN" serve >/dev/null 2>&1 &
   SERVER_PID=$!
@@ -90,23 +93,27 @@ run_pgbench() {
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; loadgen over 200 accounts"
 echo
-echo "| isolation | clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+echo "| isolation | group commit | clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier |"
+echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
 declare -A TPS
 for clients in $CLIENTS 16; do
   [ -n "${TPS[$clients]:-}" ] || TPS[$clients]=$(run_pgbench "$clients")
 done
 row() {
-  local isolation=$1 clients=$2 hot=$3 payments p99 rss violations ratio
+  local isolation=$1 grouping=$2 clients=$3 hot=$4 payments p99 rss violations ratio
   read -r payments p99 rss violations <<<"$(run_loadgen "$clients" "$hot")"
   ratio=$(python3 -c "print('%.2f' % ($payments / ${TPS[$clients]}))")
-  echo "| $isolation | $clients | $hot | $payments | $p99 | $rss | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
+  echo "| $isolation | $grouping | $clients | $hot | $payments | $p99 | $rss | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") |"
 }
 for isolation in serializable read-committed; do
   start_server "$isolation"
   for clients in $CLIENTS; do
-    row "$isolation" "$clients" 0
+    row "$isolation" on "$clients" 0
   done
-  row "$isolation" 16 0.5
+  row "$isolation" on 16 0.5
+  stop_server
+  # The baseline for group commit itself: one transaction per payment.
+  start_server "$isolation" 1
+  row "$isolation" off 16 0
   stop_server
 done

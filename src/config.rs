@@ -66,7 +66,7 @@ pub struct DatabaseConfig {
     #[arg(
         long = "write-batches-in-flight",
         env = "WRITE_BATCHES_IN_FLIGHT",
-        default_value_t = 2,
+        default_value_t = 1,
         value_parser = clap::value_parser!(u16).range(1..=64),
         global = true
     )]
@@ -218,7 +218,7 @@ impl Config {
                 acquire_timeout_seconds: 5,
                 write_isolation: WriteIsolation::default(),
                 write_batch_max: 64,
-                write_batches_in_flight: 2,
+                write_batches_in_flight: 1,
             },
             server: ServerConfig {
                 listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
