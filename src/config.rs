@@ -50,8 +50,9 @@ pub struct DatabaseConfig {
     pub write_isolation: WriteIsolation,
 
     /// Group commit: the most payments one write transaction carries. Payments that
-    /// arrive while a transaction runs go into the next one together; 1 turns grouping
-    /// off (one transaction per payment).
+    /// arrive while a transaction runs go into the next one together. 1 turns grouping
+    /// off (one transaction per payment; raise WRITE_BATCHES_IN_FLIGHT with it, or
+    /// payments run one at a time).
     #[arg(
         long = "write-batch-max",
         env = "WRITE_BATCH_MAX",
