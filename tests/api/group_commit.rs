@@ -1,8 +1,10 @@
 //! Group commit: concurrent payments share transactions, yet each keeps its own
 //! outcome. A bad payment fails alone and stores nothing; payments in one batch see the
-//! balances the earlier ones left; a key sent twice into one batch has one effect.
+//! balances the earlier ones left; a key sent twice into one batch has one effect; a
+//! batch the database refuses is rerun one payment per transaction.
 
 use futures::future::join_all;
+use sea_orm::{ConnectionTrait, Statement};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -164,4 +166,69 @@ async fn payments_sharing_a_transaction_see_each_others_balances(backend: Backen
     // One payment per key (plus the funding), however many copies were sent.
     assert_eq!(app.count("payments").await, 31);
     app.assert_ledger_sound().await;
+}
+
+/// A batch that fails for a reason other than contention must not fail every payment
+/// in it. The test corrupts one account's stored balance rule (possible only after
+/// dropping the CHECK constraints, hence PostgreSQL only, in the test's own database):
+/// every batch that locks it fails, and its payments are rerun one per transaction,
+/// so only the payments touching that account fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_batch_is_rerun_one_payment_at_a_time() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&source, "100.00", "USD").await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let corrupted = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let constraints = app
+        .db
+        .query_all_raw(Statement::from_string(
+            app.db.get_database_backend(),
+            "SELECT conname FROM pg_constraint WHERE conrelid = 'accounts'::regclass AND contype = 'c'",
+        ))
+        .await
+        .unwrap();
+    for row in constraints {
+        let name: String = row.try_get("", "conname").unwrap();
+        app.db
+            .execute_unprepared(&format!("ALTER TABLE accounts DROP CONSTRAINT \"{name}\""))
+            .await
+            .unwrap();
+    }
+    let corrupted_uuid = corrupted.trim_start_matches("acc_");
+    app.db
+        .execute_unprepared(&format!(
+            "UPDATE accounts SET balance_rule = 'NO_SUCH_RULE' WHERE id = '{corrupted_uuid}'"
+        ))
+        .await
+        .unwrap();
+
+    let sends: Vec<(String, &String)> = (0..40)
+        .map(|index| {
+            let to = if index % 4 == 0 {
+                &corrupted
+            } else {
+                &destination
+            };
+            (format!("refused-{index}"), to)
+        })
+        .collect();
+    let responses = join_all(
+        sends
+            .iter()
+            .map(|(key, to)| app.pay_until_final(key, &source, to, "1.00", "USD")),
+    )
+    .await;
+    for ((key, to), response) in sends.iter().zip(&responses) {
+        if *to == &corrupted {
+            assert_eq!(error_code(response), Some("INTERNAL"), "{key}: {response}");
+        } else {
+            assert_eq!(status(response), Some("POSTED"), "{key}: {response}");
+        }
+    }
+    assert_eq!(app.balance(&destination).await, ("30.00".to_owned(), 30));
+    assert_eq!(app.balance(&source).await, ("70.00".to_owned(), 31));
+    assert_eq!(app.count("payments").await, 31);
 }

@@ -1,0 +1,299 @@
+//! Reads: through the caches where a value may be cached, straight from the database
+//! where it must be current (STRONG balances, lists), always filtered by tenant.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+
+use super::Ledger;
+use crate::cache::VersionedBalance;
+use crate::entity::{account, ledger_entry, payment};
+use crate::error::{AppError, AppResult};
+use crate::idempotency::IdempotencyKey;
+use crate::ids::{AccountId, ClientId};
+use crate::pagination::{Page, PageRequest, fetch_page};
+
+impl Ledger {
+    /// Accounts read from the database now, balances included; their balances also
+    /// refresh L1.
+    pub async fn accounts_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<account::Model>> {
+        let rows = account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        self.observe_balances(&rows).await;
+        Ok(rows)
+    }
+
+    async fn observe_balances(&self, rows: &[account::Model]) {
+        for row in rows {
+            self.caches
+                .put_l1_balance(
+                    row.id,
+                    VersionedBalance {
+                        balance_minor: row.balance_minor,
+                        version: row.version,
+                    },
+                )
+                .await;
+        }
+    }
+
+    /// Account settings (everything but the balance, which never comes from here), from
+    /// L1 or the database.
+    pub async fn account_settings(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, account::Model>> {
+        let mut found = self
+            .caches
+            .accounts(ids, |missing| async move {
+                let rows = self.accounts_by_ids(client, &missing).await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        found.retain(|_, row| row.client_id == client.0);
+        Ok(found)
+    }
+
+    /// One account's settings if L1 has them, checked against the tenant.
+    pub async fn peek_account_settings(
+        &self,
+        client: ClientId,
+        id: AccountId,
+    ) -> Option<account::Model> {
+        self.caches
+            .peek_account(id.0)
+            .await
+            .filter(|row| row.client_id == client.0)
+    }
+
+    /// One account's balance if L1 has it. Only for accounts already known to be the
+    /// caller's.
+    pub async fn peek_balance(&self, id: AccountId) -> Option<VersionedBalance> {
+        self.caches.peek_balance(id.0).await
+    }
+
+    /// Balances through L1, L2 and the database.
+    pub async fn cached_balances(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
+        self.caches
+            .balances(ids, |missing| async move {
+                let rows: Vec<(Uuid, i64, i64)> = account::Entity::find()
+                    .select_only()
+                    .columns([
+                        account::Column::Id,
+                        account::Column::BalanceMinor,
+                        account::Column::Version,
+                    ])
+                    .filter(account::Column::ClientId.eq(client.0))
+                    .filter(account::Column::Id.is_in(missing))
+                    .into_tuple()
+                    .all(&self.db)
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, balance_minor, version)| {
+                        (
+                            id,
+                            VersionedBalance {
+                                balance_minor,
+                                version,
+                            },
+                        )
+                    })
+                    .collect())
+            })
+            .await
+    }
+
+    /// Balances read from the database now, bypassing every cache.
+    pub async fn strong_balances(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
+        let rows = self.accounts_by_ids(client, ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                (
+                    row.id,
+                    VersionedBalance {
+                        balance_minor: row.balance_minor,
+                        version: row.version,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    pub async fn payments_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<payment::Model>> {
+        let found = self
+            .caches
+            .payments(ids, |missing| async move {
+                let rows = payment::Entity::find()
+                    .filter(payment::Column::ClientId.eq(client.0))
+                    .filter(payment::Column::Id.is_in(missing))
+                    .all(&self.db)
+                    .await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        Ok(found
+            .into_values()
+            .filter(|row| row.client_id == client.0)
+            .collect())
+    }
+
+    pub async fn entries_by_ids(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<Vec<ledger_entry::Model>> {
+        let found = self
+            .caches
+            .entries(ids, |missing| async move {
+                let rows = ledger_entry::Entity::find()
+                    .filter(ledger_entry::Column::ClientId.eq(client.0))
+                    .filter(ledger_entry::Column::Id.is_in(missing))
+                    .all(&self.db)
+                    .await?;
+                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+            })
+            .await?;
+        Ok(found
+            .into_values()
+            .filter(|row| row.client_id == client.0)
+            .collect())
+    }
+
+    /// Entries of several payments, debit before credit within each. Only call with
+    /// ids of payments that exist: an unknown id is remembered as "no entries".
+    pub async fn entries_by_payment_ids(
+        &self,
+        client: ClientId,
+        payment_ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, Arc<Vec<ledger_entry::Model>>>> {
+        let mut found = self
+            .caches
+            .payment_entries(payment_ids, |missing| async move {
+                let rows = ledger_entry::Entity::find()
+                    .filter(ledger_entry::Column::ClientId.eq(client.0))
+                    .filter(ledger_entry::Column::PaymentId.is_in(missing.iter().copied()))
+                    .order_by_desc(ledger_entry::Column::Direction)
+                    .all(&self.db)
+                    .await?;
+                let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> =
+                    missing.into_iter().map(|id| (id, Vec::new())).collect();
+                for row in rows {
+                    grouped.entry(row.payment_id).or_default().push(row);
+                }
+                Ok(grouped
+                    .into_iter()
+                    .map(|(id, entries)| (id, Arc::new(entries)))
+                    .collect())
+            })
+            .await?;
+        found.retain(|_, entries| entries.iter().all(|entry| entry.client_id == client.0));
+        Ok(found)
+    }
+
+    pub async fn payment_by_idempotency_key(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+    ) -> AppResult<Option<payment::Model>> {
+        Ok(payment::Entity::find()
+            .filter(payment::Column::ClientId.eq(client.0))
+            .filter(payment::Column::IdempotencyKey.eq(key.as_str()))
+            .one(&self.db)
+            .await?)
+    }
+
+    pub async fn account_by_external_ref(
+        &self,
+        client: ClientId,
+        external_ref: &str,
+    ) -> AppResult<Option<account::Model>> {
+        let row = account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::ExternalRef.eq(external_ref))
+            .one(&self.db)
+            .await?;
+        self.observe_balances(row.as_slice()).await;
+        Ok(row)
+    }
+
+    /// Fails with NOT_FOUND unless `account` belongs to `client`.
+    async fn require_account(&self, client: ClientId, account: AccountId) -> AppResult<()> {
+        if self
+            .account_settings(client, &[account.0])
+            .await?
+            .contains_key(&account.0)
+        {
+            Ok(())
+        } else {
+            Err(AppError::not_found(format!("account {account} not found")))
+        }
+    }
+
+    pub async fn list_accounts(
+        &self,
+        client: ClientId,
+        page: &PageRequest<Uuid>,
+    ) -> AppResult<Page<account::Model>> {
+        let select = account::Entity::find().filter(account::Column::ClientId.eq(client.0));
+        let page = fetch_page(&self.db, select, account::Column::Id, page).await?;
+        self.observe_balances(&page.rows).await;
+        Ok(page)
+    }
+
+    pub async fn list_payments(
+        &self,
+        client: ClientId,
+        account: Option<AccountId>,
+        page: &PageRequest<Uuid>,
+    ) -> AppResult<Page<payment::Model>> {
+        let mut select = payment::Entity::find().filter(payment::Column::ClientId.eq(client.0));
+        if let Some(account) = account {
+            self.require_account(client, account).await?;
+            select = select.filter(
+                Condition::any()
+                    .add(payment::Column::FromAccountId.eq(account.0))
+                    .add(payment::Column::ToAccountId.eq(account.0)),
+            );
+        }
+        Ok(fetch_page(&self.db, select, payment::Column::Id, page).await?)
+    }
+
+    /// An account's entries in posting order (by account version): a poller that
+    /// follows the cursor sees every entry exactly once.
+    pub async fn list_entries(
+        &self,
+        client: ClientId,
+        account: AccountId,
+        page: &PageRequest<i64>,
+    ) -> AppResult<Page<ledger_entry::Model>> {
+        self.require_account(client, account).await?;
+        let select = ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::AccountId.eq(account.0))
+            .filter(ledger_entry::Column::ClientId.eq(client.0));
+        Ok(fetch_page(&self.db, select, ledger_entry::Column::AccountVersion, page).await?)
+    }
+}
