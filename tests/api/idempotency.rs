@@ -89,6 +89,19 @@ async fn reusing_a_key_for_other_input_changes_nothing(backend: Backend) {
         );
         assert!(response["data"].is_null() || response["data"]["createPayment"].is_null());
     }
+    // Another input is refused as a reused key even when it could never be carried out
+    // (an account that does not exist): the key's first use decides. Sent to a second
+    // instance, which has not seen the key, so the database answers, not a cache.
+    let replica = app.spawn_replica().await;
+    let unknown = format!("acc_{}", uuid::Uuid::now_v7().simple());
+    let response = app
+        .pay_at(&replica.address, "k", &source, &unknown, "1.00", "USD")
+        .await;
+    assert_eq!(
+        error_code(&response),
+        Some("IDEMPOTENCY_KEY_REUSED"),
+        "{response}"
+    );
     // A key first used for an account cannot then make a payment.
     let response = app
         .graphql(
