@@ -46,13 +46,19 @@ async fn batch_counts(app: &TestApp) -> (f64, f64) {
     )
 }
 
+/// A USD source holding `amount` and an empty USD destination, both NON_NEGATIVE.
+async fn funded_pair(app: &TestApp, amount: &str) -> (String, String) {
+    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&source, amount, "USD").await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    (source, destination)
+}
+
 async fn bad_payments_fail_alone_inside_shared_transactions(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&source, "100.00", "USD").await;
-    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let (source, destination) = funded_pair(&app, "100.00").await;
     let euros = app.create_account("EUR", "NON_NEGATIVE", None).await;
     let unknown = format!("acc_{}", Uuid::now_v7().simple());
     let (payments_before, batches_before) = batch_counts(&app).await;
@@ -120,9 +126,7 @@ async fn payments_sharing_a_transaction_see_each_others_balances(backend: Backen
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&source, "10.00", "USD").await;
-    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let (source, destination) = funded_pair(&app, "10.00").await;
 
     // 30 payments of 1.00 out of 10.00, each of the first 10 keys sent three times at
     // once: exactly ten post, whichever transactions they land in, and every copy of
@@ -178,9 +182,7 @@ async fn a_refused_batch_is_rerun_one_payment_at_a_time() {
     let Some(app) = spawn_app(Backend::Postgres).await else {
         return;
     };
-    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&source, "100.00", "USD").await;
-    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let (source, destination) = funded_pair(&app, "100.00").await;
     let corrupted = app.create_account("USD", "NON_NEGATIVE", None).await;
     let constraints = app
         .db

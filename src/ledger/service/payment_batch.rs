@@ -123,13 +123,17 @@ impl Ledger {
     /// One batch in one transaction (rerun on conflicts); after the commit, its payments
     /// and balances go to the caches.
     async fn commit_payments(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<JobOutcome>> {
-        let accounts: Vec<Uuid> = jobs
+        // Sorted and distinct: the order in which the transaction locks them.
+        let mut accounts: Vec<Uuid> = jobs
             .iter()
             .flat_map(|job| [job.request.from.0, job.request.to.0])
             .collect();
+        accounts.sort_unstable();
+        accounts.dedup();
         let committed = {
             let _lanes = self.write_gate.enter(&accounts).await;
-            self.with_retries(|| self.try_payment_batch(jobs)).await
+            self.with_retries(|| self.try_payment_batch(jobs, &accounts))
+                .await
         };
         let committed = match committed {
             Ok(committed) => committed,
@@ -156,16 +160,11 @@ impl Ledger {
     async fn try_payment_batch(
         &self,
         jobs: &[&PaymentJob],
+        account_ids: &[Uuid],
     ) -> Result<CommittedBatch, AttemptError> {
         let transaction = self.begin_write().await?;
-        let mut account_ids: Vec<Uuid> = jobs
-            .iter()
-            .flat_map(|job| [job.request.from.0, job.request.to.0])
-            .collect();
-        account_ids.sort_unstable();
-        account_ids.dedup();
         let locked: HashMap<Uuid, account::Model> =
-            batch_sql::lock_accounts(&transaction, self.backend, &account_ids)
+            batch_sql::lock_accounts(&transaction, self.backend, account_ids)
                 .await?
                 .into_iter()
                 .map(|row| (row.id, row))
