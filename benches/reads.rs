@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use ledger_client::{AccountInput, LedgerClient, PaymentInput, account_id_of};
 use serde_json::{Value, json};
 
 const ACCOUNTS: usize = 100;
@@ -91,24 +92,6 @@ impl Drop for Server {
     }
 }
 
-async fn graphql(
-    http: &reqwest::Client,
-    address: &str,
-    key: &str,
-    query: &str,
-    variables: Value,
-) -> Value {
-    http.post(format!("{address}/graphql"))
-        .bearer_auth(key)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .expect("the server answers")
-        .json()
-        .await
-        .expect("JSON")
-}
-
 struct PhaseResult {
     name: &'static str,
     requests_per_second: f64,
@@ -128,19 +111,14 @@ async fn run_phase(
     concurrency: usize,
     duration: Duration,
 ) -> PhaseResult {
-    let http = reqwest::Client::new();
+    let client = LedgerClient::new(&server.address, Some(key));
     // Warm-up: every account once, so "warm" means warm.
     for account in accounts.iter() {
-        graphql(&http, &server.address, key, query, json!({ "id": account })).await;
+        answered(client.graphql(query, json!({ "id": account })).await);
     }
     let started = Instant::now();
     let workers = (0..concurrency).map(|worker| {
-        let (http, address, key, accounts) = (
-            http.clone(),
-            server.address.clone(),
-            key.to_owned(),
-            Arc::clone(accounts),
-        );
+        let (client, accounts) = (client.clone(), Arc::clone(accounts));
         tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let (mut count, mut errors) = (0_u64, 0_u64);
@@ -149,8 +127,7 @@ async fn run_phase(
                 let account = &accounts[index % accounts.len()];
                 index += concurrency;
                 let sent = Instant::now();
-                let response =
-                    graphql(&http, &address, &key, query, json!({ "id": account })).await;
+                let response = answered(client.graphql(query, json!({ "id": account })).await);
                 latency.record(sent.elapsed().as_micros() as u64).ok();
                 count += 1;
                 errors += u64::from(response.get("errors").is_some());
@@ -201,26 +178,30 @@ fn machine() -> String {
 }
 
 async fn setup(server: &Server, key: &str) -> Vec<String> {
-    let http = reqwest::Client::new();
-    let create =
-        "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
-    let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": "funding", "currency": "USD", "balanceRule": "UNBOUNDED" } })).await;
-    let funding = response["data"]["createAccount"]["account"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let client = LedgerClient::new(&server.address, Some(key));
+    let create = |key: String, rule: &str| {
+        let client = client.clone();
+        let account = AccountInput::new(&key, "USD", rule);
+        async move {
+            let response = answered(client.create_account(&account).await);
+            account_id_of(&response)
+                .unwrap_or_else(|| panic!("an account: {response}"))
+                .to_owned()
+        }
+    };
+    let funding = create("funding".to_owned(), "UNBOUNDED").await;
     let mut accounts = Vec::new();
     for index in 0..ACCOUNTS {
-        let response = graphql(&http, &server.address, key, create, json!({ "input": { "idempotencyKey": format!("a{index}"), "currency": "USD", "balanceRule": "NON_NEGATIVE" } })).await;
-        let account = response["data"]["createAccount"]["account"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let pay = "mutation($input: CreatePaymentInput!) { createPayment(input: $input) { payment { status } } }";
-        graphql(&http, &server.address, key, pay, json!({ "input": { "idempotencyKey": format!("f{index}"), "fromAccountId": funding, "toAccountId": account, "amount": "100.00", "currency": "USD" } })).await;
+        let account = create(format!("a{index}"), "NON_NEGATIVE").await;
+        let payment = PaymentInput::new(&format!("f{index}"), &funding, &account, "100.00", "USD");
+        answered(client.create_payment(&payment, false).await);
         accounts.push(account);
     }
     accounts
+}
+
+fn answered(response: Result<Value, reqwest::Error>) -> Value {
+    response.expect("the server answers with JSON")
 }
 
 fn main() {

@@ -1,22 +1,48 @@
 //! Configuration: environment variables with matching command-line flags.
+//!
+//! A leaf: plain settings that depend on nothing else of the server's. Every default is
+//! written once, as a constant that both the flag and `Default` use; `startup` turns
+//! these settings into what the database, the caches and the ledger service take.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use clap::Args;
 
-use crate::cache::CacheSettings;
-use crate::db::WriteIsolation;
-use crate::ledger::service::WriteSettings;
+pub const DATABASE_URL_DEFAULT: &str = "sqlite://ledger.db?mode=rwc";
+pub const DATABASE_MAX_CONNECTIONS_DEFAULT: u32 = 16;
+pub const DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
+pub const WRITE_BATCH_MAX_DEFAULT: u16 = 64;
+pub const WRITE_BATCHES_IN_FLIGHT_DEFAULT: u16 = 1;
+pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
+pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
+pub const CACHE_L1_BALANCE_CAPACITY_DEFAULT: u64 = 100_000;
+pub const CACHE_L1_BALANCE_TTL_MS_DEFAULT: u64 = 2_000;
+pub const CACHE_L1_OBJECT_CAPACITY_DEFAULT: u64 = 20_000;
+pub const CACHE_L2_BALANCE_TTL_MS_DEFAULT: u64 = 10_000;
+pub const REDIS_TIMEOUT_MS_DEFAULT: u64 = 100;
+pub const CACHE_NAMESPACE_DEFAULT: &str = "ledger";
 
-/// Where the ledger is stored.
+/// The isolation level of PostgreSQL write transactions. Both keep every invariant:
+/// each decision is made from account rows locked `FOR UPDATE` in id order and written
+/// back under a version check, and exactly-once rests on a unique key. SERIALIZABLE adds
+/// the database's own proof of that, at the price of false-positive serialization
+/// failures when concurrent transactions insert into the same index pages
+/// (docs/consistency.md, docs/benchmarks.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum WriteIsolation {
+    #[default]
+    Serializable,
+    ReadCommitted,
+}
+
+/// Where the ledger is stored, and how writes run.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// `sqlite://…` (embedded default) or `postgres://…`.
     #[arg(
         long = "database-url",
         env = "DATABASE_URL",
-        default_value = "sqlite://ledger.db?mode=rwc",
+        default_value = DATABASE_URL_DEFAULT,
         global = true
     )]
     pub url: String,
@@ -25,7 +51,7 @@ pub struct DatabaseConfig {
     #[arg(
         long = "database-max-connections",
         env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 16,
+        default_value_t = DATABASE_MAX_CONNECTIONS_DEFAULT,
         global = true
     )]
     pub max_connections: u32,
@@ -34,7 +60,7 @@ pub struct DatabaseConfig {
     #[arg(
         long = "database-acquire-timeout-seconds",
         env = "DATABASE_ACQUIRE_TIMEOUT_SECONDS",
-        default_value_t = 5,
+        default_value_t = DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT,
         global = true
     )]
     pub acquire_timeout_seconds: u64,
@@ -44,7 +70,7 @@ pub struct DatabaseConfig {
         long = "postgres-write-isolation",
         env = "POSTGRES_WRITE_ISOLATION",
         value_enum,
-        default_value_t = WriteIsolation::Serializable,
+        default_value_t = WriteIsolation::default(),
         global = true
     )]
     pub write_isolation: WriteIsolation,
@@ -56,7 +82,7 @@ pub struct DatabaseConfig {
     #[arg(
         long = "write-batch-max",
         env = "WRITE_BATCH_MAX",
-        default_value_t = 64,
+        default_value_t = WRITE_BATCH_MAX_DEFAULT,
         value_parser = clap::value_parser!(u16).range(1..=1000),
         global = true
     )]
@@ -67,19 +93,22 @@ pub struct DatabaseConfig {
     #[arg(
         long = "write-batches-in-flight",
         env = "WRITE_BATCHES_IN_FLIGHT",
-        default_value_t = 1,
+        default_value_t = WRITE_BATCHES_IN_FLIGHT_DEFAULT,
         value_parser = clap::value_parser!(u16).range(1..=64),
         global = true
     )]
     pub write_batches_in_flight: u16,
 }
 
-impl DatabaseConfig {
-    pub fn write_settings(&self) -> WriteSettings {
-        WriteSettings {
-            isolation: self.write_isolation,
-            batch_max: usize::from(self.write_batch_max),
-            batches_in_flight: usize::from(self.write_batches_in_flight),
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DATABASE_URL_DEFAULT.to_owned(),
+            max_connections: DATABASE_MAX_CONNECTIONS_DEFAULT,
+            acquire_timeout_seconds: DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT,
+            write_isolation: WriteIsolation::default(),
+            write_batch_max: WRITE_BATCH_MAX_DEFAULT,
+            write_batches_in_flight: WRITE_BATCHES_IN_FLIGHT_DEFAULT,
         }
     }
 }
@@ -91,7 +120,7 @@ pub struct ServerConfig {
     #[arg(
         long = "listen-addr",
         env = "LISTEN_ADDR",
-        default_value = "127.0.0.1:8080",
+        default_value = LISTEN_ADDR_DEFAULT,
         global = true
     )]
     pub listen_addr: SocketAddr,
@@ -100,10 +129,21 @@ pub struct ServerConfig {
     #[arg(
         long = "request-timeout-seconds",
         env = "REQUEST_TIMEOUT_SECONDS",
-        default_value_t = 30,
+        default_value_t = REQUEST_TIMEOUT_SECONDS_DEFAULT,
         global = true
     )]
     pub request_timeout_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: LISTEN_ADDR_DEFAULT
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            request_timeout_seconds: REQUEST_TIMEOUT_SECONDS_DEFAULT,
+        }
+    }
 }
 
 /// The balance and object caches (docs/consistency.md states what they guarantee).
@@ -117,7 +157,7 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-l1-balance-capacity",
         env = "CACHE_L1_BALANCE_CAPACITY",
-        default_value_t = 100_000,
+        default_value_t = CACHE_L1_BALANCE_CAPACITY_DEFAULT,
         global = true
     )]
     pub l1_balance_capacity: u64,
@@ -126,7 +166,7 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-l1-balance-ttl-ms",
         env = "CACHE_L1_BALANCE_TTL_MS",
-        default_value_t = 2_000,
+        default_value_t = CACHE_L1_BALANCE_TTL_MS_DEFAULT,
         global = true
     )]
     pub l1_balance_ttl_ms: u64,
@@ -135,7 +175,7 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-l1-object-capacity",
         env = "CACHE_L1_OBJECT_CAPACITY",
-        default_value_t = 20_000,
+        default_value_t = CACHE_L1_OBJECT_CAPACITY_DEFAULT,
         global = true
     )]
     pub l1_object_capacity: u64,
@@ -144,7 +184,7 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-l2-balance-ttl-ms",
         env = "CACHE_L2_BALANCE_TTL_MS",
-        default_value_t = 10_000,
+        default_value_t = CACHE_L2_BALANCE_TTL_MS_DEFAULT,
         global = true
     )]
     pub l2_balance_ttl_ms: u64,
@@ -153,7 +193,7 @@ pub struct CacheConfig {
     #[arg(
         long = "redis-timeout-ms",
         env = "REDIS_TIMEOUT_MS",
-        default_value_t = 100,
+        default_value_t = REDIS_TIMEOUT_MS_DEFAULT,
         global = true
     )]
     pub redis_timeout_ms: u64,
@@ -162,46 +202,28 @@ pub struct CacheConfig {
     #[arg(
         long = "cache-namespace",
         env = "CACHE_NAMESPACE",
-        default_value = "ledger",
+        default_value = CACHE_NAMESPACE_DEFAULT,
         global = true
     )]
     pub namespace: String,
 }
 
-impl CacheConfig {
-    pub fn settings(&self) -> CacheSettings {
-        CacheSettings {
-            l1_balance_capacity: self.l1_balance_capacity,
-            l1_object_capacity: self.l1_object_capacity,
-            l1_balance_ttl: Duration::from_millis(self.l1_balance_ttl_ms),
-            l1_object_ttl: CacheSettings::default().l1_object_ttl,
-            l2_balance_ttl: Duration::from_millis(self.l2_balance_ttl_ms),
-            redis_url: self.redis_url.clone(),
-            redis_timeout: Duration::from_millis(self.redis_timeout_ms),
-            namespace: self.namespace.clone(),
-        }
-    }
-}
-
 impl Default for CacheConfig {
     fn default() -> Self {
-        let defaults = CacheSettings::default();
-        let milliseconds =
-            |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self {
             redis_url: None,
-            l1_balance_capacity: defaults.l1_balance_capacity,
-            l1_balance_ttl_ms: milliseconds(defaults.l1_balance_ttl),
-            l1_object_capacity: defaults.l1_object_capacity,
-            l2_balance_ttl_ms: milliseconds(defaults.l2_balance_ttl),
-            redis_timeout_ms: milliseconds(defaults.redis_timeout),
-            namespace: defaults.namespace,
+            l1_balance_capacity: CACHE_L1_BALANCE_CAPACITY_DEFAULT,
+            l1_balance_ttl_ms: CACHE_L1_BALANCE_TTL_MS_DEFAULT,
+            l1_object_capacity: CACHE_L1_OBJECT_CAPACITY_DEFAULT,
+            l2_balance_ttl_ms: CACHE_L2_BALANCE_TTL_MS_DEFAULT,
+            redis_timeout_ms: REDIS_TIMEOUT_MS_DEFAULT,
+            namespace: CACHE_NAMESPACE_DEFAULT.to_owned(),
         }
     }
 }
 
 /// Everything `Application::build` needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Config {
     pub database: DatabaseConfig,
     pub server: ServerConfig,
@@ -212,20 +234,41 @@ impl Config {
     /// Defaults for everything but the database, listening on a free local port:
     /// what tests and tools embedding the server want.
     pub fn for_database(url: impl Into<String>) -> Self {
-        Self {
-            database: DatabaseConfig {
-                url: url.into(),
-                max_connections: 16,
-                acquire_timeout_seconds: 5,
-                write_isolation: WriteIsolation::default(),
-                write_batch_max: 64,
-                write_batches_in_flight: 1,
-            },
-            server: ServerConfig {
-                listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                request_timeout_seconds: 30,
-            },
-            cache: CacheConfig::default(),
-        }
+        let mut config = Self::default();
+        config.database.url = url.into();
+        config.server.listen_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        database: DatabaseConfig,
+        #[command(flatten)]
+        server: ServerConfig,
+        #[command(flatten)]
+        cache: CacheConfig,
+    }
+
+    #[test]
+    fn flag_defaults_are_the_default_config() {
+        // Environment variables are detached so the machine's own settings cannot
+        // leak in: what is compared is the flags' defaults alone.
+        let command = Flags::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["payments-ledger"]);
+        let flags = Flags::from_arg_matches(&matches).expect("defaults parse");
+        let parsed = Config {
+            database: flags.database,
+            server: flags.server,
+            cache: flags.cache,
+        };
+        assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
     }
 }

@@ -13,20 +13,7 @@ use sea_orm::{
     IsolationLevel, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-use crate::config::DatabaseConfig;
-
-/// The isolation level of PostgreSQL write transactions. Both keep every invariant:
-/// each decision is made from account rows locked `FOR UPDATE` in id order and written
-/// back under a version check, and exactly-once rests on a unique key. SERIALIZABLE adds
-/// the database's own proof of that, at the price of false-positive serialization
-/// failures when concurrent transactions insert into the same index pages
-/// (docs/consistency.md, docs/benchmarks.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum WriteIsolation {
-    #[default]
-    Serializable,
-    ReadCommitted,
-}
+use crate::config::{DatabaseConfig, WriteIsolation};
 
 /// The database flavour, and everything that differs between the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -22,11 +22,13 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::Caller;
+use crate::auth::{Authenticator, Caller};
+use crate::cache::Caches;
+use crate::config::Config;
 use crate::error::AppError;
-use crate::graphql::RequestScope;
-use crate::metrics::RequestLabels;
-use crate::startup::AppState;
+use crate::graphql::{AppSchema, ParsedQueries, RequestScope};
+use crate::ledger::Ledger;
+use crate::metrics::{Metrics, RequestLabels};
 
 /// Larger bodies are refused before they are read.
 pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
@@ -34,6 +36,18 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
 pub const BATCH_LENGTH_MAX: usize = 16;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+
+/// Everything a request handler needs, cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub ledger: Ledger,
+    pub authenticator: Authenticator,
+    pub schema: AppSchema,
+    pub metrics: Arc<Metrics>,
+    pub caches: Arc<Caches>,
+    pub parsed_queries: Arc<ParsedQueries>,
+}
 
 pub fn router(state: AppState) -> Router {
     // Shared by every request: one reference count instead of one per field.

@@ -25,8 +25,6 @@ pub mod idempotency;
 pub mod ids;
 /// Money, balance rules, postings, the ledger service and its audit.
 pub mod ledger;
-/// The load generator behind the `loadgen` binary.
-pub mod loadgen;
 /// Prometheus metrics.
 pub mod metrics;
 /// Relay keyset pagination.

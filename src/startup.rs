@@ -2,32 +2,22 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator};
-use crate::cache::{Caches, RedisL2};
-use crate::config::Config;
+use crate::cache::{CacheSettings, Caches, RedisL2};
+use crate::config::{CacheConfig, Config, DatabaseConfig};
 use crate::db::{self, Backend};
 use crate::entity::client;
-use crate::graphql::{AppSchema, ParsedQueries, build_schema};
-use crate::http;
+use crate::graphql::build_schema;
+use crate::http::{self, AppState};
 use crate::ledger::Ledger;
+use crate::ledger::service::WriteSettings;
 use crate::metrics::Metrics;
-
-/// Everything a request handler needs, cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub ledger: Ledger,
-    pub authenticator: Authenticator,
-    pub schema: AppSchema,
-    pub metrics: Arc<Metrics>,
-    pub caches: Arc<Caches>,
-    pub parsed_queries: Arc<ParsedQueries>,
-}
 
 pub struct Application {
     listener: TcpListener,
@@ -41,7 +31,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let db = connect_and_migrate(&config, &metrics).await?;
-        let caches = Arc::new(Caches::new(&config.cache.settings(), Arc::clone(&metrics))?);
+        let caches = Arc::new(Caches::new(
+            &cache_settings(&config.cache),
+            Arc::clone(&metrics),
+        )?);
         let invalidation_subscriber = RedisL2::spawn_subscriber(&caches);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
@@ -49,7 +42,7 @@ impl Application {
         let state = AppState {
             ledger: Ledger::new(
                 db.clone(),
-                config.database.write_settings(),
+                write_settings(&config.database),
                 Arc::clone(&caches),
                 Arc::clone(&metrics),
             ),
@@ -99,6 +92,28 @@ impl Application {
             subscriber.abort();
         }
         served
+    }
+}
+
+/// The ledger service's write settings from the configuration.
+pub fn write_settings(config: &DatabaseConfig) -> WriteSettings {
+    WriteSettings {
+        isolation: config.write_isolation,
+        batch_max: usize::from(config.write_batch_max),
+        batches_in_flight: usize::from(config.write_batches_in_flight),
+    }
+}
+
+/// The caches' settings from the configuration.
+pub fn cache_settings(config: &CacheConfig) -> CacheSettings {
+    CacheSettings {
+        l1_balance_capacity: config.l1_balance_capacity,
+        l1_object_capacity: config.l1_object_capacity,
+        l1_balance_ttl: Duration::from_millis(config.l1_balance_ttl_ms),
+        l2_balance_ttl: Duration::from_millis(config.l2_balance_ttl_ms),
+        redis_url: config.redis_url.clone(),
+        redis_timeout: Duration::from_millis(config.redis_timeout_ms),
+        namespace: config.namespace.clone(),
     }
 }
 

@@ -36,7 +36,11 @@ pub struct VersionedBalance {
     pub version: i64,
 }
 
-/// Sizes, lifetimes and where L2 is.
+/// How long an immutable object stays in L1: it never goes stale, so this only lets
+/// rarely read objects make room.
+const L1_OBJECT_TTL: Duration = Duration::from_secs(600);
+
+/// Sizes, lifetimes and where L2 is (built from the configuration by `startup`).
 #[derive(Debug, Clone)]
 pub struct CacheSettings {
     /// Balances kept in L1; 0 turns the L1 balance cache off.
@@ -46,7 +50,6 @@ pub struct CacheSettings {
     /// The longest an L1 balance lives without being refreshed by a write or an
     /// invalidation: the bound on staleness when invalidations are lost.
     pub l1_balance_ttl: Duration,
-    pub l1_object_ttl: Duration,
     /// The longest an L2 balance lives without being refreshed by a write.
     pub l2_balance_ttl: Duration,
     pub redis_url: Option<String>,
@@ -54,21 +57,6 @@ pub struct CacheSettings {
     pub redis_timeout: Duration,
     /// Prefix of Redis keys and the invalidation channel: instances that share it share L2.
     pub namespace: String,
-}
-
-impl Default for CacheSettings {
-    fn default() -> Self {
-        Self {
-            l1_balance_capacity: 100_000,
-            l1_object_capacity: 20_000,
-            l1_balance_ttl: Duration::from_secs(2),
-            l1_object_ttl: Duration::from_secs(600),
-            l2_balance_ttl: Duration::from_secs(10),
-            redis_url: None,
-            redis_timeout: Duration::from_millis(100),
-            namespace: "ledger".to_owned(),
-        }
-    }
 }
 
 fn l1<K, V>(capacity: u64, ttl: Duration) -> Option<Cache<K, V>>
@@ -99,7 +87,7 @@ pub struct Caches {
 
 impl Caches {
     pub fn new(settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let (capacity, ttl) = (settings.l1_object_capacity, settings.l1_object_ttl);
+        let (capacity, ttl) = (settings.l1_object_capacity, L1_OBJECT_TTL);
         let l2 = settings
             .redis_url
             .as_deref()
@@ -257,82 +245,35 @@ impl Caches {
             .cache_lookup(cache, level, CacheResult::Miss, misses);
     }
 
-    pub async fn accounts<F, Fut>(
-        &self,
-        ids: &[Uuid],
-        load: F,
-    ) -> AppResult<HashMap<Uuid, account::Model>>
+    /// Immutable objects of one kind by id: L1, then `load` for the misses, remembering
+    /// what it returns.
+    pub async fn objects<V, F, Fut>(&self, ids: &[Uuid], load: F) -> AppResult<HashMap<Uuid, V>>
     where
+        V: Immutable,
         F: FnOnce(Vec<Uuid>) -> Fut,
-        Fut: Future<Output = AppResult<Vec<(Uuid, account::Model)>>>,
+        Fut: Future<Output = AppResult<Vec<(Uuid, V)>>>,
     {
-        read_through(
-            self.accounts.as_ref(),
-            CacheName::Account,
-            &self.metrics,
-            ids,
-            load,
-        )
-        .await
-    }
-
-    pub async fn payments<F, Fut>(
-        &self,
-        ids: &[Uuid],
-        load: F,
-    ) -> AppResult<HashMap<Uuid, payment::Model>>
-    where
-        F: FnOnce(Vec<Uuid>) -> Fut,
-        Fut: Future<Output = AppResult<Vec<(Uuid, payment::Model)>>>,
-    {
-        read_through(
-            self.payments.as_ref(),
-            CacheName::Payment,
-            &self.metrics,
-            ids,
-            load,
-        )
-        .await
-    }
-
-    pub async fn entries<F, Fut>(
-        &self,
-        ids: &[Uuid],
-        load: F,
-    ) -> AppResult<HashMap<Uuid, ledger_entry::Model>>
-    where
-        F: FnOnce(Vec<Uuid>) -> Fut,
-        Fut: Future<Output = AppResult<Vec<(Uuid, ledger_entry::Model)>>>,
-    {
-        read_through(
-            self.entries.as_ref(),
-            CacheName::Entry,
-            &self.metrics,
-            ids,
-            load,
-        )
-        .await
-    }
-
-    /// Entries by payment. A payment and its entries commit together, so the entries of
-    /// any payment that exists never change (a declined payment's stay empty).
-    pub async fn payment_entries<F, Fut>(
-        &self,
-        payment_ids: &[Uuid],
-        load: F,
-    ) -> AppResult<HashMap<Uuid, Arc<Vec<ledger_entry::Model>>>>
-    where
-        F: FnOnce(Vec<Uuid>) -> Fut,
-        Fut: Future<Output = AppResult<Vec<(Uuid, Arc<Vec<ledger_entry::Model>>)>>>,
-    {
-        read_through(
-            self.payment_entries.as_ref(),
-            CacheName::PaymentEntries,
-            &self.metrics,
-            payment_ids,
-            load,
-        )
-        .await
+        let Some(cache) = V::l1(self) else {
+            return Ok(load(ids.to_vec()).await?.into_iter().collect());
+        };
+        let mut found = HashMap::with_capacity(ids.len());
+        let mut missing = Vec::new();
+        for id in ids {
+            match cache.get(id).await {
+                Some(value) => {
+                    found.insert(*id, value);
+                }
+                None => missing.push(*id),
+            }
+        }
+        self.count(V::NAME, CacheLevel::L1, found.len(), missing.len());
+        if !missing.is_empty() {
+            for (id, value) in load(missing).await? {
+                cache.insert(id, value.clone()).await;
+                found.insert(id, value);
+            }
+        }
+        Ok(found)
     }
 
     /// The committed record of `key`, if this instance has seen it.
@@ -381,41 +322,42 @@ impl Caches {
     }
 }
 
-/// L1 for what never changes, then `load` for the misses, remembering what it returns.
-async fn read_through<V, F, Fut>(
-    cache: Option<&Cache<Uuid, V>>,
-    name: CacheName,
-    metrics: &Metrics,
-    ids: &[Uuid],
-    load: F,
-) -> AppResult<HashMap<Uuid, V>>
-where
-    V: Clone + Send + Sync + 'static,
-    F: FnOnce(Vec<Uuid>) -> Fut,
-    Fut: Future<Output = AppResult<Vec<(Uuid, V)>>>,
-{
-    let Some(cache) = cache else {
-        return Ok(load(ids.to_vec()).await?.into_iter().collect());
-    };
-    let mut found = HashMap::with_capacity(ids.len());
-    let mut missing = Vec::new();
-    for id in ids {
-        match cache.get(id).await {
-            Some(value) => {
-                found.insert(*id, value);
-            }
-            None => missing.push(*id),
-        }
+/// What never changes once committed, so L1 keeps it without invalidation: account
+/// settings (everything but the balance), payments, entries, and a payment's entries.
+pub trait Immutable: Clone + Send + Sync + 'static {
+    const NAME: CacheName;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>>;
+}
+
+impl Immutable for account::Model {
+    const NAME: CacheName = CacheName::Account;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
+        caches.accounts.as_ref()
     }
-    metrics.cache_lookup(name, CacheLevel::L1, CacheResult::Hit, found.len());
-    metrics.cache_lookup(name, CacheLevel::L1, CacheResult::Miss, missing.len());
-    if !missing.is_empty() {
-        for (id, value) in load(missing).await? {
-            cache.insert(id, value.clone()).await;
-            found.insert(id, value);
-        }
+}
+
+impl Immutable for payment::Model {
+    const NAME: CacheName = CacheName::Payment;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
+        caches.payments.as_ref()
     }
-    Ok(found)
+}
+
+impl Immutable for ledger_entry::Model {
+    const NAME: CacheName = CacheName::Entry;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
+        caches.entries.as_ref()
+    }
+}
+
+/// The entries of a payment, by payment id. A payment and its entries commit together,
+/// so the entries of any payment that exists never change (a declined payment's stay
+/// empty).
+impl Immutable for Arc<Vec<ledger_entry::Model>> {
+    const NAME: CacheName = CacheName::PaymentEntries;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
+        caches.payment_entries.as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -424,7 +366,16 @@ mod tests {
 
     #[tokio::test]
     async fn an_older_version_never_replaces_a_newer_one_in_l1() {
-        let caches = Caches::new(&CacheSettings::default(), Arc::new(Metrics::new())).unwrap();
+        let settings = CacheSettings {
+            l1_balance_capacity: 100,
+            l1_object_capacity: 100,
+            l1_balance_ttl: Duration::from_secs(60),
+            l2_balance_ttl: Duration::from_secs(60),
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+            namespace: "test".to_owned(),
+        };
+        let caches = Caches::new(&settings, Arc::new(Metrics::new())).unwrap();
         let account = Uuid::now_v7();
         let put = |version| {
             caches.put_l1_balance(

@@ -7,12 +7,27 @@ pub struct Model {
     pub id: Uuid,
     pub client_id: Uuid,
     pub currency: String,
-    pub balance_rule: String,
+    pub balance_rule: BalanceRule,
     pub credit_limit_minor: Option<i64>,
     pub external_ref: Option<String>,
     pub balance_minor: i64,
     pub version: i64,
     pub created_at: DateTimeUtc,
+}
+
+/// How far an account's balance may go down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum BalanceRule {
+    /// The balance may not go below zero.
+    #[sea_orm(string_value = "NON_NEGATIVE")]
+    NonNegative,
+    /// The balance may go down to minus the account's credit limit.
+    #[sea_orm(string_value = "CREDIT_LIMIT")]
+    CreditLimit,
+    /// No lower bound: system accounts that bring money into the ledger.
+    #[sea_orm(string_value = "UNBOUNDED")]
+    Unbounded,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

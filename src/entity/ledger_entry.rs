@@ -9,11 +9,20 @@ pub struct Model {
     pub account_id: Uuid,
     pub payment_id: Uuid,
     pub currency: String,
-    pub direction: String,
+    pub direction: EntryDirection,
     pub amount_minor: i64,
     pub balance_after_minor: i64,
     pub account_version: i64,
     pub created_at: DateTimeUtc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum EntryDirection {
+    #[sea_orm(string_value = "DEBIT")]
+    Debit,
+    #[sea_orm(string_value = "CREDIT")]
+    Credit,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

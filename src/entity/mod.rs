@@ -1,5 +1,7 @@
-//! sea-orm entities: one per table, plain rows with no behaviour. The rules live in
-//! `ledger`; these only say how rows are shaped.
+//! sea-orm entities: one per table, plain rows with no behaviour. Stored enums (balance
+//! rule, payment status, entry direction) are declared with their tables and decoded
+//! here, once, so the rest of the server sees typed values; the rules about them live
+//! in `ledger::posting`.
 
 pub mod account;
 pub mod client;

@@ -11,10 +11,21 @@ pub struct Model {
     pub to_account_id: Uuid,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: String,
+    pub status: PaymentStatus,
     pub decline_reason: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTimeUtc,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum PaymentStatus {
+    /// The payment moved money: two entries exist.
+    #[sea_orm(string_value = "POSTED")]
+    Posted,
+    /// The payment broke a balance rule and moved nothing.
+    #[sea_orm(string_value = "DECLINED")]
+    Declined,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

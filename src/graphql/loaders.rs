@@ -32,118 +32,29 @@ pub struct CachedBalance(pub AccountId);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct StrongBalance(pub AccountId);
 
-fn uuids<K: Copy>(keys: &[K], uuid: impl Fn(K) -> Uuid) -> Vec<Uuid> {
-    keys.iter().copied().map(uuid).collect()
+/// One loader per key type: the key names a row id, and a ledger read answers a batch
+/// of ids with a map by id.
+macro_rules! loader {
+    ($key:ident => $value:ty, $read:ident, |$id:ident| $from_id:expr, |$each:ident| $to_id:expr) => {
+        impl Loader<$key> for LedgerLoader {
+            type Value = $value;
+            type Error = AppError;
+
+            async fn load(&self, keys: &[$key]) -> Result<HashMap<$key, $value>, AppError> {
+                let ids: Vec<Uuid> = keys.iter().map(|&$each| $to_id).collect();
+                let found = self.ledger.$read(self.client, &ids).await?;
+                Ok(found
+                    .into_iter()
+                    .map(|($id, value)| ($from_id, value))
+                    .collect())
+            }
+        }
+    };
 }
 
-fn rekey<K: Eq + std::hash::Hash, V>(
-    found: HashMap<Uuid, V>,
-    key: impl Fn(Uuid) -> K,
-) -> HashMap<K, V> {
-    found
-        .into_iter()
-        .map(|(id, value)| (key(id), value))
-        .collect()
-}
-
-impl Loader<AccountId> for LedgerLoader {
-    type Value = account::Model;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[AccountId],
-    ) -> Result<HashMap<AccountId, Self::Value>, Self::Error> {
-        let found = self
-            .ledger
-            .account_settings(self.client, &uuids(keys, |id| id.0))
-            .await?;
-        Ok(rekey(found, AccountId))
-    }
-}
-
-impl Loader<CachedBalance> for LedgerLoader {
-    type Value = VersionedBalance;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[CachedBalance],
-    ) -> Result<HashMap<CachedBalance, Self::Value>, Self::Error> {
-        let found = self
-            .ledger
-            .cached_balances(self.client, &uuids(keys, |key| key.0.0))
-            .await?;
-        Ok(rekey(found, |id| CachedBalance(AccountId(id))))
-    }
-}
-
-impl Loader<StrongBalance> for LedgerLoader {
-    type Value = VersionedBalance;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[StrongBalance],
-    ) -> Result<HashMap<StrongBalance, Self::Value>, Self::Error> {
-        let found = self
-            .ledger
-            .strong_balances(self.client, &uuids(keys, |key| key.0.0))
-            .await?;
-        Ok(rekey(found, |id| StrongBalance(AccountId(id))))
-    }
-}
-
-impl Loader<PaymentId> for LedgerLoader {
-    type Value = payment::Model;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[PaymentId],
-    ) -> Result<HashMap<PaymentId, Self::Value>, Self::Error> {
-        let rows = self
-            .ledger
-            .payments_by_ids(self.client, &uuids(keys, |id| id.0))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (PaymentId(row.id), row))
-            .collect())
-    }
-}
-
-impl Loader<LedgerEntryId> for LedgerLoader {
-    type Value = ledger_entry::Model;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[LedgerEntryId],
-    ) -> Result<HashMap<LedgerEntryId, Self::Value>, Self::Error> {
-        let rows = self
-            .ledger
-            .entries_by_ids(self.client, &uuids(keys, |id| id.0))
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (LedgerEntryId(row.id), row))
-            .collect())
-    }
-}
-
-impl Loader<EntriesOfPayment> for LedgerLoader {
-    type Value = Arc<Vec<ledger_entry::Model>>;
-    type Error = AppError;
-
-    async fn load(
-        &self,
-        keys: &[EntriesOfPayment],
-    ) -> Result<HashMap<EntriesOfPayment, Self::Value>, Self::Error> {
-        let found = self
-            .ledger
-            .entries_by_payment_ids(self.client, &uuids(keys, |key| key.0.0))
-            .await?;
-        Ok(rekey(found, |id| EntriesOfPayment(PaymentId(id))))
-    }
-}
+loader!(AccountId => account::Model, account_settings, |id| AccountId(id), |key| key.0);
+loader!(CachedBalance => VersionedBalance, cached_balances, |id| CachedBalance(AccountId(id)), |key| key.0.0);
+loader!(StrongBalance => VersionedBalance, strong_balances, |id| StrongBalance(AccountId(id)), |key| key.0.0);
+loader!(PaymentId => payment::Model, payments_by_ids, |id| PaymentId(id), |key| key.0);
+loader!(LedgerEntryId => ledger_entry::Model, entries_by_ids, |id| LedgerEntryId(id), |key| key.0);
+loader!(EntriesOfPayment => Arc<Vec<ledger_entry::Model>>, entries_by_payment_ids, |id| EntriesOfPayment(PaymentId(id)), |key| key.0.0);

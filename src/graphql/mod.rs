@@ -2,6 +2,7 @@
 
 pub mod loaders;
 pub mod mutation;
+pub mod paging;
 pub mod query;
 pub mod scalars;
 pub mod types;
@@ -14,7 +15,6 @@ use crate::auth::Caller;
 use crate::error::{AppError, AppResult};
 use crate::ids::ClientId;
 use crate::ledger::Ledger;
-use crate::pagination::PAGE_SIZE_DEFAULT;
 use loaders::LedgerLoader;
 use mutation::Mutation;
 use query::Query;
@@ -116,16 +116,4 @@ pub fn scope<'a>(ctx: &Context<'a>) -> AppResult<&'a RequestScope> {
             "authenticated request without a scope"
         ))),
     }
-}
-
-/// A connection's cost: its page size times what each node costs.
-pub fn page_complexity(first: Option<i32>, last: Option<i32>, child_complexity: usize) -> usize {
-    let page_size = first
-        .or(last)
-        .and_then(|size| usize::try_from(size).ok())
-        .unwrap_or(PAGE_SIZE_DEFAULT as usize);
-    page_size
-        .max(1)
-        .saturating_mul(child_complexity)
-        .saturating_add(1)
 }

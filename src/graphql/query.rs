@@ -4,13 +4,12 @@ use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, MergedObject, Object, Result};
 
 use crate::error::AppError;
-use crate::graphql::types::{
-    Account, LedgerEntry, Node, Payment, connection, load_account, page_arguments,
-};
+use crate::graphql::paging::page_of;
+use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account};
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
-use crate::pagination::{CursorKind, PageRequest};
+use crate::pagination::PageArguments;
 
 #[derive(MergedObject, Default)]
 pub struct Query(NodeQuery, AccountQuery, PaymentQuery, EntryQuery);
@@ -95,7 +94,9 @@ impl AccountQuery {
     }
 
     /// The client's accounts, oldest first.
-    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
+    )]
     async fn accounts(
         &self,
         ctx: &Context<'_>,
@@ -105,17 +106,16 @@ impl AccountQuery {
         before: Option<String>,
     ) -> Result<Connection<String, Account>> {
         let scope = scope(ctx)?;
-        let page = PageRequest::parse(
-            CursorKind::Account,
-            page_arguments(first, after, last, before),
-        )?;
-        let rows = scope.ledger.list_accounts(scope.client, &page).await?;
-        Ok(connection(
-            rows,
-            CursorKind::Account,
-            |row| row.id,
-            Account::from_row,
-        )?)
+        let arguments = PageArguments {
+            first,
+            after,
+            last,
+            before,
+        };
+        page_of(arguments, |page| async move {
+            scope.ledger.list_accounts(scope.client, &page).await
+        })
+        .await
     }
 }
 
@@ -152,7 +152,9 @@ impl PaymentQuery {
     }
 
     /// The client's payments, oldest first; with `accountId`, those from or to it.
-    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
+    )]
     async fn payments(
         &self,
         ctx: &Context<'_>,
@@ -167,20 +169,19 @@ impl PaymentQuery {
             .as_deref()
             .map(|id| AccountId::parse(id))
             .transpose()?;
-        let page = PageRequest::parse(
-            CursorKind::Payment,
-            page_arguments(first, after, last, before),
-        )?;
-        let rows = scope
-            .ledger
-            .list_payments(scope.client, account, &page)
-            .await?;
-        Ok(connection(
-            rows,
-            CursorKind::Payment,
-            |row| row.id,
-            Payment::from_row,
-        )?)
+        let arguments = PageArguments {
+            first,
+            after,
+            last,
+            before,
+        };
+        page_of(arguments, |page| async move {
+            scope
+                .ledger
+                .list_payments(scope.client, account, &page)
+                .await
+        })
+        .await
     }
 }
 
@@ -191,7 +192,9 @@ pub struct EntryQuery;
 impl EntryQuery {
     /// An account's entries in posting order (oldest first). Poll with
     /// `after: <last endCursor>` to see each new entry exactly once.
-    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
+    )]
     async fn ledger_entries(
         &self,
         ctx: &Context<'_>,
@@ -203,19 +206,18 @@ impl EntryQuery {
     ) -> Result<Connection<String, LedgerEntry>> {
         let scope = scope(ctx)?;
         let account = AccountId::parse(&account_id)?;
-        let page = PageRequest::parse(
-            CursorKind::LedgerEntry,
-            page_arguments(first, after, last, before),
-        )?;
-        let rows = scope
-            .ledger
-            .list_entries(scope.client, account, &page)
-            .await?;
-        Ok(connection(
-            rows,
-            CursorKind::LedgerEntry,
-            |row| row.account_version,
-            LedgerEntry::from_row,
-        )?)
+        let arguments = PageArguments {
+            first,
+            after,
+            last,
+            before,
+        };
+        page_of(arguments, |page| async move {
+            scope
+                .ledger
+                .list_entries(scope.client, account, &page)
+                .await
+        })
+        .await
     }
 }

@@ -1,7 +1,7 @@
 //! The GraphQL object types. Each wraps a stored row and formats it; none queries the
 //! database itself except through the request's DataLoader or the ledger service.
 
-use async_graphql::connection::{Connection, Edge};
+use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
@@ -9,13 +9,13 @@ use crate::cache::VersionedBalance;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
+use crate::graphql::paging::page_of;
 use crate::graphql::scalars::Money;
 use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
-use crate::ledger::service::{stored_currency, stored_value};
-use crate::pagination::{CursorKind, Page, PageArguments, PageKey, PageRequest, encode_cursor};
+use crate::pagination::PageArguments;
 
 /// How fresh a balance must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
@@ -25,39 +25,6 @@ pub enum Consistency {
     Cached,
     /// From the database at the moment the field resolves, bypassing every cache.
     Strong,
-}
-
-/// Builds a Relay connection from one page of rows.
-pub fn connection<M, T, K>(
-    page: Page<M>,
-    kind: CursorKind,
-    key: impl Fn(&M) -> K,
-    node: impl Fn(M) -> AppResult<T>,
-) -> AppResult<Connection<String, T>>
-where
-    T: async_graphql::OutputType,
-    K: PageKey,
-{
-    let mut connection = Connection::new(page.has_previous_page, page.has_next_page);
-    for row in page.rows {
-        let cursor = encode_cursor(kind, &key(&row));
-        connection.edges.push(Edge::new(cursor, node(row)?));
-    }
-    Ok(connection)
-}
-
-pub fn page_arguments(
-    first: Option<i32>,
-    after: Option<String>,
-    last: Option<i32>,
-    before: Option<String>,
-) -> PageArguments {
-    PageArguments {
-        first,
-        after,
-        last,
-        before,
-    }
 }
 
 /// Anything with an id: `node(id)` resolves every kind.
@@ -90,22 +57,12 @@ pub struct Balance {
 pub struct Account {
     row: account::Model,
     currency: Currency,
-    rule: BalanceRule,
 }
 
 impl Account {
     pub fn from_row(row: account::Model) -> AppResult<Self> {
-        let currency = stored_currency(&row.currency)?;
-        let rule = stored_value(
-            BalanceRule::from_db(&row.balance_rule),
-            "balance rule",
-            &row.balance_rule,
-        )?;
-        Ok(Self {
-            row,
-            currency,
-            rule,
-        })
+        let currency = Currency::from_stored(&row.currency)?;
+        Ok(Self { row, currency })
     }
 
     fn account_id(&self) -> AccountId {
@@ -113,7 +70,7 @@ impl Account {
     }
 
     fn balance_of(&self, balance: VersionedBalance) -> Balance {
-        let floor = BalanceFloor::new(self.rule, self.row.credit_limit_minor);
+        let floor = BalanceFloor::new(self.row.balance_rule, self.row.credit_limit_minor);
         Balance {
             amount: from_minor_units(balance.balance_minor, self.currency).into(),
             available: floor
@@ -142,7 +99,7 @@ impl Account {
     }
 
     async fn balance_rule(&self) -> BalanceRule {
-        self.rule
+        self.row.balance_rule
     }
 
     /// How far below zero a CREDIT_LIMIT account may go; null for other rules.
@@ -175,7 +132,9 @@ impl Account {
     }
 
     /// This account's ledger entries, oldest first (by account version).
-    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
+    )]
     async fn entries(
         &self,
         ctx: &Context<'_>,
@@ -185,24 +144,25 @@ impl Account {
         before: Option<String>,
     ) -> Result<Connection<String, LedgerEntry>> {
         let scope = scope(ctx)?;
-        let page = PageRequest::parse(
-            CursorKind::LedgerEntry,
-            page_arguments(first, after, last, before),
-        )?;
-        let rows = scope
-            .ledger
-            .list_entries(scope.client, self.account_id(), &page)
-            .await?;
-        Ok(connection(
-            rows,
-            CursorKind::LedgerEntry,
-            |row| row.account_version,
-            LedgerEntry::from_row,
-        )?)
+        let arguments = PageArguments {
+            first,
+            after,
+            last,
+            before,
+        };
+        page_of(arguments, |page| async move {
+            scope
+                .ledger
+                .list_entries(scope.client, self.account_id(), &page)
+                .await
+        })
+        .await
     }
 
     /// Payments from or to this account, oldest first.
-    #[graphql(complexity = "crate::graphql::page_complexity(first, last, child_complexity)")]
+    #[graphql(
+        complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
+    )]
     async fn payments(
         &self,
         ctx: &Context<'_>,
@@ -212,20 +172,19 @@ impl Account {
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
         let scope = scope(ctx)?;
-        let page = PageRequest::parse(
-            CursorKind::Payment,
-            page_arguments(first, after, last, before),
-        )?;
-        let rows = scope
-            .ledger
-            .list_payments(scope.client, Some(self.account_id()), &page)
-            .await?;
-        Ok(connection(
-            rows,
-            CursorKind::Payment,
-            |row| row.id,
-            Payment::from_row,
-        )?)
+        let arguments = PageArguments {
+            first,
+            after,
+            last,
+            before,
+        };
+        page_of(arguments, |page| async move {
+            scope
+                .ledger
+                .list_payments(scope.client, Some(self.account_id()), &page)
+                .await
+        })
+        .await
     }
 
     async fn created_at(&self) -> DateTime<Utc> {
@@ -241,7 +200,7 @@ pub struct Payment {
 
 impl Payment {
     pub fn from_row(row: payment::Model) -> AppResult<Self> {
-        let currency = stored_currency(&row.currency)?;
+        let currency = Currency::from_stored(&row.currency)?;
         Ok(Self { row, currency })
     }
 
@@ -275,12 +234,8 @@ impl Payment {
         &self.row.idempotency_key
     }
 
-    async fn status(&self) -> Result<PaymentStatus> {
-        Ok(stored_value(
-            PaymentStatus::from_db(&self.row.status),
-            "payment status",
-            &self.row.status,
-        )?)
+    async fn status(&self) -> PaymentStatus {
+        self.row.status
     }
 
     /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED
@@ -333,22 +288,12 @@ impl Payment {
 pub struct LedgerEntry {
     row: ledger_entry::Model,
     currency: Currency,
-    direction: EntryDirection,
 }
 
 impl LedgerEntry {
     pub fn from_row(row: ledger_entry::Model) -> AppResult<Self> {
-        let currency = stored_currency(&row.currency)?;
-        let direction = stored_value(
-            EntryDirection::from_db(&row.direction),
-            "entry direction",
-            &row.direction,
-        )?;
-        Ok(Self {
-            row,
-            currency,
-            direction,
-        })
+        let currency = Currency::from_stored(&row.currency)?;
+        Ok(Self { row, currency })
     }
 }
 
@@ -373,7 +318,7 @@ impl LedgerEntry {
     }
 
     async fn direction(&self) -> EntryDirection {
-        self.direction
+        self.row.direction
     }
 
     /// Always positive; `direction` says which way it moved the balance.

@@ -128,6 +128,15 @@ fn describe(subject: Subject, row: &QueryResult) -> Result<String, DbErr> {
     })
 }
 
+/// Connects to the database at `url` (without migrating it) and runs every check: the
+/// audit for tools outside the server, such as loadgen's `--verify-database-url`.
+pub async fn audit_database(url: &str) -> Result<Vec<Violation>, DbErr> {
+    let connection = sea_orm::Database::connect(url).await?;
+    let violations = find_violations(&connection).await;
+    connection.close().await.ok();
+    violations
+}
+
 /// Every violated invariant; empty when the ledger is sound.
 pub async fn find_violations(connection: &impl ConnectionTrait) -> Result<Vec<Violation>, DbErr> {
     let backend = connection.get_database_backend();

@@ -3,12 +3,9 @@
 //! invariant from the stored rows.
 
 pub mod audit;
-mod batch_sql;
-mod commit_queue;
 pub mod money;
 pub mod posting;
 pub mod requests;
 pub mod service;
-mod write_gate;
 
 pub use service::{Created, Ledger};

@@ -47,6 +47,14 @@ impl Currency {
         })
     }
 
+    /// A currency code read back from the database. It was valid when written, so one
+    /// that no longer parses is a bug, not the client's error.
+    pub fn from_stored(code: &str) -> Result<Self, AppError> {
+        Self::parse(code).map_err(|_| {
+            AppError::internal(anyhow::anyhow!("stored currency {code:?} is not valid"))
+        })
+    }
+
     pub fn code(&self) -> &'static str {
         self.currency.code()
     }

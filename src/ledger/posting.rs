@@ -1,39 +1,10 @@
 //! The pure rules of a posting: balance rules, declines, and the two entries a payment
 //! writes. No I/O here, so every rule is unit-tested directly.
 
-use async_graphql::Enum;
-
+pub use crate::entity::account::BalanceRule;
+pub use crate::entity::ledger_entry::EntryDirection;
+pub use crate::entity::payment::PaymentStatus;
 use crate::ledger::money::PositiveAmount;
-
-/// How far an account's balance may go down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum BalanceRule {
-    /// The balance may not go below zero.
-    NonNegative,
-    /// The balance may go down to minus the account's credit limit.
-    CreditLimit,
-    /// No lower bound: system accounts that bring money into the ledger.
-    Unbounded,
-}
-
-impl BalanceRule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NonNegative => "NON_NEGATIVE",
-            Self::CreditLimit => "CREDIT_LIMIT",
-            Self::Unbounded => "UNBOUNDED",
-        }
-    }
-
-    pub fn from_db(text: &str) -> Option<Self> {
-        match text {
-            "NON_NEGATIVE" => Some(Self::NonNegative),
-            "CREDIT_LIMIT" => Some(Self::CreditLimit),
-            "UNBOUNDED" => Some(Self::Unbounded),
-            _ => None,
-        }
-    }
-}
 
 /// The lowest balance an account may reach: `None` means no bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,58 +31,12 @@ impl BalanceFloor {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum EntryDirection {
-    Debit,
-    Credit,
-}
-
 impl EntryDirection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Debit => "DEBIT",
-            Self::Credit => "CREDIT",
-        }
-    }
-
-    pub fn from_db(text: &str) -> Option<Self> {
-        match text {
-            "DEBIT" => Some(Self::Debit),
-            "CREDIT" => Some(Self::Credit),
-            _ => None,
-        }
-    }
-
     /// The entry's effect on its account's balance.
     pub fn signed(self, amount_minor: i64) -> i64 {
         match self {
             Self::Debit => -amount_minor,
             Self::Credit => amount_minor,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
-pub enum PaymentStatus {
-    /// The payment moved money: two entries exist.
-    Posted,
-    /// The payment broke a balance rule and moved nothing.
-    Declined,
-}
-
-impl PaymentStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Posted => "POSTED",
-            Self::Declined => "DECLINED",
-        }
-    }
-
-    pub fn from_db(text: &str) -> Option<Self> {
-        match text {
-            "POSTED" => Some(Self::Posted),
-            "DECLINED" => Some(Self::Declined),
-            _ => None,
         }
     }
 }

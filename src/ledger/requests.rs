@@ -1,6 +1,8 @@
 //! Validated requests to change the ledger. Once built they are valid: the service
 //! never re-checks their shape, only what needs the database (existence, currency).
 
+use sea_orm::ActiveEnum;
+
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{Fingerprint, IdempotencyKey, Operation};
 use crate::ids::AccountId;
@@ -92,7 +94,7 @@ impl NewAccount {
             Operation::CreateAccount,
             &[
                 Some(self.currency.code()),
-                Some(self.balance_rule.as_str()),
+                Some(&self.balance_rule.to_value()),
                 credit_limit.as_deref(),
                 self.external_ref.as_deref(),
             ],

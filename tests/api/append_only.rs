@@ -2,6 +2,8 @@
 //! rules are CHECK constraints, and the audit finds each invariant's violation.
 
 use chrono::Utc;
+use payments_ledger::entity::ledger_entry::EntryDirection;
+use payments_ledger::entity::payment::PaymentStatus;
 use payments_ledger::entity::{account, ledger_entry, payment};
 use payments_ledger::ledger::audit::find_violations;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -139,7 +141,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         account_id: Set(destination),
         payment_id: Set(some_payment.id),
         currency: Set("USD".to_owned()),
-        direction: Set("CREDIT".to_owned()),
+        direction: Set(EntryDirection::Credit),
         amount_minor: Set(100),
         balance_after_minor: Set(row.balance_minor + 100),
         account_version: Set(row.version + 1),
@@ -192,7 +194,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         to_account_id: Set(destination_2),
         amount_minor: Set(1),
         currency: Set("USD".to_owned()),
-        status: Set("DECLINED".to_owned()),
+        status: Set(PaymentStatus::Declined),
         decline_reason: Set(Some("INSUFFICIENT_FUNDS".to_owned())),
         description: Set(None),
         created_at: Set(Utc::now()),

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use payments_ledger::cache::{CacheSettings, Caches, VersionedBalance};
+use payments_ledger::cache::{Caches, VersionedBalance};
 use payments_ledger::config::CacheConfig;
 use payments_ledger::metrics::{CacheLevel, CacheName, CacheResult, Metrics};
+use payments_ledger::startup::cache_settings;
 use rand::seq::SliceRandom;
 use serde_json::json;
 use uuid::Uuid;
@@ -45,11 +46,11 @@ async fn concurrent_puts_keep_the_newest_version_in_l1_and_redis() {
         skip("LEDGER_TEST_REDIS_URL is not set");
         return;
     };
-    let settings = CacheSettings {
+    let settings = cache_settings(&CacheConfig {
         redis_url: Some(redis_url),
         namespace: format!("ledger-test-{}", Uuid::new_v4().simple()),
-        ..CacheSettings::default()
-    };
+        ..CacheConfig::default()
+    });
     let caches = Arc::new(Caches::new(&settings, Arc::new(Metrics::new())).unwrap());
     const VERSIONS: i64 = 200;
     let mut versions: Vec<i64> = (1..=VERSIONS).collect();

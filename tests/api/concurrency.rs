@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use futures::future::join_all;
 use payments_ledger::entity::{account, ledger_entry, payment};
 use rand::Rng;
-use sea_orm::EntityTrait;
+use sea_orm::{ActiveEnum, EntityTrait};
 use uuid::Uuid;
 
-use payments_ledger::db::WriteIsolation;
+use payments_ledger::config::WriteIsolation;
 
 use crate::helpers::{AppOptions, Backend, spawn_app_with};
 use crate::on_both_backends;
@@ -103,8 +103,11 @@ async fn concurrent_payments(backend: Backend, options: AppOptions) {
             .get(&uuid)
             .unwrap_or_else(|| panic!("acknowledged payment {id} is missing"));
         assert_eq!(&row.idempotency_key, key);
-        assert_eq!(payment["status"].as_str(), Some(row.status.as_str()));
-        posted += usize::from(row.status == "POSTED");
+        assert_eq!(
+            payment["status"].as_str(),
+            Some(row.status.to_value().as_str())
+        );
+        posted += usize::from(row.status.to_value() == "POSTED");
     }
     assert_eq!(stored.len(), PAYMENTS + ACCOUNTS - 1);
     assert!(posted > 0, "some payments posted");
@@ -112,7 +115,7 @@ async fn concurrent_payments(backend: Backend, options: AppOptions) {
     // The invariants, recomputed here from the raw rows...
     let entries = ledger_entry::Entity::find().all(&app.db).await.unwrap();
     let accounts = account::Entity::find().all(&app.db).await.unwrap();
-    let signed = |entry: &ledger_entry::Model| match entry.direction.as_str() {
+    let signed = |entry: &ledger_entry::Model| match entry.direction.to_value().as_str() {
         "CREDIT" => entry.amount_minor,
         _ => -entry.amount_minor,
     };
@@ -138,7 +141,7 @@ async fn concurrent_payments(backend: Backend, options: AppOptions) {
             (1..=account.version).collect::<Vec<_>>(),
             "no gaps, no repeats"
         );
-        match account.balance_rule.as_str() {
+        match account.balance_rule.to_value().as_str() {
             "NON_NEGATIVE" => assert!(account.balance_minor >= 0),
             "CREDIT_LIMIT" => {
                 assert!(account.balance_minor >= -account.credit_limit_minor.unwrap())
@@ -148,7 +151,10 @@ async fn concurrent_payments(backend: Backend, options: AppOptions) {
     }
     assert_eq!(
         entries.len(),
-        2 * stored.values().filter(|row| row.status == "POSTED").count()
+        2 * stored
+            .values()
+            .filter(|row| row.status.to_value() == "POSTED")
+            .count()
     );
     // ...and by the audit every other tool uses.
     app.assert_ledger_sound().await;

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
+use ledger_client::{AccountInput, LedgerClient, PaymentInput};
+pub use ledger_client::{CREATE_PAYMENT as PAY, error_code};
 use payments_ledger::metrics::Metrics;
 use payments_ledger::{Application, Config, auth};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
@@ -59,7 +61,7 @@ pub struct AppOptions {
     pub redis_url: Option<String>,
     /// Overrides cache settings (capacities, lifetimes).
     pub cache: Option<payments_ledger::config::CacheConfig>,
-    pub write_isolation: payments_ledger::db::WriteIsolation,
+    pub write_isolation: payments_ledger::config::WriteIsolation,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -102,11 +104,13 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     let client = auth::create_client(&db, "test client")
         .await
         .expect("a client is created");
+    let ledger_client = LedgerClient::new(&address, Some(&client.api_key));
     Some(TestApp {
+        http: ledger_client.http().clone(),
+        client: ledger_client,
         address,
         db,
         api_key: client.api_key,
-        http: reqwest::Client::new(),
         metrics,
         config,
         database,
@@ -118,6 +122,9 @@ pub struct TestApp {
     pub address: String,
     pub db: DatabaseConnection,
     pub api_key: String,
+    /// GraphQL over HTTP to the first instance, as the test client.
+    pub client: LedgerClient,
+    /// For requests that are not GraphQL-shaped (wrong methods, bodies, headers).
     pub http: reqwest::Client,
     /// The first instance's metrics.
     pub metrics: Arc<Metrics>,
@@ -148,8 +155,7 @@ impl TestApp {
 
     /// POSTs a GraphQL request to the instance at `address` as the test client.
     pub async fn graphql_at(&self, address: &str, query: &str, variables: Value) -> Value {
-        self.post_graphql(address, Some(&self.api_key), query, variables)
-            .await
+        answered(self.client.at(address).graphql(query, variables).await)
     }
 
     /// Like `pay`, against the instance at `address`.
@@ -162,46 +168,22 @@ impl TestApp {
         amount: &str,
         currency: &str,
     ) -> Value {
-        let response = self
-            .http
-            .post(format!("{address}/graphql"))
-            .bearer_auth(&self.api_key)
-            .json(&json!({ "query": PAY, "variables": { "input": {
-                "idempotencyKey": key, "fromAccountId": from, "toAccountId": to,
-                "amount": amount, "currency": currency,
-            }}}))
-            .send()
-            .await
-            .expect("the server answers");
-        response.json().await.expect("the response is JSON")
+        let payment = PaymentInput::new(key, from, to, amount, currency);
+        answered(self.client.at(address).create_payment(&payment, true).await)
     }
 
     /// POSTs a GraphQL request as the test client; returns the whole JSON response.
     pub async fn graphql(&self, query: &str, variables: Value) -> Value {
-        self.graphql_as(Some(&self.api_key), query, variables).await
+        answered(self.client.graphql(query, variables).await)
     }
 
     pub async fn graphql_as(&self, api_key: Option<&str>, query: &str, variables: Value) -> Value {
-        self.post_graphql(&self.address, api_key, query, variables)
-            .await
-    }
-
-    async fn post_graphql(
-        &self,
-        address: &str,
-        api_key: Option<&str>,
-        query: &str,
-        variables: Value,
-    ) -> Value {
-        let mut request = self
-            .http
-            .post(format!("{address}/graphql"))
-            .json(&json!({ "query": query, "variables": variables }));
-        if let Some(api_key) = api_key {
-            request = request.bearer_auth(api_key);
-        }
-        let response = request.send().await.expect("the server answers");
-        response.json().await.expect("the response is JSON")
+        answered(
+            self.client
+                .with_key(api_key)
+                .graphql(query, variables)
+                .await,
+        )
     }
 
     /// A second tenant on the same server.
@@ -230,20 +212,15 @@ impl TestApp {
         rule: &str,
         credit_limit: Option<&str>,
     ) -> String {
-        let response = self
-            .graphql_as(
-                Some(api_key),
-                "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }",
-                json!({ "input": {
-                    "idempotencyKey": Uuid::new_v4().to_string(),
-                    "currency": currency,
-                    "balanceRule": rule,
-                    "creditLimit": credit_limit,
-                }}),
-            )
-            .await;
-        response["data"]["createAccount"]["account"]["id"]
-            .as_str()
+        let mut account = AccountInput::new(&Uuid::new_v4().to_string(), currency, rule);
+        account.credit_limit = credit_limit.map(str::to_owned);
+        let response = answered(
+            self.client
+                .with_key(Some(api_key))
+                .create_account(&account)
+                .await,
+        );
+        ledger_client::account_id_of(&response)
             .unwrap_or_else(|| panic!("account created: {response}"))
             .to_owned()
     }
@@ -368,17 +345,9 @@ impl TestApp {
     }
 }
 
-pub const PAY: &str = "mutation($input: CreatePaymentInput!) {
-  createPayment(input: $input) {
-    replayed
-    payment { id status declineReason amount currency
-      entries { direction amount balanceAfter accountVersion account { id } } }
-  }
-}";
-
-/// `extensions.code` of the first error, if any.
-pub fn error_code(response: &Value) -> Option<&str> {
-    response["errors"][0]["extensions"]["code"].as_str()
+/// A response the server gave: transport failures fail the test.
+fn answered(response: Result<Value, reqwest::Error>) -> Value {
+    response.expect("the server answers with JSON")
 }
 
 /// The test's database, removed when the test ends (also when it panics).

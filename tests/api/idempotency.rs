@@ -3,7 +3,7 @@
 use futures::future::join_all;
 use serde_json::json;
 
-use payments_ledger::db::WriteIsolation;
+use payments_ledger::config::WriteIsolation;
 
 use crate::helpers::{AppOptions, Backend, error_code, spawn_app, spawn_app_with};
 use crate::on_both_backends;

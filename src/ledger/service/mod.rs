@@ -1,44 +1,38 @@
 //! The ledger service: the only code that opens write transactions.
 //!
-//! Payments are group-committed (`payment_batch`): concurrent payments queue
-//! (`commit_queue`) and run together in one transaction that locks their accounts in id order, claims their
-//! keys, decides them one after another with the pure rules in `posting`, writes, and
-//! commits. Each payment keeps its own outcome: one whose key someone else owns turns
-//! into a replay of that owner's outcome, one with a bad account fails alone before
-//! anything is stored. A retryable conflict (serialization failure, deadlock, SQLite
-//! busy) reruns the whole transaction a bounded number of times. Reads are in `reads`.
+//! Read top-down, a payment goes: `Ledger::create_payment` (here) -> `create_once`
+//! (here: the idempotent shape every creating mutation shares) -> `PaymentBatches::commit`
+//! (`payment_batch`: group commit; the queue is `commit_queue`) -> `Writer::run`
+//! (`write`: the in-process gate `write_gate`, the transaction and its retries) ->
+//! `Batcher::attempt` (`payment_batch`: lock, check, claim keys, decide, write with the
+//! statements in `batch_sql`, COMMIT). Each payment keeps its own outcome: one whose key
+//! someone else owns turns into a replay of that owner's outcome, one with a bad account
+//! fails alone before anything is stored. Reads are in `reads`.
 
+mod batch_sql;
+mod commit_queue;
 mod payment_batch;
 mod reads;
+mod write;
+mod write_gate;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-use rand::Rng;
-use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, SqlErr, TransactionTrait,
-};
+use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait};
 use uuid::Uuid;
 
-use self::payment_batch::{JobOutcome, PaymentJob};
+use self::payment_batch::{PaymentBatches, PaymentJob};
+use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
-use crate::db::{Backend, WriteIsolation};
-use crate::entity::{account, idempotency_key, payment};
+use crate::config::WriteIsolation;
+use crate::entity::account;
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, PaymentId};
-use crate::ledger::commit_queue::CommitQueue;
-use crate::ledger::money::Currency;
 use crate::ledger::posting::PaymentStatus;
 use crate::ledger::requests::{NewAccount, NewPayment};
-use crate::ledger::write_gate::WriteGate;
 use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
-
-/// How many times one write transaction is attempted before the client is told to retry.
-const WRITE_ATTEMPTS_MAX: u32 = 12;
-const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(2);
-const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 
 /// The result of a creating mutation: the object, and whether it existed already.
 #[derive(Debug, Clone)]
@@ -57,29 +51,6 @@ pub struct WriteSettings {
     pub batches_in_flight: usize,
 }
 
-/// Why a write did not take effect for one request.
-enum AttemptError {
-    /// Another request committed this idempotency key first.
-    KeyTaken,
-    /// The request cannot be carried out (unknown account, currency mismatch); nothing
-    /// was stored for it.
-    Invalid(AppError),
-    App(AppError),
-    Db(DbErr),
-}
-
-impl From<DbErr> for AttemptError {
-    fn from(error: DbErr) -> Self {
-        Self::Db(error)
-    }
-}
-
-impl From<AppError> for AttemptError {
-    fn from(error: AppError) -> Self {
-        Self::App(error)
-    }
-}
-
 /// One request's use of an idempotency key: whose, for what, and what it would create.
 #[derive(Clone, Copy)]
 struct KeyUse<'a> {
@@ -90,20 +61,14 @@ struct KeyUse<'a> {
     resource_id: Uuid,
 }
 
-fn is_unique_violation(error: &DbErr) -> bool {
-    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
 /// The ledger service. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
 pub struct Ledger(Arc<LedgerParts>);
 
 pub struct LedgerParts {
     db: DatabaseConnection,
-    backend: Backend,
-    write_isolation: WriteIsolation,
-    write_gate: WriteGate,
-    payment_queue: CommitQueue<PaymentJob, JobOutcome>,
+    writer: Arc<Writer>,
+    payments: PaymentBatches,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
 }
@@ -123,17 +88,22 @@ impl Ledger {
         caches: Arc<Caches>,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let backend = Backend::of(&db);
-        let batches_in_flight = match backend {
-            Backend::Sqlite => 1,
-            Backend::Postgres => settings.batches_in_flight,
-        };
+        let writer = Arc::new(Writer::new(
+            db.clone(),
+            settings.isolation,
+            Arc::clone(&metrics),
+        ));
+        let payments = PaymentBatches::new(
+            Arc::clone(&writer),
+            Arc::clone(&caches),
+            Arc::clone(&metrics),
+            settings.batch_max,
+            settings.batches_in_flight,
+        );
         Self(Arc::new(LedgerParts {
-            write_gate: WriteGate::new(backend.write_lanes()),
-            payment_queue: CommitQueue::new(batches_in_flight, settings.batch_max),
             db,
-            backend,
-            write_isolation: settings.isolation,
+            writer,
+            payments,
             caches,
             metrics,
         }))
@@ -143,35 +113,72 @@ impl Ledger {
         &self.db
     }
 
-    /// Runs one write transaction, again while it fails in a retryable way.
-    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, AttemptError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, AttemptError>>,
-    {
-        let mut attempt_number = 1;
-        loop {
-            match attempt().await {
-                Err(AttemptError::Db(error)) if self.backend.is_retryable(&error) => {
-                    if attempt_number >= WRITE_ATTEMPTS_MAX {
-                        self.metrics.write_retries_exhausted.inc();
-                        tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
-                        return Err(AttemptError::App(AppError::RetryLater));
-                    }
-                    self.metrics.write_retries.inc();
-                    tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
-                    tokio::time::sleep(retry_backoff(attempt_number)).await;
-                    attempt_number += 1;
-                }
-                other => return other,
-            }
-        }
+    #[tracing::instrument(skip_all, fields(client = %client.0, from = %request.from, to = %request.to))]
+    pub async fn create_payment(
+        &self,
+        client: ClientId,
+        request: NewPayment,
+    ) -> AppResult<Created<crate::entity::payment::Model>> {
+        let fingerprint = request.fingerprint();
+        let payment_id = PaymentId::generate();
+        let idempotency_key = request.idempotency_key.clone();
+        let key = KeyUse {
+            client,
+            key: &idempotency_key,
+            operation: idempotency::Operation::CreatePayment,
+            fingerprint: &fingerprint,
+            resource_id: payment_id.0,
+        };
+        let job = PaymentJob {
+            client,
+            request,
+            fingerprint: fingerprint.clone(),
+            payment_id,
+            span: tracing::Span::current(),
+        };
+        let created = self
+            .create_once(
+                key,
+                |id| async move { Ok(self.payments_by_ids(client, &[id]).await?.remove(&id)) },
+                self.payments.commit(job),
+            )
+            .await;
+        self.metrics.payment(match &created {
+            Ok(created) if created.replayed => PaymentOutcome::Replayed,
+            Ok(created) if created.value.status == PaymentStatus::Posted => PaymentOutcome::Posted,
+            Ok(_) => PaymentOutcome::Declined,
+            Err(_) => PaymentOutcome::Rejected,
+        });
+        created
     }
 
-    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
-        self.db
-            .begin_with_options(self.backend.write_transaction_options(self.write_isolation))
-            .await
+    #[tracing::instrument(skip_all, fields(client = %client.0))]
+    pub async fn create_account(
+        &self,
+        client: ClientId,
+        request: NewAccount,
+    ) -> AppResult<Created<account::Model>> {
+        let fingerprint = request.fingerprint();
+        let account_id = AccountId::generate();
+        let key = KeyUse {
+            client,
+            key: &request.idempotency_key,
+            operation: idempotency::Operation::CreateAccount,
+            fingerprint: &fingerprint,
+            resource_id: account_id.0,
+        };
+        self.create_once(
+            key,
+            |id| async move { Ok(self.accounts_by_ids(client, &[id]).await?.pop()) },
+            self.writer.run(&[account_id.0], || async {
+                let row = account_row(client, &request, account_id);
+                let transaction = self.writer.begin().await?;
+                insert_account(&transaction, &request, &fingerprint, row.clone()).await?;
+                transaction.commit().await?;
+                Ok(row)
+            }),
+        )
+        .await
     }
 
     /// The shape every creating mutation shares. A key this instance has seen replays
@@ -184,11 +191,11 @@ impl Ledger {
         &self,
         key: KeyUse<'_>,
         load: Load,
-        execute: impl Future<Output = Result<T, AttemptError>>,
+        execute: impl Future<Output = Result<T, WriteError>>,
     ) -> AppResult<Created<T>>
     where
         Load: Fn(Uuid) -> LoadFuture,
-        LoadFuture: Future<Output = AppResult<Vec<T>>>,
+        LoadFuture: Future<Output = AppResult<Option<T>>>,
     {
         let replay = |resource_id: Uuid| async move {
             self.metrics
@@ -197,7 +204,7 @@ impl Ledger {
                     operation: key.operation.as_str(),
                 })
                 .inc();
-            let value = load(resource_id).await?.into_iter().next().ok_or_else(|| {
+            let value = load(resource_id).await?.ok_or_else(|| {
                 AppError::internal(anyhow::anyhow!(
                     "idempotency key names {resource_id}, which does not exist"
                 ))
@@ -223,7 +230,7 @@ impl Ledger {
                     replayed: false,
                 })
             }
-            Err(AttemptError::KeyTaken) => {
+            Err(WriteError::KeyTaken) => {
                 let resource_id =
                     idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
                         .await?
@@ -234,7 +241,7 @@ impl Ledger {
                     .await;
                 replay(resource_id).await
             }
-            Err(AttemptError::Invalid(error)) => {
+            Err(WriteError::Invalid(error)) => {
                 match idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
                     .await?
                 {
@@ -242,162 +249,60 @@ impl Ledger {
                     None => Err(error),
                 }
             }
-            Err(AttemptError::App(error)) => Err(error),
-            Err(AttemptError::Db(error)) => Err(error.into()),
+            Err(error) => Err(error.into_app_error()),
         }
     }
+}
 
-    #[tracing::instrument(skip_all, fields(client = %client.0))]
-    pub async fn create_account(
-        &self,
-        client: ClientId,
-        request: NewAccount,
-    ) -> AppResult<Created<account::Model>> {
-        let fingerprint = request.fingerprint();
-        let account_id = AccountId::generate();
-        let key = KeyUse {
-            client,
-            key: &request.idempotency_key,
-            operation: idempotency::Operation::CreateAccount,
-            fingerprint: &fingerprint,
-            resource_id: account_id.0,
-        };
-        self.create_once(
-            key,
-            |id| async move { self.accounts_by_ids(client, &[id]).await },
-            async {
-                let _lanes = self.write_gate.enter(&[account_id.0]).await;
-                self.with_retries(|| {
-                    self.try_create_account(client, &request, &fingerprint, account_id)
-                })
-                .await
-            },
-        )
-        .await
-    }
-
-    async fn try_create_account(
-        &self,
-        client: ClientId,
-        request: &NewAccount,
-        fingerprint: &Fingerprint,
-        account_id: AccountId,
-    ) -> Result<account::Model, AttemptError> {
-        let transaction = self.begin_write().await?;
-        let record = idempotency::record(
-            client,
-            &request.idempotency_key,
-            idempotency::Operation::CreateAccount,
-            fingerprint,
-            account_id.0,
-        );
-        claim_key(&transaction, record).await?;
-        let model = account::Model {
-            id: account_id.0,
-            client_id: client.0,
-            currency: request.currency.code().to_owned(),
-            balance_rule: request.balance_rule.as_str().to_owned(),
-            credit_limit_minor: request.credit_limit_minor,
-            external_ref: request.external_ref.clone(),
-            balance_minor: 0,
-            version: 0,
-            created_at: Utc::now(),
-        };
-        let inserted = account::Entity::insert(account::ActiveModel::from(model.clone()))
-            .exec_without_returning(&transaction)
-            .await;
-        match inserted {
-            // The key is already ours, so the only unique index left is externalRef.
-            Err(error) if is_unique_violation(&error) => {
-                return Err(AppError::bad_input(format!(
-                    "externalRef {:?} is already used by another account",
-                    request.external_ref.as_deref().unwrap_or_default()
-                ))
-                .into());
-            }
-            other => other?,
-        };
-        transaction.commit().await?;
-        Ok(model)
-    }
-
-    #[tracing::instrument(skip_all, fields(client = %client.0, from = %request.from, to = %request.to))]
-    pub async fn create_payment(
-        &self,
-        client: ClientId,
-        request: NewPayment,
-    ) -> AppResult<Created<payment::Model>> {
-        let fingerprint = request.fingerprint();
-        let payment_id = PaymentId::generate();
-        let idempotency_key = request.idempotency_key.clone();
-        let key = KeyUse {
-            client,
-            key: &idempotency_key,
-            operation: idempotency::Operation::CreatePayment,
-            fingerprint: &fingerprint,
-            resource_id: payment_id.0,
-        };
-        let job = PaymentJob {
-            client,
-            request,
-            fingerprint: fingerprint.clone(),
-            payment_id,
-        };
-        let created = self
-            .create_once(
-                key,
-                |id| async move { self.payments_by_ids(client, &[id]).await },
-                self.commit_payment(job),
-            )
-            .await;
-        self.metrics.payment(match &created {
-            Ok(created) if created.replayed => PaymentOutcome::Replayed,
-            Ok(created) if created.value.status == PaymentStatus::Posted.as_str() => {
-                PaymentOutcome::Posted
-            }
-            Ok(_) => PaymentOutcome::Declined,
-            Err(_) => PaymentOutcome::Rejected,
-        });
-        created
+fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) -> account::Model {
+    account::Model {
+        id: account_id.0,
+        client_id: client.0,
+        currency: request.currency.code().to_owned(),
+        balance_rule: request.balance_rule,
+        credit_limit_minor: request.credit_limit_minor,
+        external_ref: request.external_ref.clone(),
+        balance_minor: 0,
+        version: 0,
+        created_at: Utc::now(),
     }
 }
 
-async fn claim_key(
+/// Claims the key and inserts the account, in the caller's transaction.
+async fn insert_account(
     transaction: &DatabaseTransaction,
-    record: idempotency_key::Model,
-) -> Result<(), AttemptError> {
+    request: &NewAccount,
+    fingerprint: &Fingerprint,
+    row: account::Model,
+) -> Result<(), WriteError> {
+    let record = idempotency::record(
+        ClientId(row.client_id),
+        &request.idempotency_key,
+        idempotency::Operation::CreateAccount,
+        fingerprint,
+        row.id,
+    );
     idempotency::claim(transaction, record)
         .await
-        .map_err(claim_error)
-}
-
-/// A unique violation while claiming a key means another request owns it.
-fn claim_error(error: DbErr) -> AttemptError {
-    if is_unique_violation(&error) {
-        AttemptError::KeyTaken
-    } else {
-        AttemptError::Db(error)
+        .map_err(|error| {
+            // A unique violation while claiming a key means another request owns it.
+            if is_unique_violation(&error) {
+                WriteError::KeyTaken
+            } else {
+                WriteError::Db(error)
+            }
+        })?;
+    let inserted = account::Entity::insert(account::ActiveModel::from(row))
+        .exec_without_returning(transaction)
+        .await;
+    match inserted {
+        // The key is already ours, so the only unique index left is externalRef.
+        Err(error) if is_unique_violation(&error) => {
+            Err(WriteError::Failed(AppError::bad_input(format!(
+                "externalRef {:?} is already used by another account",
+                request.external_ref.as_deref().unwrap_or_default()
+            ))))
+        }
+        other => other.map(|_| ()).map_err(WriteError::Db),
     }
-}
-
-/// Stored values were valid when written; one that no longer parses is a bug.
-pub fn stored_value<T>(parsed: Option<T>, what: &str, stored: &str) -> AppResult<T> {
-    parsed
-        .ok_or_else(|| AppError::internal(anyhow::anyhow!("stored {what} {stored:?} is not valid")))
-}
-
-pub fn stored_currency(code: &str) -> AppResult<Currency> {
-    Currency::parse(code)
-        .map_err(|_| AppError::internal(anyhow::anyhow!("stored currency {code:?} is not valid")))
-}
-
-/// Exponential backoff with full jitter, so retrying requests spread out.
-fn retry_backoff(attempt_number: u32) -> Duration {
-    let ceiling = RETRY_BACKOFF_BASE
-        .saturating_mul(1 << attempt_number.min(16))
-        .min(RETRY_BACKOFF_MAX);
-    let ceiling_micros = u64::try_from(ceiling.as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_micros(rand::rng().random_range(0..ceiling_micros))
 }

@@ -7,22 +7,23 @@
 //! guarantee is weaker than with one transaction per payment.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{AttemptError, Ledger, stored_value};
-use crate::cache::VersionedBalance;
+use super::batch_sql::{self, AccountMove};
+use super::commit_queue::{CommitQueue, Queued};
+use super::write::{WriteError, Writer};
+use crate::cache::{Caches, VersionedBalance};
+use crate::db::Backend;
 use crate::entity::{account, idempotency_key, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint};
 use crate::ids::{ClientId, LedgerEntryId, PaymentId};
-use crate::ledger::batch_sql::{self, AccountMove};
-use crate::ledger::commit_queue::Queued;
-use crate::ledger::posting::{
-    AccountState, BalanceRule, EntryPlan, PaymentStatus, PostingPlan, plan_in_order,
-};
+use crate::ledger::posting::{AccountState, EntryPlan, PaymentStatus, PostingPlan, plan_in_order};
 use crate::ledger::requests::NewPayment;
+use crate::metrics::Metrics;
 
 /// A payment waiting for its batch, with everything decided before the database.
 pub(super) struct PaymentJob {
@@ -30,6 +31,9 @@ pub(super) struct PaymentJob {
     pub(super) request: NewPayment,
     pub(super) fingerprint: Fingerprint,
     pub(super) payment_id: PaymentId,
+    /// The request's span, so what the batch logs about this payment carries the
+    /// request's id.
+    pub(super) span: tracing::Span,
 }
 
 impl PaymentJob {
@@ -44,55 +48,81 @@ impl PaymentJob {
     }
 }
 
-/// What a batch did for one of its payments.
-pub(super) enum JobOutcome {
-    Committed(payment::Model, Vec<ledger_entry::Model>),
-    KeyTaken,
-    Invalid(AppError),
-    Failed(AppError),
-}
+/// What a batch did for one of its payments: the committed payment, or why not.
+pub(super) type PaymentOutcome = Result<payment::Model, WriteError>;
 
 /// A committed batch: each payment's outcome, and the accounts' new balances.
 struct CommittedBatch {
-    outcomes: Vec<JobOutcome>,
+    outcomes: Vec<PaymentOutcome>,
+    decided: Vec<(payment::Model, Vec<ledger_entry::Model>)>,
     balances: Vec<(Uuid, VersionedBalance)>,
 }
 
-impl Ledger {
-    /// Queues a payment for the next batch and waits for its outcome.
-    pub(super) async fn commit_payment(
-        &self,
-        job: PaymentJob,
-    ) -> Result<payment::Model, AttemptError> {
-        let ledger = self.clone();
-        let outcome = self
-            .payment_queue
-            .submit(job, move |batch| {
-                let ledger = ledger.clone();
-                async move { ledger.run_payment_batch(batch).await }
-            })
-            .await;
-        match outcome {
-            Some(JobOutcome::Committed(payment, _)) => Ok(payment),
-            Some(JobOutcome::KeyTaken) => Err(AttemptError::KeyTaken),
-            Some(JobOutcome::Invalid(error)) => Err(AttemptError::Invalid(error)),
-            Some(JobOutcome::Failed(error)) => Err(AttemptError::App(error)),
-            // The batch may or may not have committed; a retry with the key will tell.
-            None => Err(AttemptError::App(AppError::internal(anyhow::anyhow!(
-                "a payment batch ended without answering"
-            )))),
+/// Group commit for one instance: the queue payments wait in, and what runs a batch.
+pub(super) struct PaymentBatches {
+    queue: CommitQueue<PaymentJob, PaymentOutcome>,
+    batcher: Arc<Batcher>,
+}
+
+/// Runs batches. Shared with the task each batch runs on.
+struct Batcher {
+    writer: Arc<Writer>,
+    caches: Arc<Caches>,
+    metrics: Arc<Metrics>,
+}
+
+impl PaymentBatches {
+    /// `batches_in_flight` is forced to 1 on SQLite, whose single writer would only make
+    /// more batches wait for each other.
+    pub(super) fn new(
+        writer: Arc<Writer>,
+        caches: Arc<Caches>,
+        metrics: Arc<Metrics>,
+        batch_max: usize,
+        batches_in_flight: usize,
+    ) -> Self {
+        let batches_in_flight = match writer.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => batches_in_flight,
+        };
+        Self {
+            queue: CommitQueue::new(batches_in_flight, batch_max),
+            batcher: Arc::new(Batcher {
+                writer,
+                caches,
+                metrics,
+            }),
         }
     }
 
+    /// Queues a payment for the next batch and waits for its outcome.
+    pub(super) async fn commit(&self, job: PaymentJob) -> PaymentOutcome {
+        let batcher = Arc::clone(&self.batcher);
+        self.queue
+            .submit(job, move |batch| {
+                let batcher = Arc::clone(&batcher);
+                async move { batcher.run(batch).await }
+            })
+            .await
+            // The batch may or may not have committed; a retry with the key will tell.
+            .unwrap_or_else(|| {
+                Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
+                    "a payment batch ended without answering"
+                ))))
+            })
+    }
+}
+
+impl Batcher {
     /// Runs one batch and answers each of its payments. If the batch fails for a reason
     /// other than contention, its payments run again one per transaction, so one
     /// payment the database refuses cannot fail the others.
-    async fn run_payment_batch(&self, batch: Vec<Queued<PaymentJob, JobOutcome>>) {
+    async fn run(&self, batch: Vec<Queued<PaymentJob, PaymentOutcome>>) {
         self.metrics
             .write_batch_payments
             .observe(batch.len() as f64);
         let jobs: Vec<&PaymentJob> = batch.iter().map(|queued| &queued.job).collect();
-        match self.commit_payments(&jobs).await {
+        match self.commit(&jobs).await {
             Ok(outcomes) => {
                 for (queued, outcome) in batch.into_iter().zip(outcomes) {
                     queued.answer(outcome);
@@ -101,20 +131,25 @@ impl Ledger {
             Err(error) if batch.len() > 1 && !matches!(error, AppError::RetryLater) => {
                 tracing::warn!(error = %error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
                 for queued in batch {
-                    let outcome = match self.commit_payments(&[&queued.job]).await {
+                    let outcome = match self.commit(&[&queued.job]).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
-                            JobOutcome::Failed(AppError::internal(anyhow::anyhow!(
+                            Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
                                 "a batch of one answered nothing"
-                            )))
+                            ))))
                         }),
-                        Err(error) => JobOutcome::Failed(error),
+                        Err(error) => {
+                            queued.job.span.in_scope(|| {
+                                tracing::warn!(error = %error, "payment failed alone");
+                            });
+                            Err(WriteError::Failed(error))
+                        }
                     };
                     queued.answer(outcome);
                 }
             }
             Err(error) => {
                 for queued in batch {
-                    queued.answer(JobOutcome::Failed(error.clone()));
+                    queued.answer(Err(WriteError::Failed(error.clone())));
                 }
             }
         }
@@ -122,7 +157,7 @@ impl Ledger {
 
     /// One batch in one transaction (rerun on conflicts); after the commit, its payments
     /// and balances go to the caches.
-    async fn commit_payments(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<JobOutcome>> {
+    async fn commit(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<PaymentOutcome>> {
         // Sorted and distinct: the order in which the transaction locks them.
         let mut accounts: Vec<Uuid> = jobs
             .iter()
@@ -130,25 +165,13 @@ impl Ledger {
             .collect();
         accounts.sort_unstable();
         accounts.dedup();
-        let committed = {
-            let _lanes = self.write_gate.enter(&accounts).await;
-            self.with_retries(|| self.try_payment_batch(jobs, &accounts))
-                .await
-        };
-        let committed = match committed {
-            Ok(committed) => committed,
-            Err(AttemptError::App(error) | AttemptError::Invalid(error)) => return Err(error),
-            Err(AttemptError::Db(error)) => return Err(error.into()),
-            Err(AttemptError::KeyTaken) => {
-                return Err(AppError::internal(anyhow::anyhow!(
-                    "a batch cannot lose its key as a whole"
-                )));
-            }
-        };
-        for outcome in &committed.outcomes {
-            if let JobOutcome::Committed(payment, entries) = outcome {
-                self.caches.remember_payment(payment, entries.clone()).await;
-            }
+        let committed = self
+            .writer
+            .run(&accounts, || self.attempt(jobs, &accounts))
+            .await
+            .map_err(WriteError::into_app_error)?;
+        for (payment, entries) in committed.decided {
+            self.caches.remember_payment(&payment, entries).await;
         }
         self.caches.write_through(&committed.balances).await;
         Ok(committed.outcomes)
@@ -157,29 +180,30 @@ impl Ledger {
     /// One attempt at a batch: lock every account in id order, check each payment
     /// against its accounts, claim the keys of the valid ones, decide them in queue
     /// order, write everything with one statement, commit.
-    async fn try_payment_batch(
+    async fn attempt(
         &self,
         jobs: &[&PaymentJob],
         account_ids: &[Uuid],
-    ) -> Result<CommittedBatch, AttemptError> {
-        let transaction = self.begin_write().await?;
+    ) -> Result<CommittedBatch, WriteError> {
+        let backend = self.writer.backend();
+        let transaction = self.writer.begin().await?;
         let locked: HashMap<Uuid, account::Model> =
-            batch_sql::lock_accounts(&transaction, self.backend, account_ids)
+            batch_sql::lock_accounts(&transaction, backend, account_ids)
                 .await?
                 .into_iter()
                 .map(|row| (row.id, row))
                 .collect();
 
-        let mut outcomes: Vec<Option<JobOutcome>> = jobs.iter().map(|_| None).collect();
+        let mut outcomes: Vec<Option<PaymentOutcome>> = jobs.iter().map(|_| None).collect();
         let mut claims: Vec<usize> = Vec::with_capacity(jobs.len());
         let mut keys_in_batch = HashSet::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
             if let Err(error) = check_accounts(job, &locked) {
-                outcomes[index] = Some(JobOutcome::Invalid(error));
+                outcomes[index] = Some(Err(WriteError::Invalid(error)));
             } else if !keys_in_batch.insert((job.client, job.request.idempotency_key.as_str())) {
                 // The same key twice in one batch: the first claims it, the second
                 // replays it once the batch has committed.
-                outcomes[index] = Some(JobOutcome::KeyTaken);
+                outcomes[index] = Some(Err(WriteError::KeyTaken));
             } else {
                 claims.push(index);
             }
@@ -194,24 +218,22 @@ impl Ledger {
             .iter()
             .map(|&index| jobs[index].key_record())
             .collect();
-        let owned = batch_sql::claim_keys(&transaction, self.backend, &records)
-            .await
-            .map_err(AttemptError::Db)?;
+        let owned = batch_sql::claim_keys(&transaction, backend, &records).await?;
         let mut to_post = Vec::with_capacity(claims.len());
         for (index, job) in jobs.iter().enumerate() {
             if outcomes[index].is_none() {
                 if owned.contains(&job.payment_id.0) {
                     to_post.push(index);
                 } else {
-                    outcomes[index] = Some(JobOutcome::KeyTaken);
+                    outcomes[index] = Some(Err(WriteError::KeyTaken));
                 }
             }
         }
 
-        let mut states = HashMap::with_capacity(locked.len());
-        for row in locked.values() {
-            states.insert(row.id, account_state(row)?);
-        }
+        let mut states: HashMap<Uuid, AccountState> = locked
+            .values()
+            .map(|row| (row.id, account_state(row)))
+            .collect();
         let plans = plan_in_order(
             &mut states,
             to_post.iter().map(|&index| {
@@ -222,6 +244,7 @@ impl Ledger {
         let now = Utc::now();
         let mut payments = Vec::with_capacity(to_post.len());
         let mut entries = Vec::with_capacity(to_post.len() * 2);
+        let mut decided = Vec::with_capacity(to_post.len());
         for (&index, plan) in to_post.iter().zip(plans) {
             let plan = plan.ok_or_else(|| {
                 AppError::internal(anyhow::anyhow!("a checked payment has no locked accounts"))
@@ -235,7 +258,8 @@ impl Ledger {
             };
             entries.extend(payment_entries.iter().cloned());
             payments.push(payment.clone());
-            outcomes[index] = Some(JobOutcome::Committed(payment, payment_entries));
+            outcomes[index] = Some(Ok(payment.clone()));
+            decided.push((payment, payment_entries));
         }
         let moves: Vec<AccountMove> = states
             .iter()
@@ -251,7 +275,7 @@ impl Ledger {
             .collect();
         if !payments.is_empty() {
             let moved =
-                batch_sql::write_postings(&transaction, self.backend, &payments, &moves, &entries)
+                batch_sql::write_postings(&transaction, backend, &payments, &moves, &entries)
                     .await?;
             // The version conditions can only fail if a row lock did not hold: a bug,
             // and committing would break "version = entry count".
@@ -281,13 +305,17 @@ impl Ledger {
             .into_iter()
             .map(|outcome| {
                 outcome.unwrap_or_else(|| {
-                    JobOutcome::Failed(AppError::internal(anyhow::anyhow!(
+                    Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
                         "a payment in a batch got no outcome"
-                    )))
+                    ))))
                 })
             })
             .collect();
-        Ok(CommittedBatch { outcomes, balances })
+        Ok(CommittedBatch {
+            outcomes,
+            decided,
+            balances,
+        })
     }
 }
 
@@ -324,7 +352,7 @@ fn payment_row(job: &PaymentJob, plan: &PostingPlan, now: chrono::DateTime<Utc>)
         to_account_id: request.to.0,
         amount_minor: request.amount.minor(),
         currency: request.currency.code().to_owned(),
-        status: status.as_str().to_owned(),
+        status,
         decline_reason,
         description: request.description.clone(),
         created_at: now,
@@ -346,7 +374,7 @@ fn entry_rows(
         account_id,
         payment_id: payment.id,
         currency: payment.currency.clone(),
-        direction: entry.direction.as_str().to_owned(),
+        direction: entry.direction,
         amount_minor: entry.amount_minor,
         balance_after_minor: entry.balance_after_minor,
         account_version: entry.account_version,
@@ -354,16 +382,11 @@ fn entry_rows(
     })
 }
 
-fn account_state(account: &account::Model) -> AppResult<AccountState> {
-    let rule = stored_value(
-        BalanceRule::from_db(&account.balance_rule),
-        "balance rule",
-        &account.balance_rule,
-    )?;
-    Ok(AccountState {
-        rule,
+fn account_state(account: &account::Model) -> AccountState {
+    AccountState {
+        rule: account.balance_rule,
         credit_limit_minor: account.credit_limit_minor,
         balance_minor: account.balance_minor,
         version: account.version,
-    })
+    }
 }

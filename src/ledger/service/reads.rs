@@ -4,15 +4,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use super::Ledger;
-use crate::cache::VersionedBalance;
+use crate::cache::{Immutable, VersionedBalance};
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
+use crate::ledger::posting::EntryDirection;
 use crate::pagination::{Page, PageRequest, fetch_page};
 
 impl Ledger {
@@ -23,10 +24,8 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<Vec<account::Model>> {
-        let rows = account::Entity::find()
-            .filter(account::Column::ClientId.eq(client.0))
-            .filter(account::Column::Id.is_in(ids.iter().copied()))
-            .all(&self.db)
+        let rows = self
+            .owned_rows::<account::Entity>(client, account::Column::Id, ids.to_vec())
             .await?;
         self.observe_balances(&rows).await;
         Ok(rows)
@@ -53,15 +52,11 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, account::Model>> {
-        let mut found = self
-            .caches
-            .accounts(ids, |missing| async move {
-                let rows = self.accounts_by_ids(client, &missing).await?;
-                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-            })
-            .await?;
-        found.retain(|_, row| row.client_id == client.0);
-        Ok(found)
+        self.owned_objects(client, ids, |missing| async move {
+            let rows = self.accounts_by_ids(client, &missing).await?;
+            Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+        })
+        .await
     }
 
     /// One account's settings if L1 has them, checked against the tenant.
@@ -143,44 +138,28 @@ impl Ledger {
         &self,
         client: ClientId,
         ids: &[Uuid],
-    ) -> AppResult<Vec<payment::Model>> {
-        let found = self
-            .caches
-            .payments(ids, |missing| async move {
-                let rows = payment::Entity::find()
-                    .filter(payment::Column::ClientId.eq(client.0))
-                    .filter(payment::Column::Id.is_in(missing))
-                    .all(&self.db)
-                    .await?;
-                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-            })
-            .await?;
-        Ok(found
-            .into_values()
-            .filter(|row| row.client_id == client.0)
-            .collect())
+    ) -> AppResult<HashMap<Uuid, payment::Model>> {
+        self.owned_objects(client, ids, |missing| async move {
+            let rows = self
+                .owned_rows::<payment::Entity>(client, payment::Column::Id, missing)
+                .await?;
+            Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+        })
+        .await
     }
 
     pub async fn entries_by_ids(
         &self,
         client: ClientId,
         ids: &[Uuid],
-    ) -> AppResult<Vec<ledger_entry::Model>> {
-        let found = self
-            .caches
-            .entries(ids, |missing| async move {
-                let rows = ledger_entry::Entity::find()
-                    .filter(ledger_entry::Column::ClientId.eq(client.0))
-                    .filter(ledger_entry::Column::Id.is_in(missing))
-                    .all(&self.db)
-                    .await?;
-                Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-            })
-            .await?;
-        Ok(found
-            .into_values()
-            .filter(|row| row.client_id == client.0)
-            .collect())
+    ) -> AppResult<HashMap<Uuid, ledger_entry::Model>> {
+        self.owned_objects(client, ids, |missing| async move {
+            let rows = self
+                .owned_rows::<ledger_entry::Entity>(client, ledger_entry::Column::Id, missing)
+                .await?;
+            Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+        })
+        .await
     }
 
     /// Entries of several payments, debit before credit within each. Only call with
@@ -190,28 +169,58 @@ impl Ledger {
         client: ClientId,
         payment_ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, Arc<Vec<ledger_entry::Model>>>> {
-        let mut found = self
-            .caches
-            .payment_entries(payment_ids, |missing| async move {
-                let rows = ledger_entry::Entity::find()
-                    .filter(ledger_entry::Column::ClientId.eq(client.0))
-                    .filter(ledger_entry::Column::PaymentId.is_in(missing.iter().copied()))
-                    .order_by_desc(ledger_entry::Column::Direction)
-                    .all(&self.db)
-                    .await?;
-                let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> =
-                    missing.into_iter().map(|id| (id, Vec::new())).collect();
-                for row in rows {
-                    grouped.entry(row.payment_id).or_default().push(row);
-                }
-                Ok(grouped
-                    .into_iter()
-                    .map(|(id, entries)| (id, Arc::new(entries)))
-                    .collect())
-            })
-            .await?;
-        found.retain(|_, entries| entries.iter().all(|entry| entry.client_id == client.0));
+        self.owned_objects(client, payment_ids, |missing| async move {
+            let mut rows = self
+                .owned_rows::<ledger_entry::Entity>(
+                    client,
+                    ledger_entry::Column::PaymentId,
+                    missing.clone(),
+                )
+                .await?;
+            rows.sort_by_key(|row| row.direction != EntryDirection::Debit);
+            let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> =
+                missing.into_iter().map(|id| (id, Vec::new())).collect();
+            for row in rows {
+                grouped.entry(row.payment_id).or_default().push(row);
+            }
+            Ok(grouped
+                .into_iter()
+                .map(|(id, entries)| (id, Arc::new(entries)))
+                .collect())
+        })
+        .await
+    }
+
+    /// Objects by id through L1, `load` fetching the misses; only the caller's survive,
+    /// whichever level they came from.
+    async fn owned_objects<V, F, Fut>(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+        load: F,
+    ) -> AppResult<HashMap<Uuid, V>>
+    where
+        V: Immutable + Owned,
+        F: FnOnce(Vec<Uuid>) -> Fut,
+        Fut: Future<Output = AppResult<Vec<(Uuid, V)>>>,
+    {
+        let mut found = self.caches.objects(ids, load).await?;
+        found.retain(|_, value| value.belongs_to(client));
         Ok(found)
+    }
+
+    /// The caller's rows of `E` whose `column` is one of `ids`, from the database.
+    async fn owned_rows<E: TenantEntity>(
+        &self,
+        client: ClientId,
+        column: E::Column,
+        ids: Vec<Uuid>,
+    ) -> AppResult<Vec<E::Model>> {
+        Ok(E::find()
+            .filter(E::client_column().eq(client.0))
+            .filter(column.is_in(ids))
+            .all(&self.db)
+            .await?)
     }
 
     pub async fn payment_by_idempotency_key(
@@ -295,5 +304,58 @@ impl Ledger {
             .filter(ledger_entry::Column::AccountId.eq(account.0))
             .filter(ledger_entry::Column::ClientId.eq(client.0));
         Ok(fetch_page(&self.db, select, ledger_entry::Column::AccountVersion, page).await?)
+    }
+}
+
+/// A table whose rows belong to one client each.
+trait TenantEntity: EntityTrait {
+    fn client_column() -> Self::Column;
+}
+
+impl TenantEntity for account::Entity {
+    fn client_column() -> Self::Column {
+        account::Column::ClientId
+    }
+}
+
+impl TenantEntity for payment::Entity {
+    fn client_column() -> Self::Column {
+        payment::Column::ClientId
+    }
+}
+
+impl TenantEntity for ledger_entry::Entity {
+    fn client_column() -> Self::Column {
+        ledger_entry::Column::ClientId
+    }
+}
+
+/// Whether a value read by id may be shown to `client`: a cache is shared by every
+/// tenant, so each value is checked again on the way out.
+trait Owned {
+    fn belongs_to(&self, client: ClientId) -> bool;
+}
+
+impl Owned for account::Model {
+    fn belongs_to(&self, client: ClientId) -> bool {
+        self.client_id == client.0
+    }
+}
+
+impl Owned for payment::Model {
+    fn belongs_to(&self, client: ClientId) -> bool {
+        self.client_id == client.0
+    }
+}
+
+impl Owned for ledger_entry::Model {
+    fn belongs_to(&self, client: ClientId) -> bool {
+        self.client_id == client.0
+    }
+}
+
+impl Owned for Arc<Vec<ledger_entry::Model>> {
+    fn belongs_to(&self, client: ClientId) -> bool {
+        self.iter().all(|entry| entry.belongs_to(client))
     }
 }

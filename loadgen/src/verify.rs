@@ -211,13 +211,12 @@ pub(super) async fn verify(
     }
 
     if let Some(url) = &shared.options.verify_database_url {
-        let db = sea_orm::Database::connect(url.as_str())
+        let violations = payments_ledger::ledger::audit::audit_database(url)
             .await
-            .context("cannot connect to --verify-database-url")?;
-        for violation in crate::ledger::audit::find_violations(&db).await? {
+            .context("cannot audit --verify-database-url")?;
+        for violation in violations {
             shared.violation(format!("database audit: {violation}"));
         }
-        db.close().await.ok();
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! the ledger. Exits 1 when the verifier finds any violation.
 
 use clap::Parser;
-use payments_ledger::loadgen::{self, Options};
+use loadgen::Options;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

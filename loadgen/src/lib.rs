@@ -1,4 +1,4 @@
-//! The load generator: concurrent payments with duplicate resends, same-key races,
+//! The load generator (`loadgen`): concurrent payments with duplicate resends, same-key races,
 //! client timeouts with retries that reuse the key, a hot account and reads, followed by
 //! a verifier. It talks to any running server over HTTP, so it convinces anyone that
 //! exactly-once holds under pressure, and measures how fast it does.
@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
+use ledger_client::{
+    AccountInput, LedgerClient, PaymentInput, account_id_of, error_code, payment_of,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -90,20 +93,8 @@ pub struct Options {
     pub json: bool,
 }
 
-const PAY: &str = "mutation($input: CreatePaymentInput!) {
-  createPayment(input: $input) { replayed payment { id status } }
-}";
 const READ: &str = "query($id: ID!) { account(id: $id) { balance { amount version } } }";
 const RESEND_QUEUE_MAX: usize = 10_000;
-
-/// One payment request, as sent (and resent).
-#[derive(Debug, Clone)]
-struct PaymentInput {
-    key: String,
-    from: String,
-    to: String,
-    amount: String,
-}
 
 /// What the server finally said about a payment request.
 enum Outcome {
@@ -128,7 +119,7 @@ struct Counts {
 
 struct Shared {
     options: Options,
-    http: reqwest::Client,
+    client: LedgerClient,
     accounts: Vec<String>,
     started: Instant,
     operations: AtomicU64,
@@ -155,14 +146,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Shared {
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
-        let response = self
-            .http
-            .post(format!("{}/graphql", self.options.url))
-            .bearer_auth(&self.options.api_key)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await?;
-        Ok(response.json().await?)
+        Ok(self.client.graphql(query, variables).await?)
     }
 
     fn error(&self, code: &str) {
@@ -190,10 +174,6 @@ impl Shared {
 
     /// Sends one payment until it has an outcome, retrying with the same key.
     async fn pay(&self, input: &PaymentInput) -> Outcome {
-        let variables = json!({ "input": {
-            "idempotencyKey": input.key, "fromAccountId": input.from, "toAccountId": input.to,
-            "amount": input.amount, "currency": self.options.currency,
-        }});
         for attempt in 0..=self.options.retries {
             if attempt > 0 {
                 let backoff = Duration::from_millis(10 << attempt.min(6));
@@ -201,9 +181,12 @@ impl Shared {
             }
             lock(&self.counts).requests += 1;
             let sent = Instant::now();
-            let answer =
-                tokio::time::timeout(self.options.timeout, self.graphql(PAY, variables.clone()))
-                    .await;
+            // Only id and status are checked, so the answer leaves out the details.
+            let answer = tokio::time::timeout(
+                self.options.timeout,
+                self.client.create_payment(input, false),
+            )
+            .await;
             lock(&self.write_latency).saturating_record(sent.elapsed().as_micros() as u64);
             let response = match answer {
                 Err(_) => {
@@ -216,25 +199,25 @@ impl Shared {
                 }
                 Ok(Ok(response)) => response,
             };
-            if let Some(code) = response["errors"][0]["extensions"]["code"].as_str() {
+            if let Some(code) = error_code(&response) {
                 self.error(code);
                 match code {
                     "RETRY_LATER" | "INTERNAL" => continue,
                     _ => return Outcome::Failed,
                 }
             }
-            let payload = &response["data"]["createPayment"];
-            let (Some(id), Some(status)) = (
-                payload["payment"]["id"].as_str(),
-                payload["payment"]["status"].as_str(),
-            ) else {
+            let payment = payment_of(&response);
+            let (Some(id), Some(status)) = (payment["id"].as_str(), payment["status"].as_str())
+            else {
                 self.error("MALFORMED_RESPONSE");
                 return Outcome::Failed;
             };
             return Outcome::Acknowledged {
                 id: id.to_owned(),
                 status: status.to_owned(),
-                replayed: payload["replayed"].as_bool().unwrap_or(false),
+                replayed: response["data"]["createPayment"]["replayed"]
+                    .as_bool()
+                    .unwrap_or(false),
             };
         }
         lock(&self.counts).gave_up += 1;
@@ -260,18 +243,18 @@ impl Shared {
             }
         }
         let mut acknowledged = lock(&self.acknowledged);
-        match acknowledged.get(&input.key) {
+        match acknowledged.get(&input.idempotency_key) {
             Some(first) if first != id => {
                 let first = first.clone();
                 drop(acknowledged);
                 self.violation(format!(
                     "key {} answered with payment {first} and later with {id}",
-                    input.key
+                    input.idempotency_key
                 ));
             }
             Some(_) => {}
             None => {
-                acknowledged.insert(input.key.clone(), id.clone());
+                acknowledged.insert(input.idempotency_key.clone(), id.clone());
             }
         }
     }
@@ -291,7 +274,7 @@ impl Shared {
             Err(_) => self.error("CLIENT_TIMEOUT"),
             Ok(Err(_)) => self.error("TRANSPORT"),
             Ok(Ok(response)) => {
-                if let Some(code) = response["errors"][0]["extensions"]["code"].as_str() {
+                if let Some(code) = error_code(&response) {
                     self.error(code);
                 }
             }
@@ -313,12 +296,13 @@ impl Shared {
             }
         }
         let cents = rng.random_range(1..=2_000);
-        PaymentInput {
-            key: format!("{run}-{sequence}"),
-            from: payers[from].clone(),
-            to: payers[to].clone(),
-            amount: format!("{}.{:02}", cents / 100, cents % 100),
-        }
+        PaymentInput::new(
+            &format!("{run}-{sequence}"),
+            &payers[from],
+            &payers[to],
+            &format!("{}.{:02}", cents / 100, cents % 100),
+            &self.options.currency,
+        )
     }
 
     async fn worker(self: Arc<Self>, worker: usize, run: String) {
@@ -382,8 +366,6 @@ async fn create_accounts(shared: &Shared, run: &str) -> anyhow::Result<Vec<Strin
     if options.accounts < 2 {
         bail!("--accounts must be at least 2");
     }
-    let create =
-        "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
     let mut accounts: Vec<String> = Vec::with_capacity(options.accounts + 1);
     for index in 0..=options.accounts {
         let rule = if index == 0 {
@@ -391,23 +373,19 @@ async fn create_accounts(shared: &Shared, run: &str) -> anyhow::Result<Vec<Strin
         } else {
             "NON_NEGATIVE"
         };
-        let response = shared
-            .graphql(
-                create,
-                json!({ "input": { "idempotencyKey": format!("{run}-account-{index}"), "currency": options.currency, "balanceRule": rule } }),
-            )
-            .await?;
-        let id = response["data"]["createAccount"]["account"]["id"]
-            .as_str()
+        let account = AccountInput::new(&format!("{run}-account-{index}"), &options.currency, rule);
+        let response = shared.client.create_account(&account).await?;
+        let id = account_id_of(&response)
             .with_context(|| format!("cannot create an account: {response}"))?
             .to_owned();
         if index > 0 {
-            let funding = PaymentInput {
-                key: format!("{run}-fund-{index}"),
-                from: accounts[0].clone(),
-                to: id.clone(),
-                amount: options.initial_balance.clone(),
-            };
+            let funding = PaymentInput::new(
+                &format!("{run}-fund-{index}"),
+                &accounts[0],
+                &id,
+                &options.initial_balance,
+                &options.currency,
+            );
             if !matches!(shared.pay(&funding).await, Outcome::Acknowledged { .. }) {
                 bail!("cannot fund account {id}");
             }
@@ -425,7 +403,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     let run_id = format!("loadgen-{}", uuid::Uuid::now_v7().simple());
     let mut shared = Shared {
         options: options.clone(),
-        http,
+        client: LedgerClient::with_http(http, &options.url, Some(&options.api_key)),
         accounts: Vec::new(),
         started: Instant::now(),
         operations: AtomicU64::new(0),

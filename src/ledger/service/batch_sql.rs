@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, TryInsertResult, Value,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult, Value,
 };
 use uuid::Uuid;
 
@@ -175,7 +175,7 @@ async fn write_postings_postgres(
         uuids(of_payments(|row| row.to_account_id)),
         bigints(payments.iter().map(|row| row.amount_minor).collect()),
         texts(payments.iter().map(|row| row.currency.clone()).collect()),
-        texts(payments.iter().map(|row| row.status.clone()).collect()),
+        texts(payments.iter().map(|row| row.status.to_value()).collect()),
         decline_reasons,
         has_decline_reason,
         descriptions,
@@ -192,7 +192,7 @@ async fn write_postings_postgres(
         uuids(of_entries(|row| row.account_id)),
         uuids(of_entries(|row| row.payment_id)),
         texts(entries.iter().map(|row| row.currency.clone()).collect()),
-        texts(entries.iter().map(|row| row.direction.clone()).collect()),
+        texts(entries.iter().map(|row| row.direction.to_value()).collect()),
         bigints(entries.iter().map(|row| row.amount_minor).collect()),
         bigints(entries.iter().map(|row| row.balance_after_minor).collect()),
         bigints(entries.iter().map(|row| row.account_version).collect()),

@@ -1,0 +1,145 @@
+//! Write transactions: how one begins, the in-process gate in front of it, the retry
+//! loop around it, and the one error type a write answers with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
+use uuid::Uuid;
+
+use super::write_gate::WriteGate;
+use crate::config::WriteIsolation;
+use crate::db::Backend;
+use crate::error::AppError;
+use crate::metrics::Metrics;
+
+/// How many times one write transaction is attempted before the client is told to retry.
+const WRITE_ATTEMPTS_MAX: u32 = 12;
+const RETRY_BACKOFF_BASE: Duration = Duration::from_millis(2);
+const RETRY_BACKOFF_MAX: Duration = Duration::from_millis(200);
+
+/// Why a write did not take effect for one request. `Ledger::create_once` turns each
+/// variant into the client's answer.
+#[derive(Debug)]
+pub(super) enum WriteError {
+    /// Another request committed this idempotency key first: replay its outcome.
+    KeyTaken,
+    /// The request cannot be carried out (unknown account, currency mismatch); nothing
+    /// was stored for it, but its key may still name an earlier request.
+    Invalid(AppError),
+    /// The request failed and nothing was stored (retries exhausted, a bug).
+    Failed(AppError),
+    /// A database error inside an attempt; `Writer::run` retries the retryable ones
+    /// and turns the rest into `Failed`, so it never leaves the write path.
+    Db(DbErr),
+}
+
+impl From<DbErr> for WriteError {
+    fn from(error: DbErr) -> Self {
+        Self::Db(error)
+    }
+}
+
+impl From<AppError> for WriteError {
+    fn from(error: AppError) -> Self {
+        Self::Failed(error)
+    }
+}
+
+impl WriteError {
+    /// The error a client sees when this write was the request's last word.
+    pub(super) fn into_app_error(self) -> AppError {
+        match self {
+            Self::KeyTaken => AppError::internal(anyhow::anyhow!(
+                "an idempotency key was taken where no key was claimed"
+            )),
+            Self::Invalid(error) | Self::Failed(error) => error,
+            Self::Db(error) => error.into(),
+        }
+    }
+}
+
+pub(super) fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+/// Opens write transactions for one database, one at a time per account lane.
+pub(super) struct Writer {
+    db: DatabaseConnection,
+    backend: Backend,
+    isolation: WriteIsolation,
+    gate: WriteGate,
+    metrics: Arc<Metrics>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        db: DatabaseConnection,
+        isolation: WriteIsolation,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let backend = Backend::of(&db);
+        Self {
+            gate: WriteGate::new(backend.write_lanes()),
+            db,
+            backend,
+            isolation,
+            metrics,
+        }
+    }
+
+    pub(super) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(super) async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
+        self.db
+            .begin_with_options(self.backend.write_transaction_options(self.isolation))
+            .await
+    }
+
+    /// Waits for the gate lanes of `accounts` (sorted, distinct), then runs `attempt`
+    /// (one whole transaction) again while it fails in a retryable way, with jittered
+    /// backoff, a bounded number of times.
+    pub(super) async fn run<T, F, Fut>(
+        &self,
+        accounts: &[Uuid],
+        mut attempt: F,
+    ) -> Result<T, WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, WriteError>>,
+    {
+        let _lanes = self.gate.enter(accounts).await;
+        let mut attempt_number = 1;
+        loop {
+            match attempt().await {
+                Err(WriteError::Db(error)) if self.backend.is_retryable(&error) => {
+                    if attempt_number >= WRITE_ATTEMPTS_MAX {
+                        self.metrics.write_retries_exhausted.inc();
+                        tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
+                        return Err(WriteError::Failed(AppError::RetryLater));
+                    }
+                    self.metrics.write_retries.inc();
+                    tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
+                    tokio::time::sleep(retry_backoff(attempt_number)).await;
+                    attempt_number += 1;
+                }
+                Err(WriteError::Db(error)) => return Err(WriteError::Failed(error.into())),
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter, so retrying requests spread out.
+fn retry_backoff(attempt_number: u32) -> Duration {
+    let ceiling = RETRY_BACKOFF_BASE
+        .saturating_mul(1 << attempt_number.min(16))
+        .min(RETRY_BACKOFF_MAX);
+    let ceiling_micros = u64::try_from(ceiling.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_micros(rand::rng().random_range(0..ceiling_micros))
+}
