@@ -4,6 +4,8 @@
 //! The GraphQL handlers are written here rather than taken from async-graphql-axum's
 //! extractor so that every failure, including a malformed body, answers in the
 //! GraphQL error shape with an `extensions.code`, and so that GET can refuse mutations.
+//! Every response carries an `x-request-id` (the caller's, or a new one) and every log
+//! line of the request carries it too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,11 +16,12 @@ use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, Serv
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -53,7 +56,7 @@ pub fn router(state: AppState) -> Router {
     // Shared by every request: one reference count instead of one per field.
     let state = Arc::new(state);
     let request_timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
-    Router::new()
+    let routes = Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
@@ -68,8 +71,52 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             record_latency,
         ))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state);
+    with_request_ids(routes)
+}
+
+/// Gives every request an id and a span that carries it. Outermost, so every response,
+/// even a timeout, a refused body or a 404, carries the id.
+fn with_request_ids(routes: Router) -> Router {
+    routes
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+        .layer(middleware::map_request(drop_unusable_request_id))
+}
+
+/// The header that names a request in the logs: the caller's, or a new UUID.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
+/// The longest caller-chosen request id kept; a longer one is replaced.
+const REQUEST_ID_LENGTH_MAX: usize = 128;
+
+/// A caller's id is kept only if it is short, visible ASCII: it is echoed in the
+/// response and written into every log line of the request, so it must not bloat or
+/// forge them. Anything else is dropped here and replaced by a new id.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |value: &HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= REQUEST_ID_LENGTH_MAX
+            && bytes.iter().all(|byte| byte.is_ascii_graphic())
+    };
+    let headers = request.headers_mut();
+    let values: Vec<&HeaderValue> = headers.get_all(&REQUEST_ID_HEADER).iter().collect();
+    if values.len() > 1 || values.first().is_some_and(|value| !usable(value)) {
+        headers.remove(&REQUEST_ID_HEADER);
+    }
+    request
+}
+
+/// One span per request, carrying its id: every log line the request causes, down to
+/// the ledger service, says which request it belongs to.
+fn request_span(request: &Request) -> tracing::Span {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path())
 }
 
 /// Observes every request's latency in the `http_request_duration_seconds` histogram.
@@ -331,5 +378,106 @@ fn add_default_code(error: &mut ServerError) {
     let extensions = error.extensions.get_or_insert_with(Default::default);
     if extensions.get("code").is_none() {
         extensions.set("code", "BAD_USER_INPUT");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log output collected in memory.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn lines_with(&self, text: &str) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .filter(|line| line.contains(text))
+                .map(str::to_owned)
+                .collect()
+        }
+    }
+
+    // One thread, so the test's log subscriber sees the server's tasks too.
+    #[tokio::test(flavor = "current_thread")]
+    async fn every_response_and_log_line_carries_the_request_id() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let routes = Router::new().route(
+            "/",
+            get(|| async {
+                tracing::info!("handled here");
+                "ok"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, with_request_ids(routes)).await });
+        let http = reqwest::Client::new();
+        let request_id = |response: &reqwest::Response| {
+            response
+                .headers()
+                .get("x-request-id")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+
+        // The caller's id comes back and names the request's log line.
+        let response = http
+            .get(&url)
+            .header("x-request-id", "order-42-try-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(request_id(&response).as_deref(), Some("order-42-try-1"));
+        let lines = logs.lines_with("order-42-try-1");
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("handled here"), "{lines:?}");
+
+        // Without one, a new id, in the response and the log line; a 404 has one too.
+        let response = http.get(&url).send().await.unwrap();
+        let id = request_id(&response).expect("a generated id");
+        assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        let lines = logs.lines_with(&id);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("handled here"), "{lines:?}");
+        let response = http.get(format!("{url}/nowhere")).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(request_id(&response).is_some());
+
+        // An id too long or not plain ASCII is replaced, never echoed.
+        for unusable in [
+            "x".repeat(REQUEST_ID_LENGTH_MAX + 1),
+            "two words".to_owned(),
+        ] {
+            let response = http
+                .get(&url)
+                .header("x-request-id", &unusable)
+                .send()
+                .await
+                .unwrap();
+            let id = request_id(&response).expect("a replacement id");
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+            assert!(logs.lines_with(&unusable).is_empty());
+        }
     }
 }

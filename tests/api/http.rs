@@ -5,7 +5,11 @@ use serde_json::{Value, json};
 use crate::helpers::{Backend, error_code, spawn_app};
 use crate::on_both_backends;
 
-on_both_backends!(http_follows_graphql_over_http, limits_really_apply);
+on_both_backends!(
+    http_follows_graphql_over_http,
+    limits_really_apply,
+    every_response_names_its_request
+);
 
 /// A standard GraphiQL introspection query (abridged to its deepest part).
 const INTROSPECTION: &str = "query IntrospectionQuery { __schema { queryType { name } mutationType { name }
@@ -193,4 +197,52 @@ async fn limits_really_apply(backend: Backend) {
     let dashboard = "{ accounts(first: 100) { nodes { id currency balance { amount available version } } pageInfo { endCursor } } }";
     let response = app.graphql(dashboard, json!({})).await;
     assert!(response["errors"].is_null(), "{response}");
+}
+
+/// An operator follows one request through the logs by its `x-request-id`: the caller's
+/// own, or one the server makes up, on every response. (That each log line of the
+/// request carries it is tested in `http.rs`'s unit tests, which capture the logs.)
+async fn every_response_names_its_request(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let url = format!("{}/graphql", app.address);
+    let id = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let response = app
+        .http
+        .post(&url)
+        .header("x-request-id", "checkout-7f3a")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(&response).as_deref(), Some("checkout-7f3a"));
+
+    // Refused requests too: a malformed body, a body over the limit, an unknown path.
+    let malformed = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{")
+        .send();
+    let oversized = app
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 1024 * 1024])
+        .send();
+    let unknown = app.http.get(format!("{}/nowhere", app.address)).send();
+    let mut seen = std::collections::HashSet::new();
+    for response in [malformed.await, oversized.await, unknown.await] {
+        let response = response.unwrap();
+        let generated = id(&response).unwrap_or_else(|| panic!("{} has no id", response.status()));
+        assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+        assert!(seen.insert(generated), "ids are not reused");
+    }
 }

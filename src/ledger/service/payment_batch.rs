@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::batch_sql::{self, AccountMove};
@@ -101,7 +102,11 @@ impl PaymentBatches {
         self.queue
             .submit(job, move |batch| {
                 let batcher = Arc::clone(&batcher);
-                async move { batcher.run(batch).await }
+                // A batch serves many requests; what it logs about one payment is
+                // logged in that payment's own span (`PaymentJob::span`).
+                let span =
+                    tracing::info_span!(parent: None, "payment_batch", payments = batch.len());
+                async move { batcher.run(batch).await }.instrument(span)
             })
             .await
             // The batch may or may not have committed; a retry with the key will tell.
@@ -129,7 +134,11 @@ impl Batcher {
                 }
             }
             Err(error) if batch.len() > 1 && !matches!(error, AppError::RetryLater) => {
-                tracing::warn!(error = %error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                for queued in &batch {
+                    queued.job.span.in_scope(|| {
+                        tracing::warn!(error = %error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                    });
+                }
                 for queued in batch {
                     let outcome = match self.commit(&[&queued.job]).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or_else(|| {
@@ -149,6 +158,9 @@ impl Batcher {
             }
             Err(error) => {
                 for queued in batch {
+                    queued.job.span.in_scope(|| {
+                        tracing::warn!(error = %error, "payment batch not committed");
+                    });
                     queued.answer(Err(WriteError::Failed(error.clone())));
                 }
             }
