@@ -23,7 +23,7 @@ SCALE=${PGBENCH_SCALE:-16}
 PORT=${BENCH_PORT:-18080}
 TARGET=${CARGO_TARGET_DIR:-target}
 
-cargo build --release --bin payments-ledger --bin loadgen >&2
+cargo build --release -p payments-ledger -p loadgen >&2
 SERVER_BIN="$TARGET/release/payments-ledger"
 LOADGEN_BIN="$TARGET/release/loadgen"
 

@@ -101,6 +101,22 @@ pub struct PageArguments {
     pub before: Option<String>,
 }
 
+impl PageArguments {
+    pub fn new(
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Self {
+        Self {
+            first,
+            after,
+            last,
+            before,
+        }
+    }
+}
+
 impl<K: PageKey> PageRequest<K> {
     pub fn parse(kind: CursorKind, arguments: PageArguments) -> AppResult<Self> {
         let size = |name: &str, value: i32| -> AppResult<u64> {

@@ -69,10 +69,6 @@ async fn a_clean_run_exits_zero_with_a_json_report() {
         "60",
         "--accounts",
         "3",
-        "--duplicate-rate",
-        "0.2",
-        "--race-rate",
-        "0.05",
         "--quiet",
         "--json",
     ];

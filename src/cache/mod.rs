@@ -154,16 +154,7 @@ impl Caches {
         F: FnOnce(Vec<Uuid>) -> Fut,
         Fut: Future<Output = AppResult<Vec<(Uuid, VersionedBalance)>>>,
     {
-        let mut found = HashMap::with_capacity(accounts.len());
-        let mut missing = Vec::new();
-        for account in accounts {
-            match self.l1_balance(account).await {
-                Some(balance) => {
-                    found.insert(*account, balance);
-                }
-                None => missing.push(*account),
-            }
-        }
+        let (mut found, mut missing) = l1_lookup(self.balances.as_ref(), accounts).await;
         if self.balances.is_some() {
             self.count(
                 CacheName::Balance,
@@ -256,16 +247,7 @@ impl Caches {
         let Some(cache) = V::l1(self) else {
             return Ok(load(ids.to_vec()).await?.into_iter().collect());
         };
-        let mut found = HashMap::with_capacity(ids.len());
-        let mut missing = Vec::new();
-        for id in ids {
-            match cache.get(id).await {
-                Some(value) => {
-                    found.insert(*id, value);
-                }
-                None => missing.push(*id),
-            }
-        }
+        let (mut found, missing) = l1_lookup(Some(cache), ids).await;
         self.count(V::NAME, CacheLevel::L1, found.len(), missing.len());
         if !missing.is_empty() {
             for (id, value) in load(missing).await? {
@@ -320,6 +302,27 @@ impl Caches {
             payment_entries.insert(row.id, Arc::new(entries)).await;
         }
     }
+}
+
+/// Splits `ids` into what L1 holds and what it misses (everything, without L1).
+async fn l1_lookup<V>(cache: Option<&Cache<Uuid, V>>, ids: &[Uuid]) -> (HashMap<Uuid, V>, Vec<Uuid>)
+where
+    V: Clone + Send + Sync + 'static,
+{
+    let mut found = HashMap::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        match cache {
+            Some(cache) => match cache.get(id).await {
+                Some(value) => {
+                    found.insert(*id, value);
+                }
+                None => missing.push(*id),
+            },
+            None => missing.push(*id),
+        }
+    }
+    (found, missing)
 }
 
 /// What never changes once committed, so L1 keeps it without invalidation: account

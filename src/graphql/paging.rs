@@ -21,42 +21,37 @@ pub trait Listed: OutputType + Sized {
     fn from_row(row: Self::Row) -> AppResult<Self>;
 }
 
-impl Listed for Account {
-    type Row = account::Model;
-    type Key = Uuid;
-    const CURSOR: CursorKind = CursorKind::Account;
-    fn key(row: &account::Model) -> Uuid {
-        row.id
-    }
-    fn from_row(row: account::Model) -> AppResult<Self> {
-        Account::from_row(row)
-    }
+/// `listed!(GraphQL type, row type, key type, cursor kind, |row| key)`.
+macro_rules! listed {
+    ($type:ty, $row:ty, $key:ty, $cursor:expr, |$each:ident| $key_of:expr) => {
+        impl Listed for $type {
+            type Row = $row;
+            type Key = $key;
+            const CURSOR: CursorKind = $cursor;
+            fn key($each: &$row) -> $key {
+                $key_of
+            }
+            fn from_row(row: $row) -> AppResult<Self> {
+                <$type>::from_row(row)
+            }
+        }
+    };
 }
 
-impl Listed for Payment {
-    type Row = payment::Model;
-    type Key = Uuid;
-    const CURSOR: CursorKind = CursorKind::Payment;
-    fn key(row: &payment::Model) -> Uuid {
-        row.id
-    }
-    fn from_row(row: payment::Model) -> AppResult<Self> {
-        Payment::from_row(row)
-    }
-}
-
-/// Entries are listed per account, in posting order.
-impl Listed for LedgerEntry {
-    type Row = ledger_entry::Model;
-    type Key = i64;
-    const CURSOR: CursorKind = CursorKind::LedgerEntry;
-    fn key(row: &ledger_entry::Model) -> i64 {
-        row.account_version
-    }
-    fn from_row(row: ledger_entry::Model) -> AppResult<Self> {
-        LedgerEntry::from_row(row)
-    }
-}
+listed!(Account, account::Model, Uuid, CursorKind::Account, |row| {
+    row.id
+});
+listed!(Payment, payment::Model, Uuid, CursorKind::Payment, |row| {
+    row.id
+});
+// Entries are listed per account, in posting order.
+listed!(
+    LedgerEntry,
+    ledger_entry::Model,
+    i64,
+    CursorKind::LedgerEntry,
+    |row| row.account_version
+);
 
 /// One page of `T`: the arguments are checked (page size, cursors of this list only)
 /// before `fetch` runs the query.

@@ -106,14 +106,9 @@ impl AccountQuery {
         before: Option<String>,
     ) -> Result<Connection<String, Account>> {
         let scope = scope(ctx)?;
-        let arguments = PageArguments {
-            first,
-            after,
-            last,
-            before,
-        };
-        page_of(arguments, |page| async move {
-            scope.ledger.list_accounts(scope.client, &page).await
+        let arguments = PageArguments::new(first, after, last, before);
+        page_of(arguments, |page| {
+            scope.ledger.list_accounts(scope.client, page)
         })
         .await
     }
@@ -169,17 +164,9 @@ impl PaymentQuery {
             .as_deref()
             .map(|id| AccountId::parse(id))
             .transpose()?;
-        let arguments = PageArguments {
-            first,
-            after,
-            last,
-            before,
-        };
-        page_of(arguments, |page| async move {
-            scope
-                .ledger
-                .list_payments(scope.client, account, &page)
-                .await
+        let arguments = PageArguments::new(first, after, last, before);
+        page_of(arguments, |page| {
+            scope.ledger.list_payments(scope.client, account, page)
         })
         .await
     }
@@ -206,17 +193,9 @@ impl EntryQuery {
     ) -> Result<Connection<String, LedgerEntry>> {
         let scope = scope(ctx)?;
         let account = AccountId::parse(&account_id)?;
-        let arguments = PageArguments {
-            first,
-            after,
-            last,
-            before,
-        };
-        page_of(arguments, |page| async move {
-            scope
-                .ledger
-                .list_entries(scope.client, account, &page)
-                .await
+        let arguments = PageArguments::new(first, after, last, before);
+        page_of(arguments, |page| {
+            scope.ledger.list_entries(scope.client, account, page)
         })
         .await
     }

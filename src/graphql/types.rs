@@ -144,17 +144,11 @@ impl Account {
         before: Option<String>,
     ) -> Result<Connection<String, LedgerEntry>> {
         let scope = scope(ctx)?;
-        let arguments = PageArguments {
-            first,
-            after,
-            last,
-            before,
-        };
-        page_of(arguments, |page| async move {
+        let arguments = PageArguments::new(first, after, last, before);
+        page_of(arguments, |page| {
             scope
                 .ledger
-                .list_entries(scope.client, self.account_id(), &page)
-                .await
+                .list_entries(scope.client, self.account_id(), page)
         })
         .await
     }
@@ -172,17 +166,11 @@ impl Account {
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
         let scope = scope(ctx)?;
-        let arguments = PageArguments {
-            first,
-            after,
-            last,
-            before,
-        };
-        page_of(arguments, |page| async move {
+        let arguments = PageArguments::new(first, after, last, before);
+        page_of(arguments, |page| {
             scope
                 .ledger
-                .list_payments(scope.client, Some(self.account_id()), &page)
-                .await
+                .list_payments(scope.client, Some(self.account_id()), page)
         })
         .await
     }

@@ -6,41 +6,52 @@ use std::process::Command;
 use clap::Parser;
 use loadgen::Options;
 
-use crate::helpers::{Backend, spawn_app};
+use crate::helpers::{Backend, TestApp, spawn_app};
 use crate::on_both_backends;
 
 on_both_backends!(loadgen_with_duplicates_and_races_finds_no_violation);
 
-async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) {
-    let Some(app) = spawn_app(backend).await else {
-        return;
-    };
-    let options = Options::parse_from([
+/// loadgen's options against `app`, with duplicates and races, its database audit on,
+/// and `more` flags.
+fn loadgen_options(app: &TestApp, more: &[&str]) -> Options {
+    let base = [
         "loadgen",
         "--url",
         &app.address,
         "--api-key",
         &app.api_key,
-        "--concurrency",
-        "12",
-        "--requests",
-        "400",
-        "--accounts",
-        "6",
-        "--initial-balance",
-        "20.00",
-        "--hot-share",
-        "0.5",
         "--duplicate-rate",
         "0.2",
         "--race-rate",
         "0.05",
-        "--read-ratio",
-        "0.1",
         "--verify-database-url",
         &app.database.url,
         "--quiet",
-    ]);
+    ];
+    Options::parse_from(base.iter().chain(more))
+}
+
+async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let options = loadgen_options(
+        &app,
+        &[
+            "--concurrency",
+            "12",
+            "--requests",
+            "400",
+            "--accounts",
+            "6",
+            "--initial-balance",
+            "20.00",
+            "--hot-share",
+            "0.5",
+            "--read-ratio",
+            "0.1",
+        ],
+    );
     let report = loadgen::run(options).await.expect("loadgen runs");
     assert!(report.violations.is_empty(), "{report}");
     assert!(report.payments > 100, "{report}");
@@ -62,29 +73,19 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
         uuid::Uuid::new_v4().simple()
     ));
     let log_path = log.to_string_lossy().into_owned();
-    let options = Options::parse_from([
-        "loadgen",
-        "--url",
-        &app.address,
-        "--api-key",
-        &app.api_key,
-        "--concurrency",
-        "4",
-        "--requests",
-        "60",
-        "--accounts",
-        "3",
-        "--duplicate-rate",
-        "0.2",
-        "--race-rate",
-        "0.05",
-        "--quiet",
-        "--json",
-        "--verify-database-url",
-        &app.database.url,
-        "--acknowledged-log",
-        &log_path,
-    ]);
+    let options = loadgen_options(
+        &app,
+        &[
+            "--concurrency",
+            "4",
+            "--requests",
+            "60",
+            "--accounts",
+            "3",
+            "--acknowledged-log",
+            &log_path,
+        ],
+    );
     let report = loadgen::run(options).await.expect("loadgen runs");
     assert_eq!(
         report.to_json()["violations"],

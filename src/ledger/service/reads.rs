@@ -52,6 +52,7 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, account::Model>> {
+        // Misses go through `accounts_by_ids`, which also refreshes their L1 balances.
         self.owned_objects(client, ids, |missing| async move {
             let rows = self.accounts_by_ids(client, &missing).await?;
             Ok(rows.into_iter().map(|row| (row.id, row)).collect())
@@ -139,13 +140,7 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, payment::Model>> {
-        self.owned_objects(client, ids, |missing| async move {
-            let rows = self
-                .owned_rows::<payment::Entity>(client, payment::Column::Id, missing)
-                .await?;
-            Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-        })
-        .await
+        self.objects_by_id::<payment::Entity>(client, ids).await
     }
 
     pub async fn entries_by_ids(
@@ -153,13 +148,8 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, ledger_entry::Model>> {
-        self.owned_objects(client, ids, |missing| async move {
-            let rows = self
-                .owned_rows::<ledger_entry::Entity>(client, ledger_entry::Column::Id, missing)
-                .await?;
-            Ok(rows.into_iter().map(|row| (row.id, row)).collect())
-        })
-        .await
+        self.objects_by_id::<ledger_entry::Entity>(client, ids)
+            .await
     }
 
     /// Entries of several payments, debit before credit within each. Only call with
@@ -187,6 +177,25 @@ impl Ledger {
                 .into_iter()
                 .map(|(id, entries)| (id, Arc::new(entries)))
                 .collect())
+        })
+        .await
+    }
+
+    /// The caller's rows of `E` by id, through L1.
+    async fn objects_by_id<E>(
+        &self,
+        client: ClientId,
+        ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, E::Model>>
+    where
+        E: TenantEntity,
+        E::Model: Immutable + Owned,
+    {
+        self.owned_objects(client, ids, |missing| async move {
+            let rows = self
+                .owned_rows::<E>(client, E::id_column(), missing)
+                .await?;
+            Ok(rows.into_iter().map(|row| (E::id_of(&row), row)).collect())
         })
         .await
     }
@@ -265,10 +274,10 @@ impl Ledger {
     pub async fn list_accounts(
         &self,
         client: ClientId,
-        page: &PageRequest<Uuid>,
+        page: PageRequest<Uuid>,
     ) -> AppResult<Page<account::Model>> {
         let select = account::Entity::find().filter(account::Column::ClientId.eq(client.0));
-        let page = fetch_page(&self.db, select, account::Column::Id, page).await?;
+        let page = fetch_page(&self.db, select, account::Column::Id, &page).await?;
         self.observe_balances(&page.rows).await;
         Ok(page)
     }
@@ -277,7 +286,7 @@ impl Ledger {
         &self,
         client: ClientId,
         account: Option<AccountId>,
-        page: &PageRequest<Uuid>,
+        page: PageRequest<Uuid>,
     ) -> AppResult<Page<payment::Model>> {
         let mut select = payment::Entity::find().filter(payment::Column::ClientId.eq(client.0));
         if let Some(account) = account {
@@ -288,7 +297,7 @@ impl Ledger {
                     .add(payment::Column::ToAccountId.eq(account.0)),
             );
         }
-        Ok(fetch_page(&self.db, select, payment::Column::Id, page).await?)
+        Ok(fetch_page(&self.db, select, payment::Column::Id, &page).await?)
     }
 
     /// An account's entries in posting order (by account version): a poller that
@@ -297,61 +306,59 @@ impl Ledger {
         &self,
         client: ClientId,
         account: AccountId,
-        page: &PageRequest<i64>,
+        page: PageRequest<i64>,
     ) -> AppResult<Page<ledger_entry::Model>> {
         self.require_account(client, account).await?;
         let select = ledger_entry::Entity::find()
             .filter(ledger_entry::Column::AccountId.eq(account.0))
             .filter(ledger_entry::Column::ClientId.eq(client.0));
-        Ok(fetch_page(&self.db, select, ledger_entry::Column::AccountVersion, page).await?)
+        Ok(fetch_page(
+            &self.db,
+            select,
+            ledger_entry::Column::AccountVersion,
+            &page,
+        )
+        .await?)
     }
 }
 
-/// A table whose rows belong to one client each.
+/// A table keyed by a UUID whose rows belong to one client each.
 trait TenantEntity: EntityTrait {
+    fn id_column() -> Self::Column;
     fn client_column() -> Self::Column;
+    fn id_of(row: &Self::Model) -> Uuid;
 }
 
-impl TenantEntity for account::Entity {
-    fn client_column() -> Self::Column {
-        account::Column::ClientId
-    }
+macro_rules! tenant_entity {
+    ($entity:ident) => {
+        impl TenantEntity for $entity::Entity {
+            fn id_column() -> Self::Column {
+                $entity::Column::Id
+            }
+            fn client_column() -> Self::Column {
+                $entity::Column::ClientId
+            }
+            fn id_of(row: &$entity::Model) -> Uuid {
+                row.id
+            }
+        }
+
+        impl Owned for $entity::Model {
+            fn belongs_to(&self, client: ClientId) -> bool {
+                self.client_id == client.0
+            }
+        }
+    };
 }
 
-impl TenantEntity for payment::Entity {
-    fn client_column() -> Self::Column {
-        payment::Column::ClientId
-    }
-}
-
-impl TenantEntity for ledger_entry::Entity {
-    fn client_column() -> Self::Column {
-        ledger_entry::Column::ClientId
-    }
-}
+tenant_entity!(account);
+tenant_entity!(payment);
+tenant_entity!(ledger_entry);
 
 /// Whether a value read by id may be shown to `client`: a cache is shared by every
 /// tenant, so each value is checked again on the way out.
 trait Owned {
     fn belongs_to(&self, client: ClientId) -> bool;
-}
-
-impl Owned for account::Model {
-    fn belongs_to(&self, client: ClientId) -> bool {
-        self.client_id == client.0
-    }
-}
-
-impl Owned for payment::Model {
-    fn belongs_to(&self, client: ClientId) -> bool {
-        self.client_id == client.0
-    }
-}
-
-impl Owned for ledger_entry::Model {
-    fn belongs_to(&self, client: ClientId) -> bool {
-        self.client_id == client.0
-    }
 }
 
 impl Owned for Arc<Vec<ledger_entry::Model>> {
