@@ -3,11 +3,8 @@
 
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{OutputType, Result};
-use uuid::Uuid;
 
-use crate::entity::{account, ledger_entry, payment};
 use crate::error::AppResult;
-use crate::graphql::types::{Account, LedgerEntry, Payment};
 use crate::pagination::{
     CursorKind, PAGE_SIZE_DEFAULT, Page, PageArguments, PageKey, PageRequest, encode_cursor,
 };
@@ -21,37 +18,25 @@ pub trait Listed: OutputType + Sized {
     fn from_row(row: Self::Row) -> AppResult<Self>;
 }
 
-/// `listed!(GraphQL type, row type, key type, cursor kind, |row| key)`.
+/// `listed!(GraphQL type, row type, key type, cursor kind, |row| key)`: implements
+/// `Listed` beside the type (`graphql::types`).
 macro_rules! listed {
     ($type:ty, $row:ty, $key:ty, $cursor:expr, |$each:ident| $key_of:expr) => {
         impl Listed for $type {
             type Row = $row;
             type Key = $key;
-            const CURSOR: CursorKind = $cursor;
+            const CURSOR: $crate::pagination::CursorKind = $cursor;
             fn key($each: &$row) -> $key {
                 $key_of
             }
-            fn from_row(row: $row) -> AppResult<Self> {
+            fn from_row(row: $row) -> $crate::error::AppResult<Self> {
                 <$type>::from_row(row)
             }
         }
     };
 }
 
-listed!(Account, account::Model, Uuid, CursorKind::Account, |row| {
-    row.id
-});
-listed!(Payment, payment::Model, Uuid, CursorKind::Payment, |row| {
-    row.id
-});
-// Entries are listed per account, in posting order.
-listed!(
-    LedgerEntry,
-    ledger_entry::Model,
-    i64,
-    CursorKind::LedgerEntry,
-    |row| row.account_version
-);
+pub(crate) use listed;
 
 /// One page of `T`: the arguments are checked (page size, cursors of this list only)
 /// before `fetch` runs the query.

@@ -4,18 +4,19 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::cache::VersionedBalance;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
-use crate::graphql::paging::page_of;
+use crate::graphql::paging::{Listed, listed, page_of};
 use crate::graphql::scalars::Money;
 use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
-use crate::pagination::PageArguments;
+use crate::pagination::{CursorKind, PageArguments};
 
 /// How fresh a balance must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
@@ -26,6 +27,21 @@ pub enum Consistency {
     /// From the database at the moment the field resolves, bypassing every cache.
     Strong,
 }
+
+listed!(Account, account::Model, Uuid, CursorKind::Account, |row| {
+    row.id
+});
+listed!(Payment, payment::Model, Uuid, CursorKind::Payment, |row| {
+    row.id
+});
+// Entries are listed per account, in posting order.
+listed!(
+    LedgerEntry,
+    ledger_entry::Model,
+    i64,
+    CursorKind::LedgerEntry,
+    |row| row.account_version
+);
 
 /// Anything with an id: `node(id)` resolves every kind.
 #[derive(Interface)]
