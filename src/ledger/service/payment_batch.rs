@@ -50,18 +50,19 @@ impl PaymentJob {
 }
 
 /// What a batch did for one of its payments: the committed payment, or why not.
-pub(super) type PaymentOutcome = Result<payment::Model, WriteError>;
+pub(super) type CommitResult = Result<payment::Model, WriteError>;
 
-/// A committed batch: each payment's outcome, and the accounts' new balances.
+/// A committed batch: each payment's outcome, the payments it wrote with their entries
+/// (for L1), and the accounts' new balances (for the write-through).
 struct CommittedBatch {
-    outcomes: Vec<PaymentOutcome>,
+    outcomes: Vec<CommitResult>,
     decided: Vec<(payment::Model, Vec<ledger_entry::Model>)>,
     balances: Vec<(Uuid, VersionedBalance)>,
 }
 
 /// Group commit for one instance: the queue payments wait in, and what runs a batch.
 pub(super) struct PaymentBatches {
-    queue: CommitQueue<PaymentJob, PaymentOutcome>,
+    queue: CommitQueue<PaymentJob, CommitResult>,
     batcher: Arc<Batcher>,
 }
 
@@ -97,7 +98,7 @@ impl PaymentBatches {
     }
 
     /// Queues a payment for the next batch and waits for its outcome.
-    pub(super) async fn commit(&self, job: PaymentJob) -> PaymentOutcome {
+    pub(super) async fn commit(&self, job: PaymentJob) -> CommitResult {
         let batcher = Arc::clone(&self.batcher);
         self.queue
             .submit(job, move |batch| {
@@ -122,7 +123,7 @@ impl Batcher {
     /// Runs one batch and answers each of its payments. If the batch fails for a reason
     /// other than contention, its payments run again one per transaction, so one
     /// payment the database refuses cannot fail the others.
-    async fn run(&self, batch: Vec<Queued<PaymentJob, PaymentOutcome>>) {
+    async fn run(&self, batch: Vec<Queued<PaymentJob, CommitResult>>) {
         self.metrics
             .write_batch_payments
             .observe(batch.len() as f64);
@@ -169,7 +170,7 @@ impl Batcher {
 
     /// One batch in one transaction (rerun on conflicts); after the commit, its payments
     /// and balances go to the caches.
-    async fn commit(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<PaymentOutcome>> {
+    async fn commit(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<CommitResult>> {
         // Sorted and distinct: the order in which the transaction locks them.
         let mut accounts: Vec<Uuid> = jobs
             .iter()
@@ -206,7 +207,7 @@ impl Batcher {
                 .map(|row| (row.id, row))
                 .collect();
 
-        let mut outcomes: Vec<Option<PaymentOutcome>> = jobs.iter().map(|_| None).collect();
+        let mut outcomes: Vec<Option<CommitResult>> = jobs.iter().map(|_| None).collect();
         let mut claims: Vec<usize> = Vec::with_capacity(jobs.len());
         let mut keys_in_batch = HashSet::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
