@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -62,15 +63,20 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            request_timeout,
-        ))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_latency,
-        ))
+        // One ServiceBuilder per `Router::layer`: axum boxes every route once per
+        // `layer` call, and each box costs a clone and a drop on every request.
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    record_latency,
+                ))
+                .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    request_timeout,
+                )),
+        )
         .with_state(state);
     with_request_ids(routes)
 }
@@ -78,11 +84,13 @@ pub fn router(state: AppState) -> Router {
 /// Gives every request an id and a span that carries it. Outermost, so every response,
 /// even a timeout, a refused body or a 404, carries the id.
 fn with_request_ids(routes: Router) -> Router {
-    routes
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-        .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
-        .layer(middleware::map_request(drop_unusable_request_id))
+    routes.layer(
+        ServiceBuilder::new()
+            .map_request(drop_unusable_request_id)
+            .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
+            .layer(TraceLayer::new_for_http().make_span_with(request_span)),
+    )
 }
 
 /// The header that names a request in the logs: the caller's, or a new UUID.
@@ -93,7 +101,7 @@ const REQUEST_ID_LENGTH_MAX: usize = 128;
 /// A caller's id is kept only if it is short, visible ASCII: it is echoed in the
 /// response and written into every log line of the request, so it must not bloat or
 /// forge them. Anything else is dropped here and replaced by a new id.
-async fn drop_unusable_request_id(mut request: Request) -> Request {
+fn drop_unusable_request_id(mut request: Request) -> Request {
     let usable = |value: &HeaderValue| {
         let bytes = value.as_bytes();
         !bytes.is_empty()
