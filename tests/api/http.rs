@@ -230,17 +230,25 @@ async fn every_response_names_its_request(backend: Backend) {
         .post(&url)
         .header("content-type", "application/json")
         .body("{")
-        .send();
-    let oversized = app
-        .http
+        .send()
+        .await;
+    // Its own client, as in `limits_really_apply`: the server closes a connection whose
+    // body it refused to read.
+    let oversized = reqwest::Client::new()
         .post(&url)
         .header("content-type", "application/json")
-        .body(vec![b' '; 1024 * 1024])
-        .send();
-    let unknown = app.http.get(format!("{}/nowhere", app.address)).send();
+        .body(vec![b' '; 300 * 1024])
+        .send()
+        .await;
+    let unknown = app
+        .http
+        .get(format!("{}/nowhere", app.address))
+        .send()
+        .await;
     let mut seen = std::collections::HashSet::new();
-    for response in [malformed.await, oversized.await, unknown.await] {
+    for (response, status) in [(malformed, 400), (oversized, 413), (unknown, 404)] {
         let response = response.unwrap();
+        assert_eq!(response.status(), status);
         let generated = id(&response).unwrap_or_else(|| panic!("{} has no id", response.status()));
         assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
         assert!(seen.insert(generated), "ids are not reused");
