@@ -185,8 +185,7 @@ async fn bad_accounts_are_refused(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let create =
-        "mutation($input: CreateAccountInput!) { createAccount(input: $input) { account { id } } }";
+    let create = ledger_client::CREATE_ACCOUNT;
     for (name, input) in [
         (
             "unknown currency",
