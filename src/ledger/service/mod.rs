@@ -26,7 +26,7 @@ use self::payment_batch::{PaymentBatches, PaymentJob};
 use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
 use crate::config::WriteIsolation;
-use crate::entity::account;
+use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, PaymentId};
@@ -118,7 +118,7 @@ impl Ledger {
         &self,
         client: ClientId,
         request: NewPayment,
-    ) -> AppResult<Created<crate::entity::payment::Model>> {
+    ) -> AppResult<Created<payment::Model>> {
         let fingerprint = request.fingerprint();
         let payment_id = PaymentId::generate();
         let idempotency_key = request.idempotency_key.clone();
