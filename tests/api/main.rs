@@ -3,6 +3,7 @@
 mod helpers;
 
 mod append_only;
+mod architecture;
 mod bad_input;
 mod cache;
 mod cli;
