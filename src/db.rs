@@ -23,7 +23,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn of(connection: &DatabaseConnection) -> Self {
+    pub fn of(connection: &impl ConnectionTrait) -> Self {
         match connection.get_database_backend() {
             DbBackend::Sqlite => Self::Sqlite,
             _ => Self::Postgres,

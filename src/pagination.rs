@@ -1,13 +1,15 @@
 //! Relay cursor pagination, keyset-based.
 //!
 //! A page is "rows after/before a key, in key order, limit n + 1": it costs the same on
-//! the first page as on the millionth, and rows committed while a client pages can only
-//! appear after keys it has not reached yet (for keys that grow with commit order).
+//! the first page as on the millionth. Client-wide lists are ordered by `FeedKey`, under
+//! which nothing can commit behind a cursor a poller holds (docs/consistency.md).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
+    Select,
 };
 use uuid::Uuid;
 
@@ -19,34 +21,32 @@ pub const PAGE_SIZE_MAX: u64 = 100;
 /// What a cursor of a given list points into; a cursor from another list is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CursorKind {
+    /// A client's accounts, in feed order.
     Account,
+    /// Payments in feed order, client-wide or of one account.
     Payment,
+    /// One account's entries, by account version.
     LedgerEntry,
+    /// A client's entries in feed order.
+    EntryFeed,
 }
 
 impl CursorKind {
     fn tag(self) -> &'static str {
         match self {
-            Self::Account => "a",
-            Self::Payment => "p",
+            Self::Account => "A",
+            Self::Payment => "P",
             Self::LedgerEntry => "e",
+            Self::EntryFeed => "E",
         }
     }
 }
 
-/// A value rows are ordered and paged by.
-pub trait PageKey: Sized + Clone + Into<sea_orm::Value> {
+/// A value rows are ordered and paged by: one value per ordering column.
+pub trait PageKey: Sized + Clone {
     fn encode(&self) -> String;
     fn decode(text: &str) -> Option<Self>;
-}
-
-impl PageKey for Uuid {
-    fn encode(&self) -> String {
-        self.simple().to_string()
-    }
-    fn decode(text: &str) -> Option<Self> {
-        Uuid::try_parse(text).ok()
-    }
+    fn values(&self) -> Vec<sea_orm::Value>;
 }
 
 impl PageKey for i64 {
@@ -55,6 +55,33 @@ impl PageKey for i64 {
     }
     fn decode(text: &str) -> Option<Self> {
         text.parse().ok()
+    }
+    fn values(&self) -> Vec<sea_orm::Value> {
+        vec![(*self).into()]
+    }
+}
+
+/// A row's place in a feed: `(feed_seq, id)`. Rows of one transaction share a
+/// `feed_seq`, and the id orders them among themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FeedKey {
+    pub seq: i64,
+    pub id: Uuid,
+}
+
+impl PageKey for FeedKey {
+    fn encode(&self) -> String {
+        format!("{}.{}", self.seq, self.id.simple())
+    }
+    fn decode(text: &str) -> Option<Self> {
+        let (seq, id) = text.split_once('.')?;
+        Some(Self {
+            seq: seq.parse().ok()?,
+            id: Uuid::try_parse(id).ok()?,
+        })
+    }
+    fn values(&self) -> Vec<sea_orm::Value> {
+        vec![self.seq.into(), self.id.into()]
     }
 }
 
@@ -176,47 +203,85 @@ impl<T> Page<T> {
     }
 }
 
-/// Runs `select` as one keyset page over `key_column`.
+impl<K: PageKey> PageRequest<K> {
+    /// `select` narrowed to this page: past the cursors, ordered by `columns` (the
+    /// key's, in order) in the page's direction, one row more than the page size so the
+    /// result tells whether more follow.
+    pub fn narrow<E: EntityTrait>(&self, select: Select<E>, columns: &[E::Column]) -> Select<E> {
+        let mut select = select;
+        if let Some(after) = &self.after {
+            select = select.filter(compare(columns, after, Comparison::Greater));
+        }
+        if let Some(before) = &self.before {
+            select = select.filter(compare(columns, before, Comparison::Less));
+        }
+        let order = self.order();
+        for column in columns {
+            select = select.order_by(*column, order.clone());
+        }
+        select.limit(self.size + 1)
+    }
+
+    /// The order rows are fetched in: the page's direction.
+    pub fn order(&self) -> Order {
+        match self.direction {
+            Direction::Forward => Order::Asc,
+            Direction::Backward => Order::Desc,
+        }
+    }
+
+    /// The page made of `rows`, fetched (in `order()`) by a query this request narrowed.
+    pub fn page_of<T>(&self, mut rows: Vec<T>) -> Page<T> {
+        let has_more = rows.len() as u64 > self.size;
+        rows.truncate(self.size as usize);
+        // The row a cursor names exists, so a cursor on the other side means a neighbour page.
+        match self.direction {
+            Direction::Forward => Page {
+                rows,
+                has_previous_page: self.after.is_some(),
+                has_next_page: has_more,
+            },
+            Direction::Backward => {
+                rows.reverse();
+                Page {
+                    rows,
+                    has_previous_page: has_more,
+                    has_next_page: self.before.is_some(),
+                }
+            }
+        }
+    }
+}
+
+enum Comparison {
+    Greater,
+    Less,
+}
+
+/// `(columns) > (key)` or `<`, as one row-value comparison, which both PostgreSQL and
+/// SQLite turn into an index range.
+fn compare<C: ColumnTrait, K: PageKey>(columns: &[C], key: &K, comparison: Comparison) -> SimpleExpr {
+    let left = Expr::tuple(columns.iter().map(|column| Expr::col(*column).into()));
+    let right = Expr::tuple(key.values().into_iter().map(Expr::val).map(Into::into));
+    match comparison {
+        Comparison::Greater => left.gt(right),
+        Comparison::Less => left.lt(right),
+    }
+}
+
+/// Runs `select` as one keyset page over `columns`.
 pub async fn fetch_page<E, K>(
     connection: &impl ConnectionTrait,
     select: Select<E>,
-    key_column: E::Column,
+    columns: &[E::Column],
     request: &PageRequest<K>,
 ) -> Result<Page<E::Model>, DbErr>
 where
     E: EntityTrait,
     K: PageKey,
 {
-    let mut select = select;
-    if let Some(after) = &request.after {
-        select = select.filter(key_column.gt(after.clone()));
-    }
-    if let Some(before) = &request.before {
-        select = select.filter(key_column.lt(before.clone()));
-    }
-    select = match request.direction {
-        Direction::Forward => select.order_by_asc(key_column),
-        Direction::Backward => select.order_by_desc(key_column),
-    };
-    let mut rows = select.limit(request.size + 1).all(connection).await?;
-    let has_more = rows.len() as u64 > request.size;
-    rows.truncate(request.size as usize);
-    // The row a cursor names exists, so a cursor on the other side means a neighbour page.
-    Ok(match request.direction {
-        Direction::Forward => Page {
-            rows,
-            has_previous_page: request.after.is_some(),
-            has_next_page: has_more,
-        },
-        Direction::Backward => {
-            rows.reverse();
-            Page {
-                rows,
-                has_previous_page: has_more,
-                has_next_page: request.before.is_some(),
-            }
-        }
-    })
+    let rows = request.narrow(select, columns).all(connection).await?;
+    Ok(request.page_of(rows))
 }
 
 #[cfg(test)]
@@ -243,7 +308,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(request.after, Some(42));
-        let foreign = PageRequest::<Uuid>::parse(
+        let foreign = PageRequest::<FeedKey>::parse(
             CursorKind::Account,
             PageArguments {
                 after: Some(cursor),
@@ -256,7 +321,7 @@ mod tests {
     #[test]
     fn malformed_cursors_get_a_plain_message() {
         for cursor in ["", "!!!", "YTp4", "bm90LWEtY3Vyc29y", &"A".repeat(500)] {
-            let error = PageRequest::<Uuid>::parse(
+            let error = PageRequest::<FeedKey>::parse(
                 CursorKind::Account,
                 PageArguments {
                     before: Some(cursor.to_owned()),

@@ -6,12 +6,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_ledger;
+mod m20261124_000002_feeds;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_create_ledger::Migration)]
+        vec![
+            Box::new(m20261124_000001_create_ledger::Migration),
+            Box::new(m20261124_000002_feeds::Migration),
+        ]
     }
 }

@@ -13,6 +13,8 @@ pub struct Model {
     pub balance_minor: i64,
     pub version: i64,
     pub created_at: DateTimeUtc,
+    /// Where the row sits in its client's feed: see `pagination::FeedKey`.
+    pub feed_seq: i64,
 }
 
 /// How far an account's balance may go down.

@@ -14,6 +14,8 @@ pub struct Model {
     pub balance_after_minor: i64,
     pub account_version: i64,
     pub created_at: DateTimeUtc,
+    /// Where the row sits in its client's feed: see `pagination::FeedKey`.
+    pub feed_seq: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]

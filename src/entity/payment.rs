@@ -15,6 +15,8 @@ pub struct Model {
     pub decline_reason: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTimeUtc,
+    /// Where the row sits in its client's feed: see `pagination::FeedKey`.
+    pub feed_seq: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]

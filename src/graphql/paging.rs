@@ -4,31 +4,24 @@
 use async_graphql::connection::{Connection, Edge};
 use async_graphql::{OutputType, Result};
 
+use crate::entity::{account, ledger_entry, payment};
 use crate::error::AppResult;
 use crate::pagination::{
-    CursorKind, PAGE_SIZE_DEFAULT, Page, PageArguments, PageKey, PageRequest, encode_cursor,
+    CursorKind, FeedKey, PAGE_SIZE_DEFAULT, Page, PageArguments, PageKey, PageRequest,
+    encode_cursor,
 };
 
-/// A GraphQL type listed in pages: the row it wraps and the key its list is ordered by.
+/// A GraphQL type listed in pages, built from the row it wraps.
 pub trait Listed: OutputType + Sized {
     type Row;
-    type Key: PageKey;
-    const CURSOR: CursorKind;
-    fn key(row: &Self::Row) -> Self::Key;
     fn from_row(row: Self::Row) -> AppResult<Self>;
 }
 
-/// `listed!(GraphQL type, row type, key type, cursor kind, |row| key)`: implements
-/// `Listed` beside the type (`graphql::types`).
+/// `listed!(GraphQL type, row type)`: implements `Listed` beside the type.
 macro_rules! listed {
-    ($type:ty, $row:ty, $key:ty, $cursor:expr, |$each:ident| $key_of:expr) => {
+    ($type:ty, $row:ty) => {
         impl Listed for $type {
             type Row = $row;
-            type Key = $key;
-            const CURSOR: $crate::pagination::CursorKind = $cursor;
-            fn key($each: &$row) -> $key {
-                $key_of
-            }
             fn from_row(row: $row) -> $crate::error::AppResult<Self> {
                 <$type>::from_row(row)
             }
@@ -38,19 +31,56 @@ macro_rules! listed {
 
 pub(crate) use listed;
 
-/// One page of `T`: the arguments are checked (page size, cursors of this list only)
-/// before `fetch` runs the query.
-pub async fn page_of<T, F, Fut>(arguments: PageArguments, fetch: F) -> Result<Connection<String, T>>
+/// A key rows of `Row` are listed by, and the cursor kind of that list: a cursor from
+/// one list is refused by every other.
+pub trait Keyset<Row>: PageKey {
+    const CURSOR: CursorKind;
+    fn of(row: &Row) -> Self;
+}
+
+macro_rules! feed_keyset {
+    ($row:ty, $cursor:expr) => {
+        impl Keyset<$row> for FeedKey {
+            const CURSOR: CursorKind = $cursor;
+            fn of(row: &$row) -> Self {
+                FeedKey {
+                    seq: row.feed_seq,
+                    id: row.id,
+                }
+            }
+        }
+    };
+}
+
+feed_keyset!(account::Model, CursorKind::Account);
+feed_keyset!(payment::Model, CursorKind::Payment);
+feed_keyset!(ledger_entry::Model, CursorKind::EntryFeed);
+
+/// One account's entries, in posting order.
+impl Keyset<ledger_entry::Model> for i64 {
+    const CURSOR: CursorKind = CursorKind::LedgerEntry;
+    fn of(row: &ledger_entry::Model) -> Self {
+        row.account_version
+    }
+}
+
+/// One page of `T` keyed by `K`: the arguments are checked (page size, cursors of this
+/// list only) before `fetch` runs the query.
+pub async fn page_of<T, K, F, Fut>(
+    arguments: PageArguments,
+    fetch: F,
+) -> Result<Connection<String, T>>
 where
     T: Listed,
-    F: FnOnce(PageRequest<T::Key>) -> Fut,
+    K: Keyset<T::Row>,
+    F: FnOnce(PageRequest<K>) -> Fut,
     Fut: Future<Output = AppResult<Page<T::Row>>>,
 {
-    let request = PageRequest::parse(T::CURSOR, arguments)?;
+    let request = PageRequest::parse(K::CURSOR, arguments)?;
     let page = fetch(request).await?;
     let mut connection = Connection::new(page.has_previous_page, page.has_next_page);
     for row in page.rows {
-        let cursor = encode_cursor(T::CURSOR, &T::key(&row));
+        let cursor = encode_cursor(K::CURSOR, &K::of(&row));
         connection.edges.push(Edge::new(cursor, T::from_row(row)?));
     }
     Ok(connection)

@@ -2,6 +2,7 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, ID, MergedObject, Object, Result};
+use chrono::{DateTime, Utc};
 
 use crate::error::AppError;
 use crate::graphql::paging::page_of;
@@ -9,6 +10,8 @@ use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account};
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
+use crate::ledger::posting::PaymentStatus;
+use crate::ledger::service::PaymentFilter;
 use crate::pagination::PageArguments;
 
 #[derive(MergedObject, Default)]
@@ -93,7 +96,8 @@ impl AccountQuery {
         Ok(row.map(Account::from_row).transpose()?)
     }
 
-    /// The client's accounts, oldest first.
+    /// The client's accounts in feed order (oldest first): a poller following
+    /// `endCursor` sees every new account exactly once.
     #[graphql(
         complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
     )]
@@ -146,27 +150,40 @@ impl PaymentQuery {
         Ok(row.map(Payment::from_row).transpose()?)
     }
 
-    /// The client's payments, oldest first; with `accountId`, those from or to it.
+    /// The client's payments in feed order (oldest first): poll with
+    /// `after: <last endCursor>` to see every payment exactly once, across any number
+    /// of server instances. Each argument narrows the list: `accountId` to payments
+    /// from or to it, `status`, and `since` (inclusive) / `until` (exclusive) on
+    /// `createdAt`.
     #[graphql(
         complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn payments(
         &self,
         ctx: &Context<'_>,
         account_id: Option<ID>,
+        status: Option<PaymentStatus>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
         let scope = scope(ctx)?;
-        let account = account_id
-            .as_deref()
-            .map(|id| AccountId::parse(id))
-            .transpose()?;
+        let filter = PaymentFilter {
+            account: account_id
+                .as_deref()
+                .map(|id| AccountId::parse(id))
+                .transpose()?,
+            status,
+            since,
+            until,
+        };
         let arguments = PageArguments::new(first, after, last, before);
         page_of(arguments, |page| {
-            scope.ledger.list_payments(scope.client, account, page)
+            scope.ledger.list_payments(scope.client, filter, page)
         })
         .await
     }
@@ -177,26 +194,38 @@ pub struct EntryQuery;
 
 #[Object]
 impl EntryQuery {
-    /// An account's entries in posting order (oldest first). Poll with
-    /// `after: <last endCursor>` to see each new entry exactly once.
+    /// Ledger entries, oldest first. With `accountId`, that account's entries in
+    /// posting order (by account version); without, all of the client's entries in
+    /// feed order. Either way, poll with `after: <last endCursor>` to see each new
+    /// entry exactly once; the two lists' cursors are not interchangeable.
     #[graphql(
         complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
     )]
     async fn ledger_entries(
         &self,
         ctx: &Context<'_>,
-        account_id: ID,
+        account_id: Option<ID>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
     ) -> Result<Connection<String, LedgerEntry>> {
         let scope = scope(ctx)?;
-        let account = AccountId::parse(&account_id)?;
         let arguments = PageArguments::new(first, after, last, before);
-        page_of(arguments, |page| {
-            scope.ledger.list_entries(scope.client, account, page)
-        })
-        .await
+        match account_id {
+            Some(account_id) => {
+                let account = AccountId::parse(&account_id)?;
+                page_of(arguments, |page| {
+                    scope.ledger.list_entries(scope.client, account, page)
+                })
+                .await
+            }
+            None => {
+                page_of(arguments, |page| {
+                    scope.ledger.list_entry_feed(scope.client, page)
+                })
+                .await
+            }
+        }
     }
 }

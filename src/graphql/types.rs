@@ -4,7 +4,6 @@
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
 use crate::cache::VersionedBalance;
 use crate::entity::{account, ledger_entry, payment};
@@ -16,7 +15,8 @@ use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
-use crate::pagination::{CursorKind, PageArguments};
+use crate::ledger::service::PaymentFilter;
+use crate::pagination::PageArguments;
 
 /// How fresh a balance must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
@@ -28,20 +28,9 @@ pub enum Consistency {
     Strong,
 }
 
-listed!(Account, account::Model, Uuid, CursorKind::Account, |row| {
-    row.id
-});
-listed!(Payment, payment::Model, Uuid, CursorKind::Payment, |row| {
-    row.id
-});
-// Entries are listed per account, in posting order.
-listed!(
-    LedgerEntry,
-    ledger_entry::Model,
-    i64,
-    CursorKind::LedgerEntry,
-    |row| row.account_version
-);
+listed!(Account, account::Model);
+listed!(Payment, payment::Model);
+listed!(LedgerEntry, ledger_entry::Model);
 
 /// Anything with an id: `node(id)` resolves every kind.
 #[derive(Interface)]
@@ -169,24 +158,33 @@ impl Account {
         .await
     }
 
-    /// Payments from or to this account, oldest first.
+    /// Payments from or to this account in feed order (oldest first), narrowed like
+    /// `Query.payments`.
     #[graphql(
         complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn payments(
         &self,
         ctx: &Context<'_>,
+        status: Option<PaymentStatus>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
         let scope = scope(ctx)?;
+        let filter = PaymentFilter {
+            account: Some(self.account_id()),
+            status,
+            since,
+            until,
+        };
         let arguments = PageArguments::new(first, after, last, before);
         page_of(arguments, |page| {
-            scope
-                .ledger
-                .list_payments(scope.client, Some(self.account_id()), page)
+            scope.ledger.list_payments(scope.client, filter, page)
         })
         .await
     }

@@ -146,6 +146,8 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         balance_after_minor: Set(row.balance_minor + 100),
         account_version: Set(row.version + 1),
         created_at: Set(Utc::now()),
+        // The column default, as the service's PostgreSQL statements leave it.
+        ..Default::default()
     })
     .exec_without_returning(&app.db)
     .await
@@ -198,6 +200,8 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         decline_reason: Set(Some("INSUFFICIENT_FUNDS".to_owned())),
         description: Set(None),
         created_at: Set(Utc::now()),
+        // The column default, as the service's PostgreSQL statements leave it.
+        ..Default::default()
     })
     .exec_without_returning(&app.db)
     .await

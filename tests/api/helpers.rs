@@ -139,6 +139,43 @@ pub struct Replica {
 }
 
 impl TestApp {
+    /// Returns once every write that finished before the call is in the client-wide
+    /// feeds. On PostgreSQL a feed lists a transaction's rows once no older transaction
+    /// is still running anywhere in the cluster (docs/consistency.md), and other tests
+    /// run transactions beside this one; SQLite lists rows as they commit.
+    pub async fn settle_feeds(&self) {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        if self.db.get_database_backend() != DbBackend::Postgres {
+            return;
+        }
+        let query = |sql: &str| Statement::from_string(DbBackend::Postgres, sql.to_owned());
+        let number = |row: Option<sea_orm::QueryResult>| -> i64 {
+            row.expect("a row").try_get("", "xid").expect("an xid")
+        };
+        // A transaction id taken now is newer than any write that has already finished.
+        let marker = number(
+            self.db
+                .query_one_raw(query("SELECT pg_current_xact_id()::text::bigint AS xid"))
+                .await
+                .expect("an xid is assigned"),
+        );
+        for _ in 0..6000 {
+            let horizon = number(
+                self.db
+                    .query_one_raw(query(
+                        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xid",
+                    ))
+                    .await
+                    .expect("the snapshot is read"),
+            );
+            if horizon > marker {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the feed horizon did not pass transaction {marker} in 30 s");
+    }
+
     /// Starts another server instance on the same database, as a second replica
     /// behind a load balancer would be; returns its base URL.
     pub async fn spawn_replica(&self) -> Replica {

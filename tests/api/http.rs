@@ -111,16 +111,16 @@ async fn http_follows_graphql_over_http(backend: Backend) {
         .post(&url)
         .bearer_auth(&app.api_key)
         .json(&json!([
-            { "query": "mutation { createAccount(input: { idempotencyKey: \"b1\", currency: \"USD\", balanceRule: UNBOUNDED }) { account { id } } }" },
-            { "query": "{ accounts { nodes { currency } } }" },
+            { "query": "mutation { createAccount(input: { idempotencyKey: \"b1\", currency: \"USD\", balanceRule: UNBOUNDED, externalRef: \"b1\" }) { account { id } } }" },
+            { "query": "{ accountByExternalRef(externalRef: \"b1\") { currency } }" },
         ]))
         .send()
         .await
         .unwrap();
     let body: Value = response.json().await.unwrap();
     assert_eq!(
-        body[1]["data"]["accounts"]["nodes"],
-        json!([{ "currency": "USD" }]),
+        body[1]["data"]["accountByExternalRef"],
+        json!({ "currency": "USD" }),
         "{body}"
     );
 

@@ -45,6 +45,7 @@ async fn pages_go_both_ways_with_stable_cursors(backend: Backend) {
     for _ in 0..7 {
         created.push(app.create_account("USD", "NON_NEGATIVE", None).await);
     }
+    app.settle_feeds().await;
 
     // Forward in pages of 3: 3 + 3 + 1, in creation order.
     let mut seen = Vec::new();

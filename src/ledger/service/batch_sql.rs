@@ -37,7 +37,7 @@ pub async fn lock_accounts(
             let statement = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT id, client_id, currency, balance_rule, credit_limit_minor, external_ref,
-                        balance_minor, version, created_at
+                        balance_minor, version, created_at, feed_seq
                  FROM accounts
                  WHERE id = ANY($1::uuid[])
                  ORDER BY id
@@ -121,28 +121,83 @@ pub async fn claim_keys(
     }
 }
 
+/// The `feed_seq` of the rows this transaction inserts for `clients` into `E`'s table
+/// (see the feeds migration). On PostgreSQL it is the transaction's id, which the
+/// column default also fills in; on SQLite, which has one writer, one more than any
+/// row of those clients so far, read under the write lock that `BEGIN IMMEDIATE` took.
+pub async fn feed_seq<E: EntityTrait>(
+    transaction: &DatabaseTransaction,
+    backend: Backend,
+    client_column: E::Column,
+    clients: impl IntoIterator<Item = Uuid>,
+) -> Result<i64, DbErr> {
+    let sequence = match backend {
+        Backend::Postgres => {
+            transaction
+                .query_one_raw(Statement::from_string(
+                    DbBackend::Postgres,
+                    "SELECT pg_current_xact_id()::text::bigint AS feed_seq",
+                ))
+                .await?
+                .map(|row| row.try_get::<i64>("", "feed_seq"))
+                .transpose()?
+        }
+        Backend::Sqlite => {
+            E::find()
+                .select_only()
+                .expr(Expr::cust("COALESCE(MAX(feed_seq), 0) + 1"))
+                .filter(client_column.is_in(clients))
+                .into_tuple::<i64>()
+                .one(transaction)
+                .await?
+        }
+    };
+    sequence.ok_or_else(|| DbErr::Custom("no feed_seq came back".to_owned()))
+}
+
 /// Inserts the payments, moves the accounts (each only from the version it was locked
-/// at) and appends the entries. Returns how many accounts moved: anything but
-/// `moves.len()` means a lock did not hold.
+/// at) and appends the entries, setting the rows' `feed_seq`. Returns how many accounts
+/// moved: anything but `moves.len()` means a lock did not hold.
 pub async fn write_postings(
     transaction: &DatabaseTransaction,
     backend: Backend,
-    payments: &[payment::Model],
+    payments: &mut [payment::Model],
     moves: &[AccountMove],
-    entries: &[ledger_entry::Model],
+    entries: &mut [ledger_entry::Model],
 ) -> Result<u64, DbErr> {
-    match backend {
-        Backend::Postgres => write_postings_postgres(transaction, payments, moves, entries).await,
-        Backend::Sqlite => write_postings_portable(transaction, payments, moves, entries).await,
+    let (moved, feed_seq) = match backend {
+        Backend::Postgres => write_postings_postgres(transaction, payments, moves, entries).await?,
+        Backend::Sqlite => {
+            let clients = payments.iter().map(|row| row.client_id);
+            let feed_seq =
+                feed_seq::<payment::Entity>(transaction, backend, payment::Column::ClientId, clients)
+                    .await?;
+            set_feed_seq(payments, entries, feed_seq);
+            let moved = write_postings_portable(transaction, payments, moves, entries).await?;
+            (moved, feed_seq)
+        }
+    };
+    set_feed_seq(payments, entries, feed_seq);
+    Ok(moved)
+}
+
+fn set_feed_seq(payments: &mut [payment::Model], entries: &mut [ledger_entry::Model], seq: i64) {
+    for payment in payments {
+        payment.feed_seq = seq;
+    }
+    for entry in entries {
+        entry.feed_seq = seq;
     }
 }
 
+/// Returns the moved count and the transaction's `feed_seq`, which the column defaults
+/// gave the new rows.
 async fn write_postings_postgres(
     transaction: &DatabaseTransaction,
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
-) -> Result<u64, DbErr> {
+) -> Result<(u64, i64), DbErr> {
     let uuids = |values: Vec<Uuid>| Value::from(values);
     let bigints = |values: Vec<i64>| Value::from(values);
     let texts = |values: Vec<String>| Value::from(values);
@@ -232,7 +287,7 @@ async fn write_postings_postgres(
                                 $23::text[], $24::int8[], $25::int8[], $26::int8[],
                                 $27::timestamptz[])
          )
-         SELECT COUNT(*) AS moved FROM moved",
+         SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
         values,
     );
     let row = transaction
@@ -240,7 +295,8 @@ async fn write_postings_postgres(
         .await?
         .ok_or_else(|| DbErr::Custom("the posting statement returned no row".to_owned()))?;
     let moved: i64 = row.try_get("", "moved")?;
-    Ok(u64::try_from(moved).unwrap_or(0))
+    let feed_seq: i64 = row.try_get("", "feed_seq")?;
+    Ok((u64::try_from(moved).unwrap_or(0), feed_seq))
 }
 
 async fn write_postings_portable(

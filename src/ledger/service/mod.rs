@@ -16,6 +16,8 @@ mod reads;
 mod write;
 mod write_gate;
 
+pub use self::reads::PaymentFilter;
+
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -26,6 +28,7 @@ use self::payment_batch::{PaymentBatches, PaymentJob};
 use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
 use crate::config::WriteIsolation;
+use crate::db::Backend;
 use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
@@ -171,9 +174,9 @@ impl Ledger {
             key,
             |id| async move { Ok(self.accounts_by_ids(client, &[id]).await?.pop()) },
             self.writer.run(&[account_id.0], || async {
-                let row = account_row(client, &request, account_id);
                 let transaction = self.writer.begin().await?;
-                insert_account(&transaction, &request, &fingerprint, row.clone()).await?;
+                let row = account_row(client, &request, account_id);
+                let row = insert_account(&transaction, &request, &fingerprint, row).await?;
                 transaction.commit().await?;
                 Ok(row)
             }),
@@ -265,6 +268,8 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         balance_minor: 0,
         version: 0,
         created_at: Utc::now(),
+        // Set in the inserting transaction (`insert_account`).
+        feed_seq: 0,
     }
 }
 
@@ -273,8 +278,8 @@ async fn insert_account(
     transaction: &DatabaseTransaction,
     request: &NewAccount,
     fingerprint: &Fingerprint,
-    row: account::Model,
-) -> Result<(), WriteError> {
+    mut row: account::Model,
+) -> Result<account::Model, WriteError> {
     let record = idempotency::record(
         ClientId(row.client_id),
         &request.idempotency_key,
@@ -292,7 +297,14 @@ async fn insert_account(
                 WriteError::Db(error)
             }
         })?;
-    let inserted = account::Entity::insert(account::ActiveModel::from(row))
+    row.feed_seq = batch_sql::feed_seq::<account::Entity>(
+        transaction,
+        Backend::of(transaction),
+        account::Column::ClientId,
+        [row.client_id],
+    )
+    .await?;
+    let inserted = account::Entity::insert(account::ActiveModel::from(row.clone()))
         .exec_without_returning(transaction)
         .await;
     match inserted {
@@ -303,6 +315,6 @@ async fn insert_account(
                 request.external_ref.as_deref().unwrap_or_default()
             ))))
         }
-        other => other.map(|_| ()).map_err(WriteError::Db),
+        other => other.map(|_| row).map_err(WriteError::Db),
     }
 }

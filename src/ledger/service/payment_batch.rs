@@ -257,22 +257,15 @@ impl Batcher {
         let now = Utc::now();
         let mut payments = Vec::with_capacity(to_post.len());
         let mut entries = Vec::with_capacity(to_post.len() * 2);
-        let mut decided = Vec::with_capacity(to_post.len());
         for (&index, plan) in to_post.iter().zip(plans) {
             let plan = plan.ok_or_else(|| {
                 AppError::internal(anyhow::anyhow!("a checked payment has no locked accounts"))
             })?;
             let payment = payment_row(jobs[index], &plan, now);
-            let payment_entries = match plan {
-                PostingPlan::Post { debit, credit } => {
-                    entry_rows(&payment, [debit, credit]).to_vec()
-                }
-                PostingPlan::Decline(_) => Vec::new(),
-            };
-            entries.extend(payment_entries.iter().cloned());
-            payments.push(payment.clone());
-            outcomes[index] = Some(Ok(payment.clone()));
-            decided.push((payment, payment_entries));
+            if let PostingPlan::Post { debit, credit } = plan {
+                entries.extend(entry_rows(&payment, [debit, credit]));
+            }
+            payments.push(payment);
         }
         let moves: Vec<AccountMove> = states
             .iter()
@@ -287,9 +280,14 @@ impl Batcher {
             })
             .collect();
         if !payments.is_empty() {
-            let moved =
-                batch_sql::write_postings(&transaction, backend, &payments, &moves, &entries)
-                    .await?;
+            let moved = batch_sql::write_postings(
+                &transaction,
+                backend,
+                &mut payments,
+                &moves,
+                &mut entries,
+            )
+            .await?;
             // The version conditions can only fail if a row lock did not hold: a bug,
             // and committing would break "version = entry count".
             if moved != moves.len() as u64 {
@@ -314,6 +312,16 @@ impl Batcher {
                 )
             })
             .collect();
+        let mut entries_of: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
+        for entry in entries {
+            entries_of.entry(entry.payment_id).or_default().push(entry);
+        }
+        let mut decided = Vec::with_capacity(payments.len());
+        for (&index, payment) in to_post.iter().zip(payments) {
+            outcomes[index] = Some(Ok(payment.clone()));
+            let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
+            decided.push((payment, payment_entries));
+        }
         let outcomes = outcomes
             .into_iter()
             .map(|outcome| {
@@ -369,6 +377,8 @@ fn payment_row(job: &PaymentJob, plan: &PostingPlan, now: chrono::DateTime<Utc>)
         decline_reason,
         description: request.description.clone(),
         created_at: now,
+        // Set when the batch is written (`batch_sql::write_postings`).
+        feed_seq: 0,
     }
 }
 
@@ -392,6 +402,7 @@ fn entry_rows(
         balance_after_minor: entry.balance_after_minor,
         account_version: entry.account_version,
         created_at: payment.created_at,
+        feed_seq: payment.feed_seq,
     })
 }
 

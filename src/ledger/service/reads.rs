@@ -4,17 +4,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, UnionType};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
+};
 use uuid::Uuid;
 
 use super::Ledger;
 use crate::cache::{Immutable, VersionedBalance};
+use crate::db::Backend;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
-use crate::ledger::posting::EntryDirection;
-use crate::pagination::{Page, PageRequest, fetch_page};
+use crate::ledger::posting::{EntryDirection, PaymentStatus};
+use crate::pagination::{FeedKey, Page, PageRequest, fetch_page};
 
 impl Ledger {
     /// Accounts read from the database now, balances included; their balances also
@@ -271,33 +276,66 @@ impl Ledger {
         }
     }
 
+    /// The client's accounts in feed order (oldest first).
     pub async fn list_accounts(
         &self,
         client: ClientId,
-        page: PageRequest<Uuid>,
+        page: PageRequest<FeedKey>,
     ) -> AppResult<Page<account::Model>> {
-        let select = account::Entity::find().filter(account::Column::ClientId.eq(client.0));
-        let page = fetch_page(&self.db, select, account::Column::Id, &page).await?;
+        let select = account::Entity::find()
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(self.settled(account::Column::FeedSeq));
+        let columns = [account::Column::FeedSeq, account::Column::Id];
+        let page = fetch_page(&self.db, select, &columns, &page).await?;
         self.observe_balances(&page.rows).await;
         Ok(page)
     }
 
+    /// The client's payments in feed order, filtered. With an account, the two sides
+    /// (from it, to it) are each read as one bounded index range and merged, so a page
+    /// costs the same however long the account's history is.
     pub async fn list_payments(
         &self,
         client: ClientId,
-        account: Option<AccountId>,
-        page: PageRequest<Uuid>,
+        filter: PaymentFilter,
+        page: PageRequest<FeedKey>,
     ) -> AppResult<Page<payment::Model>> {
-        let mut select = payment::Entity::find().filter(payment::Column::ClientId.eq(client.0));
-        if let Some(account) = account {
-            self.require_account(client, account).await?;
-            select = select.filter(
-                Condition::any()
-                    .add(payment::Column::FromAccountId.eq(account.0))
-                    .add(payment::Column::ToAccountId.eq(account.0)),
-            );
+        let mut select = payment::Entity::find()
+            .filter(payment::Column::ClientId.eq(client.0))
+            .filter(self.settled(payment::Column::FeedSeq));
+        if let Some(status) = filter.status {
+            select = select.filter(payment::Column::Status.eq(status));
         }
-        Ok(fetch_page(&self.db, select, payment::Column::Id, &page).await?)
+        if let Some(since) = filter.since {
+            select = select.filter(payment::Column::CreatedAt.gte(since));
+        }
+        if let Some(until) = filter.until {
+            select = select.filter(payment::Column::CreatedAt.lt(until));
+        }
+        let columns = [payment::Column::FeedSeq, payment::Column::Id];
+        let Some(account) = filter.account else {
+            return Ok(fetch_page(&self.db, select, &columns, &page).await?);
+        };
+        self.require_account(client, account).await?;
+        let side = |column: payment::Column, name: &str| {
+            let narrowed = page.narrow(select.clone().filter(column.eq(account.0)), &columns);
+            Query::select()
+                .column(Asterisk)
+                .from_subquery(narrowed.into_query(), Alias::new(name))
+                .to_owned()
+        };
+        let mut both = side(payment::Column::FromAccountId, "from_side");
+        both.union(UnionType::All, side(payment::Column::ToAccountId, "to_side"));
+        for column in columns {
+            both.order_by(column, page.order());
+        }
+        both.limit(page.size + 1);
+        let statement = self.db.get_database_backend().build(&both);
+        let rows = payment::Entity::find()
+            .from_raw_sql(statement)
+            .all(&self.db)
+            .await?;
+        Ok(page.page_of(rows))
     }
 
     /// An account's entries in posting order (by account version): a poller that
@@ -312,14 +350,48 @@ impl Ledger {
         let select = ledger_entry::Entity::find()
             .filter(ledger_entry::Column::AccountId.eq(account.0))
             .filter(ledger_entry::Column::ClientId.eq(client.0));
-        Ok(fetch_page(
-            &self.db,
-            select,
-            ledger_entry::Column::AccountVersion,
-            &page,
-        )
-        .await?)
+        let columns = [ledger_entry::Column::AccountVersion];
+        Ok(fetch_page(&self.db, select, &columns, &page).await?)
     }
+
+    /// All of the client's entries in feed order.
+    pub async fn list_entry_feed(
+        &self,
+        client: ClientId,
+        page: PageRequest<FeedKey>,
+    ) -> AppResult<Page<ledger_entry::Model>> {
+        let select = ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::ClientId.eq(client.0))
+            .filter(self.settled(ledger_entry::Column::FeedSeq));
+        let columns = [ledger_entry::Column::FeedSeq, ledger_entry::Column::Id];
+        Ok(fetch_page(&self.db, select, &columns, &page).await?)
+    }
+
+    /// The rows a feed may list now: on PostgreSQL, those written by transactions older
+    /// than every transaction still running (the snapshot's xmin), because any of those
+    /// may still commit rows with a smaller `feed_seq` than a row already visible. On
+    /// SQLite every committed row qualifies: its one writer hands out `feed_seq` in
+    /// commit order.
+    fn settled(&self, feed_seq: impl ColumnTrait) -> Condition {
+        match Backend::of(&self.db) {
+            Backend::Postgres => Condition::all().add(Expr::col(feed_seq).lt(Expr::cust(
+                "pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+            ))),
+            Backend::Sqlite => Condition::all(),
+        }
+    }
+}
+
+/// Which of a client's payments a list shows; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct PaymentFilter {
+    /// From or to this account.
+    pub account: Option<AccountId>,
+    pub status: Option<PaymentStatus>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// A table keyed by a UUID whose rows belong to one client each.
