@@ -260,7 +260,11 @@ enum Comparison {
 
 /// `(columns) > (key)` or `<`, as one row-value comparison, which both PostgreSQL and
 /// SQLite turn into an index range.
-fn compare<C: ColumnTrait, K: PageKey>(columns: &[C], key: &K, comparison: Comparison) -> SimpleExpr {
+fn compare<C: ColumnTrait, K: PageKey>(
+    columns: &[C],
+    key: &K,
+    comparison: Comparison,
+) -> SimpleExpr {
     let left = Expr::tuple(columns.iter().map(|column| Expr::col(*column).into()));
     let right = Expr::tuple(key.values().into_iter().map(Expr::val).map(Into::into));
     match comparison {

@@ -27,7 +27,11 @@ const FEED_TABLES: [&str; 3] = ["accounts", "payments", "ledger_entries"];
 const DROPPED_INDEXES: [(&str, &str, &str); 4] = [
     ("ix_accounts_client_id", "accounts", "client_id, id"),
     ("ix_payments_client_id", "payments", "client_id, id"),
-    ("ix_payments_from_account", "payments", "from_account_id, id"),
+    (
+        "ix_payments_from_account",
+        "payments",
+        "from_account_id, id",
+    ),
     ("ix_payments_to_account", "payments", "to_account_id, id"),
 ];
 

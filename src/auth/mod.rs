@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
@@ -76,7 +75,7 @@ pub async fn create_client(db: &DatabaseConnection, name: &str) -> AppResult<New
         id: Set(id.0),
         name: Set(name.to_owned()),
         api_key_hash: Set(hash_api_key(&api_key)),
-        created_at: Set(Utc::now()),
+        created_at: Set(crate::entity::stored_now()),
     })
     .exec_without_returning(db)
     .await?;

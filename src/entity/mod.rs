@@ -8,3 +8,11 @@ pub mod client;
 pub mod idempotency_key;
 pub mod ledger_entry;
 pub mod payment;
+
+/// The current time as the database stores it (PostgreSQL keeps microseconds), so a
+/// timestamp a client got from a response or the cache equals the stored one, and a
+/// `since:` filter at it includes the row it came from.
+pub fn stored_now() -> chrono::DateTime<chrono::Utc> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}

@@ -5,7 +5,6 @@
 //! the primary key `(client_id, idempotency_key)` is the only judge of "already done":
 //! whichever transaction inserts it first owns the key, every other one replays it.
 
-use chrono::Utc;
 use sea_orm::{ConnectionTrait, EntityTrait};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -118,7 +117,7 @@ pub fn record(
         operation: operation.as_str().to_owned(),
         request_fingerprint: fingerprint.0.clone(),
         resource_id,
-        created_at: Utc::now(),
+        created_at: crate::entity::stored_now(),
     }
 }
 

@@ -18,6 +18,7 @@ async fn nested_fields_are_batched_not_n_plus_one(backend: Backend) {
         app.pay(&format!("p{index}"), &funding, &account, "1.00", "USD")
             .await;
     }
+    app.settle_feeds().await;
     let query = "{ payments(first: 30) { nodes {
         fromAccount { id balance { amount } } toAccount { id balance { amount } }
         entries { account { id currency } payment { id } } } } }";

@@ -8,6 +8,7 @@ mod bad_input;
 mod cache;
 mod cli;
 mod concurrency;
+mod feeds;
 mod group_commit;
 mod http;
 mod idempotency;

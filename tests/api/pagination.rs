@@ -173,6 +173,7 @@ async fn page_sizes_and_cursors_are_checked(backend: Backend) {
         return;
     };
     let account = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.settle_feeds().await;
     for variables in [
         json!({ "first": 101 }),
         json!({ "last": 101 }),

@@ -78,7 +78,27 @@ async fn a_client_never_sees_another_clients_data(backend: Backend) {
         assert!(!response.to_string().contains("5.00"), "{response}");
     }
 
-    // Lists are empty, keys are per client, and references by external id see nothing.
+    // Lists are empty, keys are per client, and references by external id see nothing;
+    // once the feeds list the owner's rows, so an empty list means "not yours".
+    app.settle_feeds().await;
+    let owners = app
+        .graphql(
+            "query { accounts { nodes { id } } payments { nodes { id } } }",
+            json!({}),
+        )
+        .await;
+    assert!(
+        !owners["data"]["accounts"]["nodes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !owners["data"]["payments"]["nodes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let response = as_intruder(
         "query { accounts { nodes { id } } payments { nodes { id } } }",
         json!({}),

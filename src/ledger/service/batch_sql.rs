@@ -132,16 +132,14 @@ pub async fn feed_seq<E: EntityTrait>(
     clients: impl IntoIterator<Item = Uuid>,
 ) -> Result<i64, DbErr> {
     let sequence = match backend {
-        Backend::Postgres => {
-            transaction
-                .query_one_raw(Statement::from_string(
-                    DbBackend::Postgres,
-                    "SELECT pg_current_xact_id()::text::bigint AS feed_seq",
-                ))
-                .await?
-                .map(|row| row.try_get::<i64>("", "feed_seq"))
-                .transpose()?
-        }
+        Backend::Postgres => transaction
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_current_xact_id()::text::bigint AS feed_seq",
+            ))
+            .await?
+            .map(|row| row.try_get::<i64>("", "feed_seq"))
+            .transpose()?,
         Backend::Sqlite => {
             E::find()
                 .select_only()
@@ -169,9 +167,13 @@ pub async fn write_postings(
         Backend::Postgres => write_postings_postgres(transaction, payments, moves, entries).await?,
         Backend::Sqlite => {
             let clients = payments.iter().map(|row| row.client_id);
-            let feed_seq =
-                feed_seq::<payment::Entity>(transaction, backend, payment::Column::ClientId, clients)
-                    .await?;
+            let feed_seq = feed_seq::<payment::Entity>(
+                transaction,
+                backend,
+                payment::Column::ClientId,
+                clients,
+            )
+            .await?;
             set_feed_seq(payments, entries, feed_seq);
             let moved = write_postings_portable(transaction, payments, moves, entries).await?;
             (moved, feed_seq)

@@ -20,7 +20,6 @@ pub use self::reads::PaymentFilter;
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait};
 use uuid::Uuid;
 
@@ -267,7 +266,7 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         external_ref: request.external_ref.clone(),
         balance_minor: 0,
         version: 0,
-        created_at: Utc::now(),
+        created_at: crate::entity::stored_now(),
         // Set in the inserting transaction (`insert_account`).
         feed_seq: 0,
     }

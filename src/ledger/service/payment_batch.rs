@@ -254,7 +254,7 @@ impl Batcher {
                 (request.from.0, request.to.0, request.amount)
             }),
         );
-        let now = Utc::now();
+        let now = crate::entity::stored_now();
         let mut payments = Vec::with_capacity(to_post.len());
         let mut entries = Vec::with_capacity(to_post.len() * 2);
         for (&index, plan) in to_post.iter().zip(plans) {

@@ -6,9 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, UnionType};
-use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait,
-};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
 use uuid::Uuid;
 
 use super::Ledger;
@@ -325,7 +323,10 @@ impl Ledger {
                 .to_owned()
         };
         let mut both = side(payment::Column::FromAccountId, "from_side");
-        both.union(UnionType::All, side(payment::Column::ToAccountId, "to_side"));
+        both.union(
+            UnionType::All,
+            side(payment::Column::ToAccountId, "to_side"),
+        );
         for column in columns {
             both.order_by(column, page.order());
         }
