@@ -133,6 +133,41 @@ pub struct ServerConfig {
         global = true
     )]
     pub request_timeout_seconds: u64,
+
+    /// Browser origins whose pages may call the API, comma-separated
+    /// (`https://app.example.com,http://localhost:3000`), or `*` for any. Default: none,
+    /// so only pages this server serves itself can call it from a browser.
+    #[arg(
+        long = "cors-allowed-origins",
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin,
+        global = true
+    )]
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lower case, nothing after.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim().to_ascii_lowercase();
+    if origin == "*" {
+        return Ok(origin);
+    }
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("{text:?} is not an origin: it must start with http:// or https://"))?;
+    let valid = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if valid {
+        Ok(origin)
+    } else {
+        Err(format!(
+            "{text:?} is not an origin: write scheme://host[:port], with no path or trailing slash"
+        ))
+    }
 }
 
 impl Default for ServerConfig {
@@ -142,6 +177,7 @@ impl Default for ServerConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             request_timeout_seconds: REQUEST_TIMEOUT_SECONDS_DEFAULT,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -270,5 +306,28 @@ mod tests {
             cache: flags.cache,
         };
         assert_eq!(format!("{parsed:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn cors_origins_are_checked_when_parsed() {
+        assert_eq!(
+            parse_origin(" HTTPS://App.Example.com:8443 "),
+            Ok("https://app.example.com:8443".to_owned())
+        );
+        assert_eq!(parse_origin("*"), Ok("*".to_owned()));
+        for bad in ["", "app.example.com", "https://", "https://a.example/", "ftp://a", "https://a b"] {
+            assert!(parse_origin(bad).is_err(), "{bad:?} was accepted");
+        }
+        let command = Flags::command().mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from([
+            "payments-ledger",
+            "--cors-allowed-origins",
+            "http://localhost:3000,https://ops.example.com",
+        ]);
+        let flags = Flags::from_arg_matches(&matches).expect("origins parse");
+        assert_eq!(
+            flags.server.cors_allowed_origins,
+            ["http://localhost:3000", "https://ops.example.com"]
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP: GraphQL over HTTP at `/graphql`, GraphiQL at `/`, health at `/healthz` and
-//! `/readyz`.
+//! HTTP: GraphQL over HTTP at `/graphql`, GraphiQL at `/`, the dashboard at
+//! `/dashboard` (pages and files in `assets`), health at `/healthz` and `/readyz`,
+//! and CORS for the origins configured.
 //!
 //! The GraphQL handlers are written here rather than taken from async-graphql-axum's
 //! extractor so that every failure, including a malformed body, answers in the
@@ -10,7 +11,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, ServerError};
 use axum::Router;
@@ -18,14 +18,16 @@ use axum::body::Bytes;
 use axum::extract::{RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::assets;
 use crate::auth::{Authenticator, Caller};
 use crate::cache::Caches;
 use crate::config::Config;
@@ -57,8 +59,11 @@ pub fn router(state: AppState) -> Router {
     // Shared by every request: one reference count instead of one per field.
     let state = Arc::new(state);
     let request_timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
+    let cors = cors_layer(&state.config.server.cors_allowed_origins);
     let routes = Router::new()
-        .route("/", get(graphiql))
+        .route("/", get(assets::graphiql))
+        .route("/dashboard", get(assets::dashboard))
+        .route("/assets/{*path}", get(assets::file))
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -78,18 +83,46 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state);
-    with_request_ids(routes)
+    with_request_ids_and_cors(routes, cors)
 }
 
-/// Gives every request an id and a span that carries it. Outermost, so every response,
-/// even a timeout, a refused body or a 404, carries the id.
-fn with_request_ids(routes: Router) -> Router {
+/// Gives every request an id and a span that carries it, then answers CORS. Outermost,
+/// so every response, even a preflight, a timeout, a refused body or a 404, carries
+/// the id.
+fn with_request_ids_and_cors(routes: Router, cors: Option<CorsLayer>) -> Router {
     routes.layer(
         ServiceBuilder::new()
             .map_request(drop_unusable_request_id)
             .layer(SetRequestIdLayer::new(REQUEST_ID_HEADER, MakeRequestUuid))
             .layer(PropagateRequestIdLayer::new(REQUEST_ID_HEADER))
-            .layer(TraceLayer::new_for_http().make_span_with(request_span)),
+            .layer(TraceLayer::new_for_http().make_span_with(request_span))
+            .option_layer(cors),
+    )
+}
+
+/// CORS for `origins` (already checked by `config`); none configured means no layer:
+/// browsers then allow only same-origin pages, which is what the server serves.
+/// Preflights are answered here, before routing, so `OPTIONS /graphql` needs no route.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = if origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID_HEADER])
+            .expose_headers([REQUEST_ID_HEADER])
+            .max_age(Duration::from_secs(600)),
     )
 }
 
@@ -145,6 +178,8 @@ async fn record_latency(
     let path = match request.uri().path() {
         "/graphql" => "/graphql",
         "/" => "/",
+        "/dashboard" => "/dashboard",
+        path if path.starts_with("/assets/") => "/assets",
         "/healthz" => "/healthz",
         "/readyz" => "/readyz",
         "/metrics" => "/metrics",
@@ -171,16 +206,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("Payments ledger")
-            .header("Authorization", "Bearer <paste your API key here>")
-            .finish(),
-    )
 }
 
 async fn healthz() -> &'static str {
@@ -446,7 +471,7 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, with_request_ids(routes)).await });
+        tokio::spawn(async move { axum::serve(listener, with_request_ids_and_cors(routes, None)).await });
         let http = reqwest::Client::new();
         let request_id = |response: &reqwest::Response| {
             response

@@ -1,6 +1,8 @@
 //! A payments ledger GraphQL server: exactly-once payments between accounts, recorded
 //! in an append-only double-entry ledger.
 
+/// The browser pages (GraphiQL, the dashboard) and their files, built in.
+pub mod assets;
 /// Clients (tenants), API keys and who a request is from.
 pub mod auth;
 /// Versioned L1 (moka) and L2 (Redis) caches.
@@ -17,7 +19,7 @@ pub mod entity;
 pub mod error;
 /// The GraphQL schema, resolvers and loaders.
 pub mod graphql;
-/// GraphQL over HTTP, GraphiQL and health endpoints.
+/// GraphQL over HTTP, the pages, CORS and health endpoints.
 pub mod http;
 /// Idempotency keys, fingerprints and replays.
 pub mod idempotency;
