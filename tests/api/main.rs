@@ -5,6 +5,7 @@ mod helpers;
 mod append_only;
 mod architecture;
 mod bad_input;
+mod browser;
 mod cache;
 mod cli;
 mod concurrency;

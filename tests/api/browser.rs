@@ -1,0 +1,330 @@
+//! The pages the server serves, in a real headless Chromium (Debian's `chromium` and
+//! `chromedriver`, driven over WebDriver): GraphiQL renders and runs a query once a key
+//! is set, and the dashboard shows a payment made after it loaded. The browser cannot
+//! resolve any host but 127.0.0.1, so a page that needed a CDN would fail here.
+//!
+//! Without chromedriver on the machine these tests print SKIP, unless
+//! `LEDGER_TEST_REQUIRE_BROWSER` is set (as `.ci/run` sets it), when they fail.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, skip, spawn_app};
+
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const CHROMIUM: &str = "/usr/bin/chromium";
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A chromedriver process and one browser session on it; both end when dropped.
+struct Browser {
+    client: Client,
+    driver: Child,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn browser() -> Option<Browser> {
+    if !std::path::Path::new(CHROMEDRIVER).exists() {
+        if std::env::var_os("LEDGER_TEST_REQUIRE_BROWSER").is_some() {
+            panic!("{CHROMEDRIVER} is missing: apt-get install chromium chromium-driver");
+        }
+        skip("chromedriver is not installed (apt-get install chromium chromium-driver)");
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let driver = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1400,1000",
+                // Offline, as users run it: no host but this machine resolves.
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+            ],
+        }),
+    );
+    let address = format!("http://127.0.0.1:{port}");
+    let mut builder = ClientBuilder::new(HttpConnector::new());
+    builder.capabilities(capabilities);
+    for _ in 0..100 {
+        match builder.connect(&address).await {
+            Ok(client) => return Some(Browser { client, driver }),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    panic!("chromedriver did not accept a session at {address}");
+}
+
+/// Runs `script` (a function body returning a value) until it returns something truthy.
+async fn wait_until(client: &Client, what: &str, script: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let value = client
+            .execute(script, Vec::new())
+            .await
+            .expect("the script runs");
+        let truthy = match &value {
+            Value::Null | Value::Bool(false) => false,
+            Value::String(text) => !text.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let text = client
+                .execute("return document.body.innerText", Vec::new())
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}; the page says: {text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every file the page loaded came from the server itself.
+async fn assert_loaded_only_from(client: &Client, app: &TestApp) {
+    let loaded = client
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name)
+               .concat([location.href])",
+            Vec::new(),
+        )
+        .await
+        .expect("resource timings");
+    let loaded: Vec<String> = serde_json::from_value(loaded).unwrap();
+    assert!(loaded.len() > 1, "{loaded:?}");
+    for url in loaded {
+        assert!(
+            url.starts_with(&format!("{}/", app.address)),
+            "loaded from elsewhere: {url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graphiql_renders_and_runs_a_query_once_a_key_is_set() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let client = &browser.client;
+    let account = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&account, "12.34", "USD").await;
+
+    client.goto(&format!("{}/", app.address)).await.unwrap();
+    client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(".graphiql-execute-button"))
+        .await
+        .expect("GraphiQL renders");
+    assert_loaded_only_from(client, &app).await;
+    let query_text = wait_until(
+        client,
+        "the default query",
+        "return document.querySelector('.graphiql-query-editor .CodeMirror')?.CodeMirror.getValue()",
+    )
+    .await;
+    assert!(
+        query_text.as_str().unwrap().contains("Authorization"),
+        "the page says how to set the key: {query_text}"
+    );
+
+    // No header is preset: the first run meets the server's own message.
+    client
+        .find(Locator::Css(".graphiql-execute-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let result = wait_until(
+        client,
+        "an answer without a key",
+        "const text = document.querySelector('.result-window')?.innerText || '';
+         return text.includes('API key') ? text : null",
+    )
+    .await;
+    let result = result.as_str().unwrap();
+    assert!(result.contains("missing API key"), "{result}");
+    assert!(!result.contains("invalid API key"), "{result}");
+
+    // The user pastes their key into the Headers editor and runs the query again.
+    let headers = json!({ "Authorization": format!("Bearer {}", app.api_key) }).to_string();
+    client
+        .execute(
+            "const editor = document.querySelector(
+               '.graphiql-editor-tool[aria-label=Headers] .graphiql-editor:not(.hidden) .CodeMirror');
+             editor.CodeMirror.setValue(arguments[0]);
+             return true",
+            vec![json!(headers)],
+        )
+        .await
+        .expect("the headers editor takes the key");
+    client
+        .find(Locator::Css(".graphiql-execute-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let result = wait_until(
+        client,
+        "the payments in the result",
+        "const text = document.querySelector('.result-window')?.innerText || '';
+         return text.includes('12.34') ? text : null",
+    )
+    .await;
+    let result = result.as_str().unwrap();
+    assert!(result.contains("POSTED"), "{result}");
+    assert!(!result.contains("API key"), "{result}");
+    save_screenshot(client, "graphiql").await;
+    let url = client.current_url().await.unwrap();
+    assert!(!url.as_str().contains(&app.api_key));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let client = &browser.client;
+    let funding = app.create_account("EUR", "UNBOUNDED", None).await;
+    let customer = app.create_account("EUR", "NON_NEGATIVE", None).await;
+    app.fund(&customer, "5.00", "EUR").await;
+
+    client
+        .goto(&format!("{}/dashboard", app.address))
+        .await
+        .unwrap();
+    let label = client
+        .find(Locator::Css("label[for=api-key]"))
+        .await
+        .expect("the key input is labelled");
+    assert_eq!(label.text().await.unwrap(), "API key");
+    client
+        .find(Locator::Id("api-key"))
+        .await
+        .unwrap()
+        .send_keys(&app.api_key)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#connect button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_until(
+        client,
+        "the first refresh",
+        "return document.getElementById('status').textContent.startsWith('Live')",
+    )
+    .await;
+    assert_loaded_only_from(client, &app).await;
+    let stored = client
+        .execute("return sessionStorage.length === 1 && location.href", Vec::new())
+        .await
+        .unwrap();
+    let url = stored.as_str().expect("the key is kept in sessionStorage");
+    assert!(!url.contains(&app.api_key), "the key is never in the URL");
+
+    // A payment made now, through another instance, shows up live.
+    let replica = app.spawn_replica().await;
+    let response = app
+        .pay_at(&replica.address, "after-load", &customer, &funding, "1.25", "EUR")
+        .await;
+    let payment = response["data"]["createPayment"]["payment"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{response}"))
+        .to_owned();
+    let row = wait_until(
+        client,
+        "the new payment's row",
+        &format!(
+            "const row = document.querySelector('#payments tr[data-payment-id=\"{payment}\"]');
+             return row && row.innerText"
+        ),
+    )
+    .await;
+    assert!(row.as_str().unwrap().contains("1.25 EUR"), "{row}");
+
+    // Balances and totals follow: the customer holds 5.00 - 1.25.
+    wait_until(
+        client,
+        "the customer's new balance",
+        &format!(
+            "const row = document.querySelector('#accounts tr[data-account-id=\"{customer}\"]');
+             return row && row.innerText.includes('3.75 EUR')"
+        ),
+    )
+    .await;
+    let totals = wait_until(
+        client,
+        "the EUR totals",
+        "const row = document.querySelector('#totals tr[data-currency=EUR]');
+         return row && row.innerText",
+    )
+    .await;
+    assert!(totals.as_str().unwrap().contains("3.75"), "{totals}");
+
+    // Choosing the account draws its balance over time from its entries.
+    client
+        .find(Locator::Css(&format!(
+            "#accounts tr[data-account-id=\"{customer}\"]"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let range = wait_until(
+        client,
+        "the balance chart",
+        "return document.querySelector('#chart polyline') &&
+                document.getElementById('chart-range').textContent",
+    )
+    .await;
+    assert!(range.as_str().unwrap().starts_with("2 entries"), "{range}");
+    save_screenshot(client, "dashboard").await;
+}
+
+/// With `LEDGER_TEST_SCREENSHOTS=<dir>`, keeps a PNG of the page for a person to look at.
+async fn save_screenshot(client: &Client, name: &str) {
+    if let Some(directory) = std::env::var_os("LEDGER_TEST_SCREENSHOTS") {
+        let png = client.screenshot().await.expect("a screenshot");
+        std::fs::write(std::path::Path::new(&directory).join(format!("{name}.png")), png)
+            .expect("the screenshot is written");
+    }
+}
