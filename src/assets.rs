@@ -47,11 +47,31 @@ macro_rules! asset {
 }
 
 static FILES: [Asset; 8] = [
-    asset!("vendor/graphiql-3.8.3/graphiql.min.js", "text/javascript; charset=utf-8", IMMUTABLE),
-    asset!("vendor/graphiql-3.8.3/graphiql.min.css", "text/css; charset=utf-8", IMMUTABLE),
-    asset!("vendor/react-18.3.1/react.production.min.js", "text/javascript; charset=utf-8", IMMUTABLE),
-    asset!("vendor/react-dom-18.3.1/react-dom.production.min.js", "text/javascript; charset=utf-8", IMMUTABLE),
-    asset!("graphiql-page.js", "text/javascript; charset=utf-8", REVALIDATE),
+    asset!(
+        "vendor/graphiql-3.8.3/graphiql.min.js",
+        "text/javascript; charset=utf-8",
+        IMMUTABLE
+    ),
+    asset!(
+        "vendor/graphiql-3.8.3/graphiql.min.css",
+        "text/css; charset=utf-8",
+        IMMUTABLE
+    ),
+    asset!(
+        "vendor/react-18.3.1/react.production.min.js",
+        "text/javascript; charset=utf-8",
+        IMMUTABLE
+    ),
+    asset!(
+        "vendor/react-dom-18.3.1/react-dom.production.min.js",
+        "text/javascript; charset=utf-8",
+        IMMUTABLE
+    ),
+    asset!(
+        "graphiql-page.js",
+        "text/javascript; charset=utf-8",
+        REVALIDATE
+    ),
     asset!("graphiql-page.css", "text/css; charset=utf-8", REVALIDATE),
     asset!("dashboard.js", "text/javascript; charset=utf-8", REVALIDATE),
     asset!("dashboard.css", "text/css; charset=utf-8", REVALIDATE),

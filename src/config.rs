@@ -156,7 +156,9 @@ fn parse_origin(text: &str) -> Result<String, String> {
     let host = origin
         .strip_prefix("https://")
         .or_else(|| origin.strip_prefix("http://"))
-        .ok_or_else(|| format!("{text:?} is not an origin: it must start with http:// or https://"))?;
+        .ok_or_else(|| {
+            format!("{text:?} is not an origin: it must start with http:// or https://")
+        })?;
     let valid = !host.is_empty()
         && host
             .chars()
@@ -315,7 +317,14 @@ mod tests {
             Ok("https://app.example.com:8443".to_owned())
         );
         assert_eq!(parse_origin("*"), Ok("*".to_owned()));
-        for bad in ["", "app.example.com", "https://", "https://a.example/", "ftp://a", "https://a b"] {
+        for bad in [
+            "",
+            "app.example.com",
+            "https://",
+            "https://a.example/",
+            "ftp://a",
+            "https://a b",
+        ] {
             assert!(parse_origin(bad).is_err(), "{bad:?} was accepted");
         }
         let command = Flags::command().mut_args(|arg| arg.env(None::<&str>));

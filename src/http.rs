@@ -120,7 +120,11 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allowed)
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, REQUEST_ID_HEADER])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                REQUEST_ID_HEADER,
+            ])
             .expose_headers([REQUEST_ID_HEADER])
             .max_age(Duration::from_secs(600)),
     )
@@ -471,7 +475,9 @@ mod tests {
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, with_request_ids_and_cors(routes, None)).await });
+        tokio::spawn(async move {
+            axum::serve(listener, with_request_ids_and_cors(routes, None)).await
+        });
         let http = reqwest::Client::new();
         let request_id = |response: &reqwest::Response| {
             response

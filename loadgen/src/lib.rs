@@ -82,7 +82,8 @@ pub struct Options {
     /// Also run the database-level audit (`payments-ledger verify`) against this URL.
     #[arg(long)]
     pub verify_database_url: Option<String>,
-    /// Do not follow ledgerEntries cursors during the run.
+    /// Do not follow the feeds (each account's ledgerEntries, the client's payments)
+    /// during the run.
     #[arg(long)]
     pub no_poller: bool,
     /// No progress lines.
@@ -432,6 +433,16 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
 
     let poller =
         (!options.no_poller).then(|| tokio::spawn(verify::poll_entries(Arc::clone(&shared))));
+    let feed_poller = match options.no_poller {
+        true => None,
+        false => {
+            let start = verify::payment_feed_end(&shared).await?;
+            Some(tokio::spawn(verify::poll_payment_feed(
+                Arc::clone(&shared),
+                start,
+            )))
+        }
+    };
     let progress = (!options.quiet).then(|| {
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
@@ -456,7 +467,11 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         Some(poller) => Some(poller.await??),
         None => None,
     };
-    verify::verify(&shared, &initial, entries_seen).await?;
+    let payments_seen = match feed_poller {
+        Some(poller) => Some(poller.await?),
+        None => None,
+    };
+    verify::verify(&shared, &initial, entries_seen, payments_seen).await?;
     if let Some(path) = &options.acknowledged_log {
         let log: String = lock(&shared.acknowledged)
             .iter()

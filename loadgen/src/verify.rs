@@ -123,10 +123,72 @@ pub(super) async fn poll_entries(shared: Arc<Shared>) -> anyhow::Result<EntriesS
     }
 }
 
+const PAYMENT_FEED: &str = "query($after: String, $last: Int, $first: Int) {
+  payments(first: $first, last: $last, after: $after) { nodes { id } pageInfo { endCursor } } }";
+
+/// How long the payment feed may take, after the run, to list every acknowledged
+/// payment: PostgreSQL lists a transaction's rows once no older one is still running.
+const FEED_SETTLE_MAX: Duration = Duration::from_secs(30);
+
+/// The payment feed's current end: the run's payments all come after it.
+pub(super) async fn payment_feed_end(shared: &Shared) -> anyhow::Result<Option<String>> {
+    let response = shared.graphql(PAYMENT_FEED, json!({ "last": 1 })).await?;
+    Ok(response["data"]["payments"]["pageInfo"]["endCursor"]
+        .as_str()
+        .map(str::to_owned))
+}
+
+/// Follows the client's payment feed from `start`, as a dashboard does, retrying after
+/// errors (the server may be restarting). Once the run stops, it reads on until every
+/// acknowledged payment is listed or `FEED_SETTLE_MAX` passes. Returns the ids in the
+/// order seen.
+pub(super) async fn poll_payment_feed(shared: Arc<Shared>, start: Option<String>) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor = start;
+    let mut stopped_at: Option<std::time::Instant> = None;
+    loop {
+        let response = shared
+            .graphql(PAYMENT_FEED, json!({ "first": 100, "after": cursor }))
+            .await;
+        let page = response
+            .as_ref()
+            .ok()
+            .and_then(|response| response["data"]["payments"].as_object());
+        let mut received = 0;
+        if let Some(page) = page {
+            for node in page["nodes"].as_array().into_iter().flatten() {
+                if let Some(id) = node["id"].as_str() {
+                    seen.push(id.to_owned());
+                    listed.insert(id.to_owned());
+                    received += 1;
+                }
+            }
+            if let Some(end) = page["pageInfo"]["endCursor"].as_str() {
+                cursor = Some(end.to_owned());
+            }
+        }
+        if received == 100 {
+            continue;
+        }
+        if shared.stop.load(Ordering::Relaxed) {
+            let stopped = *stopped_at.get_or_insert_with(std::time::Instant::now);
+            let all_listed = lock(&shared.acknowledged)
+                .values()
+                .all(|id| listed.contains(id));
+            if all_listed || stopped.elapsed() > FEED_SETTLE_MAX {
+                return seen;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub(super) async fn verify(
     shared: &Shared,
     initial: &HashMap<String, AccountState>,
     entries_seen: Option<EntriesSeen>,
+    payments_seen: Option<Vec<String>>,
 ) -> anyhow::Result<()> {
     // Every acknowledged key names exactly the payment it was acknowledged with.
     let acknowledged: Vec<(String, String)> = lock(&shared.acknowledged)
@@ -207,6 +269,32 @@ pub(super) async fn verify(
                     state.balance
                 ));
             }
+        }
+    }
+
+    // The payment feed listed every acknowledged payment, and nothing twice.
+    if let Some(seen) = payments_seen {
+        let mut times_seen: HashMap<&str, usize> = HashMap::new();
+        for id in &seen {
+            *times_seen.entry(id).or_default() += 1;
+        }
+        for (id, times) in &times_seen {
+            if *times > 1 {
+                shared.violation(format!("the payment feed listed {id} {times} times"));
+            }
+        }
+        let acknowledged: Vec<String> = lock(&shared.acknowledged).values().cloned().collect();
+        let missed: Vec<&String> = acknowledged
+            .iter()
+            .filter(|id| !times_seen.contains_key(id.as_str()))
+            .collect();
+        if !missed.is_empty() {
+            shared.violation(format!(
+                "the payment feed never listed {} of {} acknowledged payments, e.g. {}",
+                missed.len(),
+                acknowledged.len(),
+                missed[0]
+            ));
         }
     }
 

@@ -254,7 +254,10 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     .await;
     assert_loaded_only_from(client, &app).await;
     let stored = client
-        .execute("return sessionStorage.length === 1 && location.href", Vec::new())
+        .execute(
+            "return sessionStorage.length === 1 && location.href",
+            Vec::new(),
+        )
         .await
         .unwrap();
     let url = stored.as_str().expect("the key is kept in sessionStorage");
@@ -263,7 +266,14 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     // A payment made now, through another instance, shows up live.
     let replica = app.spawn_replica().await;
     let response = app
-        .pay_at(&replica.address, "after-load", &customer, &funding, "1.25", "EUR")
+        .pay_at(
+            &replica.address,
+            "after-load",
+            &customer,
+            &funding,
+            "1.25",
+            "EUR",
+        )
         .await;
     let payment = response["data"]["createPayment"]["payment"]["id"]
         .as_str()
@@ -324,7 +334,10 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
 async fn save_screenshot(client: &Client, name: &str) {
     if let Some(directory) = std::env::var_os("LEDGER_TEST_SCREENSHOTS") {
         let png = client.screenshot().await.expect("a screenshot");
-        std::fs::write(std::path::Path::new(&directory).join(format!("{name}.png")), png)
-            .expect("the screenshot is written");
+        std::fs::write(
+            std::path::Path::new(&directory).join(format!("{name}.png")),
+            png,
+        )
+        .expect("the screenshot is written");
     }
 }

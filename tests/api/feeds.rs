@@ -416,3 +416,92 @@ async fn feeds_refuse_bad_arguments(backend: Backend) {
         );
     }
 }
+
+/// The race a feed must survive, made deterministic: a transaction that took its id
+/// first commits last. Here the test holds one open (a declined payment with its key,
+/// written by hand as the service would), while a payment through the API commits. A
+/// poller must not be shown the newer payment yet, or its cursor would pass the older
+/// one for good. PostgreSQL only: SQLite's single writer cannot interleave commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_that_commits_late_is_not_skipped() {
+    use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let funding = app.create_account("USD", "UNBOUNDED", None).await;
+    let customer = app.create_account("USD", "NON_NEGATIVE", None).await;
+    // The open transaction's foreign keys hold share locks on the first two accounts.
+    let other_funding = app.create_account("USD", "UNBOUNDED", None).await;
+    let other_customer = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.settle_feeds().await;
+    let page = |after: Option<String>| {
+        let app = &app;
+        async move {
+            let response = app.graphql(PAYMENT_FEED, json!({ "after": after })).await;
+            assert!(response["errors"].is_null(), "{response}");
+            let page = &response["data"]["payments"];
+            let ids: Vec<String> = page["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|node| node["id"].as_str().unwrap().to_owned())
+                .collect();
+            (
+                ids,
+                page["pageInfo"]["endCursor"].as_str().map(str::to_owned),
+            )
+        }
+    };
+    let (before, _) = page(None).await;
+    assert!(before.is_empty());
+
+    let uuid = |id: &str| uuid::Uuid::parse_str(&id[4..]).unwrap();
+    let late = uuid::Uuid::now_v7();
+    let transaction = app.db.begin().await.unwrap();
+    let statement = |sql: &str, values: Vec<sea_orm::Value>| {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    };
+    transaction
+        .execute_raw(statement(
+            "INSERT INTO idempotency_keys
+               (client_id, idempotency_key, operation, request_fingerprint, resource_id, created_at)
+             SELECT client_id, 'late', 'createPayment', repeat('0', 64), $2, now()
+             FROM accounts WHERE id = $1",
+            vec![uuid(&customer).into(), late.into()],
+        ))
+        .await
+        .unwrap();
+    transaction
+        .execute_raw(statement(
+            "INSERT INTO payments (id, client_id, idempotency_key, from_account_id, to_account_id,
+                                   amount_minor, currency, status, decline_reason, created_at)
+             SELECT $3, client_id, 'late', $1, $2, 100, 'USD', 'DECLINED', 'INSUFFICIENT_FUNDS', now()
+             FROM accounts WHERE id = $1",
+            vec![uuid(&customer).into(), uuid(&funding).into(), late.into()],
+        ))
+        .await
+        .unwrap();
+
+    // A payment that starts after the open transaction commits before it.
+    let response = app
+        .pay("early", &other_funding, &other_customer, "1.00", "USD")
+        .await;
+    let early = response["data"]["createPayment"]["payment"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{response}"))
+        .to_owned();
+    let (shown_early, cursor) = page(None).await;
+    assert!(
+        shown_early.is_empty(),
+        "listed {shown_early:?} while an older transaction could still commit behind it"
+    );
+
+    transaction.commit().await.unwrap();
+    app.settle_feeds().await;
+    let (rest, _) = page(cursor).await;
+    let mut seen = shown_early;
+    seen.extend(rest);
+    assert_eq!(seen, vec![format!("pay_{}", late.simple()), early]);
+    app.assert_ledger_sound().await;
+}

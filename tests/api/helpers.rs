@@ -62,6 +62,8 @@ pub struct AppOptions {
     /// Overrides cache settings (capacities, lifetimes).
     pub cache: Option<payments_ledger::config::CacheConfig>,
     pub write_isolation: payments_ledger::config::WriteIsolation,
+    /// `CORS_ALLOWED_ORIGINS`.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -93,6 +95,7 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     }
     config.cache.redis_url = redis_url;
     config.database.write_isolation = options.write_isolation;
+    config.server.cors_allowed_origins = options.cors_allowed_origins;
     config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
     let application = Application::build(config.clone())
         .await

@@ -9,6 +9,7 @@ mod browser;
 mod cache;
 mod cli;
 mod concurrency;
+mod cors;
 mod feeds;
 mod group_commit;
 mod http;
