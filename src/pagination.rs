@@ -265,8 +265,8 @@ fn compare<C: ColumnTrait, K: PageKey>(
     key: &K,
     comparison: Comparison,
 ) -> SimpleExpr {
-    let left = Expr::tuple(columns.iter().map(|column| Expr::col(*column).into()));
-    let right = Expr::tuple(key.values().into_iter().map(Expr::val).map(Into::into));
+    let left = Expr::tuple(columns.iter().map(|column| Expr::col(*column)));
+    let right = Expr::tuple(key.values().into_iter().map(Expr::val));
     match comparison {
         Comparison::Greater => left.gt(right),
         Comparison::Less => left.lt(right),
