@@ -107,6 +107,15 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
                 .to_owned(),
         ),
         (
+            "a payment's entries sit at its place in the feeds (one transaction wrote them)",
+            Subject::LedgerEntry,
+            "SELECT e.id AS subject, 'entry feed_seq ' || CAST(e.feed_seq AS TEXT) \
+             || ', its payment''s ' || CAST(p.feed_seq AS TEXT) AS detail \
+             FROM ledger_entries e JOIN payments p ON p.id = e.payment_id \
+             WHERE e.feed_seq <> p.feed_seq"
+                .to_owned(),
+        ),
+        (
             "each (client, idempotency key) produced at most one effect",
             Subject::Payment,
             "SELECT p.id AS subject, 'payment is not the recorded effect of its idempotency key' AS detail \

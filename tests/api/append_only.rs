@@ -177,6 +177,14 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
             .any(|invariant| invariant.starts_with("every entry belongs")),
         "{violations:?}"
     );
+    // Written by another transaction than its payment, it also sits elsewhere in the
+    // feeds than the payment does.
+    assert!(
+        invariants
+            .iter()
+            .any(|invariant| invariant.starts_with("a payment's entries sit")),
+        "{violations:?}"
+    );
 
     // Invariant 4: a payment that is not the effect of its idempotency key.
     let Some(app) = spawn_app(backend).await else {
