@@ -121,36 +121,23 @@ pub async fn claim_keys(
     }
 }
 
-/// The `feed_seq` of the rows this transaction inserts for `clients` into `E`'s table
-/// (see the feeds migration). On PostgreSQL it is the transaction's id, which the
-/// column default also fills in; on SQLite, which has one writer, one more than any
-/// row of those clients so far, read under the write lock that `BEGIN IMMEDIATE` took.
-pub async fn feed_seq<E: EntityTrait>(
+/// SQLite only: the `feed_seq` of the rows this transaction inserts for `clients` into
+/// `E`'s table (see the feeds migration): one more than any row of those clients so far,
+/// read under the write lock that `BEGIN IMMEDIATE` took, so it follows commit order.
+/// PostgreSQL fills `feed_seq` with the transaction's id by column default.
+pub async fn next_feed_seq<E: EntityTrait>(
     transaction: &DatabaseTransaction,
-    backend: Backend,
     client_column: E::Column,
     clients: impl IntoIterator<Item = Uuid>,
 ) -> Result<i64, DbErr> {
-    let sequence = match backend {
-        Backend::Postgres => transaction
-            .query_one_raw(Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT pg_current_xact_id()::text::bigint AS feed_seq",
-            ))
-            .await?
-            .map(|row| row.try_get::<i64>("", "feed_seq"))
-            .transpose()?,
-        Backend::Sqlite => {
-            E::find()
-                .select_only()
-                .expr(Expr::cust("COALESCE(MAX(feed_seq), 0) + 1"))
-                .filter(client_column.is_in(clients))
-                .into_tuple::<i64>()
-                .one(transaction)
-                .await?
-        }
-    };
-    sequence.ok_or_else(|| DbErr::Custom("no feed_seq came back".to_owned()))
+    E::find()
+        .select_only()
+        .expr(Expr::cust("COALESCE(MAX(feed_seq), 0) + 1"))
+        .filter(client_column.is_in(clients))
+        .into_tuple::<i64>()
+        .one(transaction)
+        .await?
+        .ok_or_else(|| DbErr::Custom("no feed_seq came back".to_owned()))
 }
 
 /// Inserts the payments, moves the accounts (each only from the version it was locked
@@ -167,13 +154,9 @@ pub async fn write_postings(
         Backend::Postgres => write_postings_postgres(transaction, payments, moves, entries).await?,
         Backend::Sqlite => {
             let clients = payments.iter().map(|row| row.client_id);
-            let feed_seq = feed_seq::<payment::Entity>(
-                transaction,
-                backend,
-                payment::Column::ClientId,
-                clients,
-            )
-            .await?;
+            let feed_seq =
+                next_feed_seq::<payment::Entity>(transaction, payment::Column::ClientId, clients)
+                    .await?;
             set_feed_seq(payments, entries, feed_seq);
             let moved = write_postings_portable(transaction, payments, moves, entries).await?;
             (moved, feed_seq)

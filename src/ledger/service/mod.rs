@@ -20,7 +20,9 @@ pub use self::reads::PaymentFilter;
 
 use std::sync::Arc;
 
-use sea_orm::{DatabaseConnection, DatabaseTransaction, EntityTrait};
+use sea_orm::{
+    ActiveValue::NotSet, ActiveValue::Set, DatabaseConnection, DatabaseTransaction, EntityTrait,
+};
 use uuid::Uuid;
 
 use self::payment_batch::{PaymentBatches, PaymentJob};
@@ -277,7 +279,7 @@ async fn insert_account(
     transaction: &DatabaseTransaction,
     request: &NewAccount,
     fingerprint: &Fingerprint,
-    mut row: account::Model,
+    row: account::Model,
 ) -> Result<account::Model, WriteError> {
     let record = idempotency::record(
         ClientId(row.client_id),
@@ -296,15 +298,19 @@ async fn insert_account(
                 WriteError::Db(error)
             }
         })?;
-    row.feed_seq = batch_sql::feed_seq::<account::Entity>(
-        transaction,
-        Backend::of(transaction),
-        account::Column::ClientId,
-        [row.client_id],
-    )
-    .await?;
-    let inserted = account::Entity::insert(account::ActiveModel::from(row.clone()))
-        .exec_without_returning(transaction)
+    let mut active = account::ActiveModel::from(row.clone());
+    active.feed_seq = match Backend::of(transaction) {
+        // The column default, the transaction's id; RETURNING brings it back.
+        Backend::Postgres => NotSet,
+        Backend::Sqlite => Set(batch_sql::next_feed_seq::<account::Entity>(
+            transaction,
+            account::Column::ClientId,
+            [row.client_id],
+        )
+        .await?),
+    };
+    let inserted = account::Entity::insert(active)
+        .exec_with_returning(transaction)
         .await;
     match inserted {
         // The key is already ours, so the only unique index left is externalRef.
@@ -314,6 +320,6 @@ async fn insert_account(
                 request.external_ref.as_deref().unwrap_or_default()
             ))))
         }
-        other => other.map(|_| row).map_err(WriteError::Db),
+        other => other.map_err(WriteError::Db),
     }
 }
