@@ -28,7 +28,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply migrations and serve GraphQL at /graphql and GraphiQL at / (the default).
+    /// Apply migrations and serve GraphQL at /graphql, GraphiQL at / and the dashboard at
+    /// /dashboard (the default).
     Serve,
     /// Apply migrations and exit.
     Migrate,
@@ -71,7 +72,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = Application::build(config).await?;
             startup::greet_first_run(&app).await?;
             tracing::info!(
-                "listening on http://{} (GraphiQL at /, GraphQL at /graphql)",
+                "listening on http://{} (GraphiQL at /, dashboard at /dashboard, GraphQL at /graphql)",
                 app.state().config.server.listen_addr.ip().to_string()
                     + ":"
                     + &app.port().to_string()

@@ -161,7 +161,8 @@ pub async fn greet_first_run(app: &Application) -> anyhow::Result<()> {
             let created = auth::create_client(db, "local").await?;
             println!(
                 "\nFirst run: created client \"local\". Its API key (shown only this once):\n\n    {}\n\n\
-                 Open {url}/ and set the header  Authorization: Bearer {}\n\
+                 GraphiQL: open {url}/ and set the header  Authorization: Bearer {}\n\
+                 Dashboard: open {url}/dashboard and paste the key.\n\
                  More keys: payments-ledger client create <name>\n",
                 created.api_key, created.api_key
             );
