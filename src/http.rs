@@ -178,7 +178,7 @@ async fn record_latency(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = RequestLabels::method_of(request.method());
     let path = match request.uri().path() {
         "/graphql" => "/graphql",
         "/" => "/",

@@ -64,9 +64,24 @@ pub struct OperationLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    /// One of a fixed set (`RequestLabels::method_of`): a label must never take a value
+    /// a caller chose, or each made-up value adds a series to every scrape.
+    pub method: &'static str,
     pub path: &'static str,
     pub status: u16,
+}
+
+impl RequestLabels {
+    pub fn method_of(method: &axum::http::Method) -> &'static str {
+        use axum::http::Method;
+        match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        }
+    }
 }
 
 /// Every metric the server exports.

@@ -5,7 +5,6 @@
 //! the currency has is rejected, never rounded; arithmetic is checked, never wrapping.
 
 use std::fmt;
-use std::str::FromStr;
 
 use rust_decimal::Decimal;
 
@@ -121,9 +120,11 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, AppError> {
     if !all_digits(whole) || fraction.is_some_and(|fraction| !all_digits(fraction)) {
         return Err(invalid());
     }
-    Decimal::from_str(text).map_err(|_| {
+    // `from_str` would round past 28 significant digits ("0.0099…9" with 30 digits
+    // became 0.01); an amount is taken exactly or not at all.
+    Decimal::from_str_exact(text).map_err(|_| {
         AppError::bad_input(format!(
-            "amount {:?} is out of range",
+            "amount {:?} has too many digits to be taken exactly",
             truncate_for_message(text)
         ))
     })
@@ -210,6 +211,18 @@ mod tests {
         assert!(error.to_string().contains("more decimal places"), "{error}");
         let jpy = Currency::parse("JPY").unwrap();
         assert!(PositiveAmount::parse("1.5", jpy).is_err());
+    }
+
+    #[test]
+    fn digits_past_decimal_precision_are_rejected_not_rounded() {
+        for text in [
+            "0.009999999999999999999999999999",
+            "1.00000000000000000000000000001",
+            "0.0000000000000000000000000000001",
+        ] {
+            let error = PositiveAmount::parse(text, usd()).unwrap_err();
+            assert_eq!(error.code(), "BAD_USER_INPUT", "{text}");
+        }
     }
 
     #[test]

@@ -37,6 +37,17 @@ async fn bad_payments_are_refused_and_change_nothing(backend: Backend) {
         ("zero with decimals", json!("0.00"), "BAD_USER_INPUT"),
         ("negative", json!("-5.00"), "BAD_USER_INPUT"),
         ("too many decimals", json!("1.001"), "BAD_USER_INPUT"),
+        // Past a decimal's 28 digits: once rounded to 0.01 and 1.00 and POSTED.
+        (
+            "rounds up past 28 digits",
+            json!("0.009999999999999999999999999999"),
+            "BAD_USER_INPUT",
+        ),
+        (
+            "rounds down past 28 digits",
+            json!("1.00000000000000000000000000001"),
+            "BAD_USER_INPUT",
+        ),
         ("non-numeric", json!("ten"), "BAD_USER_INPUT"),
         ("exponent", json!("1e2"), "BAD_USER_INPUT"),
         ("JSON number", json!(12.5), "BAD_USER_INPUT"),

@@ -254,3 +254,31 @@ async fn every_response_names_its_request(backend: Backend) {
         assert!(seen.insert(generated), "ids are not reused");
     }
 }
+
+/// A caller cannot grow `/metrics`: made-up HTTP methods share one `other` label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn made_up_methods_do_not_grow_the_metrics() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let url = format!("{}/graphql", app.address);
+    for index in 0..50 {
+        let method = reqwest::Method::from_bytes(format!("BOGUS{index}").as_bytes()).unwrap();
+        let response = app.http.request(method, &url).send().await.unwrap();
+        assert!(response.status().is_client_error());
+    }
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !metrics.contains("BOGUS"),
+        "a caller's method became a label"
+    );
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+}

@@ -14,7 +14,44 @@ on_both_backends!(
     fifty_concurrent_sends_of_one_key_pay_once,
     create_account_is_idempotent_too,
     payment_by_idempotency_key_finds_the_outcome,
+    every_answer_for_a_payment_is_identical_on_any_instance,
 );
+
+/// The first answer, a replay on another instance (cold caches: read from the
+/// database) and a read by id there all show the same payment, timestamps included:
+/// PostgreSQL keeps microseconds, and a first answer with nanoseconds once differed.
+async fn every_answer_for_a_payment_is_identical_on_any_instance(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let source = app.create_account("USD", "UNBOUNDED", None).await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    const FIELDS: &str = "id status amount currency createdAt
+        entries { id direction amount balanceAfter accountVersion createdAt }";
+    let pay = format!(
+        "mutation($input: CreatePaymentInput!) {{ createPayment(input: $input) {{ replayed payment {{ {FIELDS} }} }} }}"
+    );
+    let input = json!({ "input": { "idempotencyKey": "same-everywhere", "fromAccountId": source,
+        "toAccountId": destination, "amount": "1.23", "currency": "USD" } });
+    let first = app.graphql(&pay, input.clone()).await;
+    let replica = app.spawn_replica().await;
+    let replay = app.graphql_at(&replica.address, &pay, input).await;
+    assert_eq!(
+        replay["data"]["createPayment"]["replayed"], true,
+        "{replay}"
+    );
+    let payment = &first["data"]["createPayment"]["payment"];
+    assert!(payment["createdAt"].is_string(), "{first}");
+    assert_eq!(&replay["data"]["createPayment"]["payment"], payment);
+    let read = app
+        .graphql_at(
+            &replica.address,
+            &format!("query($id: ID!) {{ payment(id: $id) {{ {FIELDS} }} }}"),
+            json!({ "id": payment["id"] }),
+        )
+        .await;
+    assert_eq!(&read["data"]["payment"], payment);
+}
 
 async fn a_replay_returns_the_original_outcome(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
