@@ -367,9 +367,15 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
     let mut responses = Vec::with_capacity(requests.len());
     // One after another, so a batch's mutations run in the order the client sent them.
     for mut request in requests {
-        state.parsed_queries.prepare(&mut request);
+        let parsed = state.parsed_queries.prepare(&mut request);
         let request = with_scope(request, &state, caller);
         let mut response = state.schema.execute(request).await;
+        if let Some(parsed) = parsed
+            && matches!(caller, Caller::Client(_))
+            && response.data != async_graphql::Value::Null
+        {
+            state.parsed_queries.remember(parsed);
+        }
         for error in &mut response.errors {
             add_default_code(error);
         }
