@@ -112,28 +112,6 @@ impl ParsedQueries {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parsed_documents_stay_within_their_byte_budget() {
-        let cache = ParsedQueries::default();
-        // 2 000 distinct 2 KiB queries: 2 000 × 2 KiB × 80 = 320 MiB if all were kept.
-        for index in 0..2_000 {
-            let aliases: String = (0..100)
-                .map(|alias| format!("a{alias}: __typename "))
-                .collect();
-            let mut request =
-                async_graphql::Request::new(format!("{{ n{index}: __typename {aliases} }}"));
-            let parsed = cache.prepare(&mut request).expect("a new query parses");
-            cache.remember(parsed);
-        }
-        assert!(cache.weighted_size() <= PARSED_QUERIES_BYTES_MAX);
-        assert!(cache.weighted_size() > PARSED_QUERIES_BYTES_MAX / 2);
-    }
-}
-
 /// What a resolver may use for an authenticated request.
 pub struct RequestScope {
     pub client: ClientId,
@@ -173,5 +151,27 @@ pub fn scope<'a>(ctx: &Context<'a>) -> AppResult<&'a RequestScope> {
         Ok(_) => Err(AppError::internal(anyhow::anyhow!(
             "authenticated request without a scope"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsed_documents_stay_within_their_byte_budget() {
+        let cache = ParsedQueries::default();
+        // 2 000 distinct 2 KiB queries: 2 000 × 2 KiB × 80 = 320 MiB if all were kept.
+        for index in 0..2_000 {
+            let aliases: String = (0..100)
+                .map(|alias| format!("a{alias}: __typename "))
+                .collect();
+            let mut request =
+                async_graphql::Request::new(format!("{{ n{index}: __typename {aliases} }}"));
+            let parsed = cache.prepare(&mut request).expect("a new query parses");
+            cache.remember(parsed);
+        }
+        assert!(cache.weighted_size() <= PARSED_QUERIES_BYTES_MAX);
+        assert!(cache.weighted_size() > PARSED_QUERIES_BYTES_MAX / 2);
     }
 }
