@@ -12,6 +12,7 @@ pub const DATABASE_URL_DEFAULT: &str = "sqlite://ledger.db?mode=rwc";
 pub const DATABASE_MAX_CONNECTIONS_DEFAULT: u32 = 16;
 pub const DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
 pub const WRITE_BATCH_MAX_DEFAULT: u16 = 64;
+pub const POSTGRES_LOCK_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const WRITE_BATCHES_IN_FLIGHT_DEFAULT: u16 = 1;
 pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
@@ -75,6 +76,17 @@ pub struct DatabaseConfig {
     )]
     pub write_isolation: WriteIsolation,
 
+    /// PostgreSQL: the longest a statement waits for a row lock (`lock_timeout`). A
+    /// payment whose account stays locked longer answers RETRY_LATER (nothing
+    /// happened) while the rest of its batch goes on. 0 waits forever.
+    #[arg(
+        long = "postgres-lock-timeout-ms",
+        env = "POSTGRES_LOCK_TIMEOUT_MS",
+        default_value_t = POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
+        global = true
+    )]
+    pub lock_timeout_ms: u64,
+
     /// Group commit: the most payments one write transaction carries. Payments that
     /// arrive while a transaction runs go into the next one together. 1 turns grouping
     /// off (one transaction per payment; raise WRITE_BATCHES_IN_FLIGHT with it, or
@@ -107,6 +119,7 @@ impl Default for DatabaseConfig {
             max_connections: DATABASE_MAX_CONNECTIONS_DEFAULT,
             acquire_timeout_seconds: DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT,
             write_isolation: WriteIsolation::default(),
+            lock_timeout_ms: POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
             write_batch_max: WRITE_BATCH_MAX_DEFAULT,
             write_batches_in_flight: WRITE_BATCHES_IN_FLIGHT_DEFAULT,
         }

@@ -53,13 +53,7 @@ impl Backend {
 
     /// Whether `error` means "the same transaction may succeed if run again".
     pub fn is_retryable(self, error: &DbErr) -> bool {
-        let (DbErr::Exec(RuntimeErr::SqlxError(error))
-        | DbErr::Query(RuntimeErr::SqlxError(error))
-        | DbErr::Conn(RuntimeErr::SqlxError(error))) = error
-        else {
-            return false;
-        };
-        let Some(code) = error.as_database_error().and_then(|error| error.code()) else {
+        let Some(code) = sql_state(error) else {
             return false;
         };
         match self {
@@ -70,6 +64,12 @@ impl Backend {
                 .parse::<i32>()
                 .is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
         }
+    }
+
+    /// A statement gave up waiting for a row lock (`lock_timeout`, SQLSTATE 55P03): its
+    /// transaction rolled back and nothing happened.
+    pub fn is_lock_timeout(self, error: &DbErr) -> bool {
+        self == Self::Postgres && sql_state(error).as_deref() == Some("55P03")
     }
 
     /// How many independent write lanes the in-process write gate has. SQLite has one
@@ -88,15 +88,21 @@ pub async fn connect(
     config: &DatabaseConfig,
     statements: Counter,
 ) -> Result<DatabaseConnection, DbErr> {
+    let lock_timeout = format!("{}ms", config.lock_timeout_ms);
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(config.max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds))
         .sqlx_logging(false)
-        .map_sqlx_postgres_opts(|options| {
-            // Reads, and READ COMMITTED writes, do not depend on the server's default.
-            options.options([("default_transaction_isolation", "read committed")])
+        .map_sqlx_postgres_opts(move |options| {
+            // Sent once when a connection opens, so no statement pays for them: reads
+            // and READ COMMITTED writes do not depend on the server's default, and no
+            // statement waits for a row lock longer than the configured bound.
+            options.options([
+                ("default_transaction_isolation", "read committed".to_owned()),
+                ("lock_timeout", lock_timeout.clone()),
+            ])
         })
         .map_sqlx_sqlite_opts(|options| {
             options
@@ -127,9 +133,25 @@ pub async fn migrate(connection: &DatabaseConnection) -> Result<(), DbErr> {
                     "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
                 ))
                 .await?;
+            // A migration may wait for traffic of instances already running; the
+            // lock bound is for payments.
+            transaction
+                .execute_unprepared("SET LOCAL lock_timeout = 0")
+                .await?;
             Migrator::up(&transaction, None).await?;
             transaction.commit().await
         }
         Backend::Sqlite => Migrator::up(connection, None).await,
     }
+}
+
+/// The database's own error code (SQLSTATE on PostgreSQL, the result code on SQLite).
+fn sql_state(error: &DbErr) -> Option<String> {
+    let (DbErr::Exec(RuntimeErr::SqlxError(error))
+    | DbErr::Query(RuntimeErr::SqlxError(error))
+    | DbErr::Conn(RuntimeErr::SqlxError(error))) = error
+    else {
+        return None;
+    };
+    Some(error.as_database_error()?.code()?.into_owned())
 }

@@ -19,4 +19,5 @@ mod loadgen;
 mod pagination;
 mod payments;
 mod schema;
+mod stalls;
 mod tenancy;

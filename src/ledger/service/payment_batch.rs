@@ -134,10 +134,10 @@ impl Batcher {
                     queued.answer(outcome);
                 }
             }
-            Err(error) if batch.len() > 1 && !matches!(error, AppError::RetryLater) => {
+            Err(error) if batch.len() > 1 && splits_batch(&error) => {
                 for queued in &batch {
                     queued.job.span.in_scope(|| {
-                        tracing::warn!(error = %error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                        tracing::warn!(error = ?error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
                     });
                 }
                 for queued in batch {
@@ -149,15 +149,16 @@ impl Batcher {
                         }),
                         Err(error) => {
                             queued.job.span.in_scope(|| {
-                                tracing::warn!(error = %error, "payment failed alone");
+                                tracing::warn!(error = ?error, "payment failed alone");
                             });
-                            Err(WriteError::Failed(error))
+                            Err(WriteError::Failed(error.into_app_error()))
                         }
                     };
                     queued.answer(outcome);
                 }
             }
             Err(error) => {
+                let error = error.into_app_error();
                 for queued in batch {
                     queued.job.span.in_scope(|| {
                         tracing::warn!(error = %error, "payment batch not committed");
@@ -170,7 +171,7 @@ impl Batcher {
 
     /// One batch in one transaction (rerun on conflicts); after the commit, its payments
     /// and balances go to the caches.
-    async fn commit(&self, jobs: &[&PaymentJob]) -> AppResult<Vec<CommitResult>> {
+    async fn commit(&self, jobs: &[&PaymentJob]) -> Result<Vec<CommitResult>, WriteError> {
         // Sorted and distinct: the order in which the transaction locks them.
         let mut accounts: Vec<Uuid> = jobs
             .iter()
@@ -181,8 +182,7 @@ impl Batcher {
         let committed = self
             .writer
             .run(&accounts, || self.attempt(jobs, &accounts))
-            .await
-            .map_err(WriteError::into_app_error)?;
+            .await?;
         for (payment, entries) in committed.decided {
             self.caches.remember_payment(&payment, entries).await;
         }
@@ -413,4 +413,11 @@ fn account_state(account: &account::Model) -> AccountState {
         balance_minor: account.balance_minor,
         version: account.version,
     }
+}
+
+/// Whether a failed batch should run again one payment per transaction: when one
+/// payment's account was locked too long, or the database refused something, but not
+/// when the database itself is unavailable (each payment would only fail again).
+fn splits_batch(error: &WriteError) -> bool {
+    !matches!(error, WriteError::Failed(AppError::RetryLater))
 }

@@ -30,8 +30,12 @@ pub(super) enum WriteError {
     Invalid(AppError),
     /// The request failed and nothing was stored (retries exhausted, a bug).
     Failed(AppError),
+    /// A row lock was not granted within `lock_timeout`: nothing was stored. A batch
+    /// that meets it runs its payments one by one, so only those on the locked account
+    /// answer RETRY_LATER.
+    Blocked,
     /// A database error inside an attempt; `Writer::run` retries the retryable ones
-    /// and turns the rest into `Failed`, so it never leaves the write path.
+    /// and turns the rest into `Failed` or `Blocked`, so it never leaves the write path.
     Db(DbErr),
 }
 
@@ -55,6 +59,7 @@ impl WriteError {
                 "an idempotency key was taken where no key was claimed"
             )),
             Self::Invalid(error) | Self::Failed(error) => error,
+            Self::Blocked => AppError::RetryLater,
             Self::Db(error) => error.into(),
         }
     }
@@ -125,6 +130,10 @@ impl Writer {
                     tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
                     tokio::time::sleep(retry_backoff(attempt_number)).await;
                     attempt_number += 1;
+                }
+                Err(WriteError::Db(error)) if self.backend.is_lock_timeout(&error) => {
+                    tracing::warn!(error = %error, "a row lock was not granted in time");
+                    return Err(WriteError::Blocked);
                 }
                 Err(WriteError::Db(error)) => return Err(WriteError::Failed(error.into())),
                 other => return other,

@@ -1,0 +1,65 @@
+//! A row lock held elsewhere stalls only the payments that need it: they answer
+//! RETRY_LATER after `POSTGRES_LOCK_TIMEOUT_MS` (nothing happened), while unrelated
+//! payments, even those queued in the same batch, post. PostgreSQL only: SQLite has one
+//! writer, and its lock is the whole file.
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use uuid::Uuid;
+
+use crate::helpers::{Backend, error_code, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_account_stalls_only_its_own_payments() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let held = app.create_account("USD", "UNBOUNDED", None).await;
+    let held_to = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let free = app.create_account("USD", "UNBOUNDED", None).await;
+    let free_to = app.create_account("USD", "NON_NEGATIVE", None).await;
+
+    // An operator's session (or a stuck one) holds the row lock of one account.
+    let session = app.db.begin().await.unwrap();
+    session
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+            [Uuid::parse_str(&held[4..]).unwrap().into()],
+        ))
+        .await
+        .unwrap();
+
+    // Sent together, so they can share a batch.
+    let (blocked, unrelated) = tokio::join!(
+        app.pay("on-the-locked-account", &held, &held_to, "1.00", "USD"),
+        app.pay("unrelated", &free, &free_to, "1.00", "USD"),
+    );
+    assert_eq!(
+        unrelated["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{unrelated}"
+    );
+    assert_eq!(error_code(&blocked), Some("RETRY_LATER"), "{blocked}");
+    // The instance is not stuck behind the lock.
+    let later = app.pay("after", &free, &free_to, "2.00", "USD").await;
+    assert_eq!(
+        later["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{later}"
+    );
+
+    // RETRY_LATER meant nothing happened: once the lock is gone the same key pays once.
+    session.rollback().await.unwrap();
+    assert_eq!(app.balance(&held_to).await, ("0.00".to_owned(), 0));
+    let retried = app
+        .pay("on-the-locked-account", &held, &held_to, "1.00", "USD")
+        .await;
+    assert_eq!(
+        retried["data"]["createPayment"]["replayed"], false,
+        "{retried}"
+    );
+    assert_eq!(
+        retried["data"]["createPayment"]["payment"]["status"],
+        "POSTED"
+    );
+    assert_eq!(app.balance(&held_to).await, ("1.00".to_owned(), 1));
+    app.assert_ledger_sound().await;
+}
