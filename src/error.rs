@@ -25,6 +25,12 @@ pub enum AppError {
     IdempotencyKeyReused,
     #[error("the ledger is busy; retry the same request with the same idempotency key")]
     RetryLater,
+    /// The request ran out of time (`REQUEST_TIMEOUT_SECONDS`). A write may still have
+    /// committed: its outcome is unknown until the same key is sent again.
+    #[error(
+        "the request ran out of time and its outcome is unknown: send it again with the same idempotency key, or ask paymentByIdempotencyKey"
+    )]
+    Timeout,
     #[error("internal error")]
     Internal(Arc<anyhow::Error>),
 }
@@ -53,6 +59,7 @@ impl AppError {
             Self::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::RetryLater => "RETRY_LATER",
+            Self::Timeout => "TIMEOUT",
             Self::Internal(_) => "INTERNAL",
         }
     }

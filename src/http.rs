@@ -76,6 +76,7 @@ pub fn router(state: AppState) -> Router {
                     state.clone(),
                     record_latency,
                 ))
+                .layer(middleware::from_fn(limits_in_graphql_shape))
                 .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -228,6 +229,31 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// A request-level error in the GraphQL response shape.
 fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> Response {
+    error_response_as(status, error, response_content_type(headers))
+}
+
+/// The answers of the layers that enforce limits (a refused body, a request out of
+/// time) come without a body a GraphQL client can read; they are given the GraphQL
+/// error shape here, like every other error.
+async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
+    let content_type = response_content_type(request.headers());
+    let response = next.run(request).await;
+    let error = match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::bad_input(format!(
+            "the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"
+        )),
+        // The server's own 503s (RETRY_LATER) already carry a JSON body.
+        StatusCode::SERVICE_UNAVAILABLE
+            if !response.headers().contains_key(header::CONTENT_TYPE) =>
+        {
+            AppError::Timeout
+        }
+        _ => return response,
+    };
+    error_response_as(response.status(), &error, content_type)
+}
+
+fn error_response_as(status: StatusCode, error: &AppError, content_type: HeaderValue) -> Response {
     let body = serde_json::json!({
         "errors": [{ "message": error.to_string(), "extensions": { "code": error.code() } }]
     });
@@ -237,7 +263,7 @@ fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> 
     let mut response = (status, body.to_string()).into_response();
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, response_content_type(headers));
+        .insert(header::CONTENT_TYPE, content_type);
     response
 }
 

@@ -64,6 +64,9 @@ pub struct AppOptions {
     pub write_isolation: payments_ledger::config::WriteIsolation,
     /// `CORS_ALLOWED_ORIGINS`.
     pub cors_allowed_origins: Vec<String>,
+    /// `REQUEST_TIMEOUT_SECONDS` and `POSTGRES_LOCK_TIMEOUT_MS`, when not the defaults.
+    pub request_timeout_seconds: Option<u64>,
+    pub lock_timeout_ms: Option<u64>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -96,6 +99,12 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     config.cache.redis_url = redis_url;
     config.database.write_isolation = options.write_isolation;
     config.server.cors_allowed_origins = options.cors_allowed_origins;
+    if let Some(seconds) = options.request_timeout_seconds {
+        config.server.request_timeout_seconds = seconds;
+    }
+    if let Some(milliseconds) = options.lock_timeout_ms {
+        config.database.lock_timeout_ms = milliseconds;
+    }
     config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
     let application = Application::build(config.clone())
         .await

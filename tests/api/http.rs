@@ -167,6 +167,15 @@ async fn limits_really_apply(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 413);
+    // In the GraphQL error shape, like every other error.
+    assert!(
+        response.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
 
     // Too long a batch.
     let batch: Vec<Value> = (0..17)

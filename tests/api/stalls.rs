@@ -6,7 +6,7 @@
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, error_code, spawn_app};
+use crate::helpers::{AppOptions, Backend, error_code, spawn_app, spawn_app_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_locked_account_stalls_only_its_own_payments() {
@@ -62,4 +62,52 @@ async fn a_locked_account_stalls_only_its_own_payments() {
     );
     assert_eq!(app.balance(&held_to).await, ("1.00".to_owned(), 1));
     app.assert_ledger_sound().await;
+}
+
+/// A request that outlives `REQUEST_TIMEOUT_SECONDS` answers 503 in the GraphQL error
+/// shape, code TIMEOUT: its outcome is unknown, and the same key tells it later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_out_of_time_says_its_outcome_is_unknown() {
+    let options = AppOptions {
+        request_timeout_seconds: Some(1),
+        lock_timeout_ms: Some(5_000),
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Postgres, options).await else {
+        return;
+    };
+    let from = app.create_account("USD", "UNBOUNDED", None).await;
+    let to = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let session = app.db.begin().await.unwrap();
+    session
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+            [Uuid::parse_str(&from[4..]).unwrap().into()],
+        ))
+        .await
+        .unwrap();
+    let response = app
+        .http
+        .post(format!("{}/graphql", app.address))
+        .bearer_auth(&app.api_key)
+        .json(&serde_json::json!({
+            "query": crate::helpers::PAY,
+            "variables": { "input": { "idempotencyKey": "slow", "fromAccountId": from,
+                "toAccountId": to, "amount": "1.00", "currency": "USD" } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("TIMEOUT"), "{body}");
+    session.rollback().await.unwrap();
+    // Whatever happened, the same key now gives the one outcome.
+    let response = app.pay_until_final("slow", &from, &to, "1.00", "USD").await;
+    assert_eq!(
+        response["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{response}"
+    );
+    assert_eq!(app.balance(&to).await, ("1.00".to_owned(), 1));
 }
