@@ -65,7 +65,8 @@ pub struct Options {
     /// A request not answered within this is abandoned and retried with the same key.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Retries per payment after a timeout, transport error or RETRY_LATER.
+    /// Retries per payment after a timeout (the client's or the server's TIMEOUT), a
+    /// transport error, RETRY_LATER or INTERNAL.
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
     /// Share of operations that read a balance instead of paying (0 to 1).
@@ -203,7 +204,8 @@ impl Shared {
             if let Some(code) = error_code(&response) {
                 self.error(code);
                 match code {
-                    "RETRY_LATER" | "INTERNAL" => continue,
+                    // Nothing happened, or the outcome is unknown: the same key tells.
+                    "RETRY_LATER" | "INTERNAL" | "TIMEOUT" => continue,
                     _ => return Outcome::Failed,
                 }
             }
