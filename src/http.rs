@@ -229,14 +229,25 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// A request-level error in the GraphQL response shape.
 fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> Response {
-    error_response_as(status, error, response_content_type(headers))
+    let body = serde_json::json!({
+        "errors": [{ "message": error.to_string(), "extensions": { "code": error.code() } }]
+    });
+    if let AppError::Internal(cause) = error {
+        tracing::error!(error = ?cause, "internal error");
+    }
+    let mut response = (status, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, response_content_type(headers));
+    response
 }
 
 /// The answers of the layers that enforce limits (a refused body, a request out of
 /// time) come without a body a GraphQL client can read; they are given the GraphQL
 /// error shape here, like every other error.
 async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
-    let content_type = response_content_type(request.headers());
+    // Only the Accept header is kept (a reference count), and only read if a limit hit.
+    let accept = request.headers().get(header::ACCEPT).cloned();
     let response = next.run(request).await;
     let error = match response.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::bad_input(format!(
@@ -250,21 +261,11 @@ async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
         }
         _ => return response,
     };
-    error_response_as(response.status(), &error, content_type)
-}
-
-fn error_response_as(status: StatusCode, error: &AppError, content_type: HeaderValue) -> Response {
-    let body = serde_json::json!({
-        "errors": [{ "message": error.to_string(), "extensions": { "code": error.code() } }]
-    });
-    if let AppError::Internal(cause) = error {
-        tracing::error!(error = ?cause, "internal error");
+    let mut request_headers = HeaderMap::new();
+    if let Some(accept) = accept {
+        request_headers.insert(header::ACCEPT, accept);
     }
-    let mut response = (status, body.to_string()).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, content_type);
-    response
+    error_response(response.status(), &error, &request_headers)
 }
 
 fn wants_graphql_response_json(headers: &HeaderMap) -> bool {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::AppError;
 use crate::graphql::paging::page_of;
-use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account};
+use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account, payment_page};
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
@@ -171,7 +171,6 @@ impl PaymentQuery {
         last: Option<i32>,
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
-        let scope = scope(ctx)?;
         let filter = PaymentFilter {
             account: account_id
                 .as_deref()
@@ -181,10 +180,11 @@ impl PaymentQuery {
             since,
             until,
         };
-        let arguments = PageArguments::new(first, after, last, before);
-        page_of(arguments, |page| {
-            scope.ledger.list_payments(scope.client, filter, page)
-        })
+        payment_page(
+            scope(ctx)?,
+            filter,
+            PageArguments::new(first, after, last, before),
+        )
         .await
     }
 }

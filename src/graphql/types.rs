@@ -175,17 +175,17 @@ impl Account {
         last: Option<i32>,
         before: Option<String>,
     ) -> Result<Connection<String, Payment>> {
-        let scope = scope(ctx)?;
         let filter = PaymentFilter {
             account: Some(self.account_id()),
             status,
             since,
             until,
         };
-        let arguments = PageArguments::new(first, after, last, before);
-        page_of(arguments, |page| {
-            scope.ledger.list_payments(scope.client, filter, page)
-        })
+        payment_page(
+            scope(ctx)?,
+            filter,
+            PageArguments::new(first, after, last, before),
+        )
         .await
     }
 
@@ -345,4 +345,17 @@ impl LedgerEntry {
     async fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
     }
+}
+
+/// One page of the payment feed, narrowed by `filter`: `Query.payments` and
+/// `Account.payments` are the same list.
+pub async fn payment_page(
+    scope: &RequestScope,
+    filter: PaymentFilter,
+    arguments: PageArguments,
+) -> Result<Connection<String, Payment>> {
+    page_of(arguments, |page| {
+        scope.ledger.list_payments(scope.client, filter, page)
+    })
+    .await
 }

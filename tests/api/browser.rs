@@ -106,6 +106,28 @@ async fn wait_until(client: &Client, what: &str, script: &str) -> Value {
     }
 }
 
+async fn click(client: &Client, selector: &str) {
+    client
+        .find(Locator::Css(selector))
+        .await
+        .unwrap_or_else(|error| panic!("{selector}: {error}"))
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("clicking {selector}: {error}"));
+}
+
+/// Presses GraphiQL's run button and returns the result pane's text once it contains
+/// `expected`.
+async fn run_query_until(client: &Client, expected: &str) -> String {
+    click(client, ".graphiql-execute-button").await;
+    let script = format!(
+        "const text = document.querySelector('.result-window')?.innerText || '';
+         return text.includes({expected:?}) ? text : null"
+    );
+    let result = wait_until(client, &format!("{expected:?} in the result"), &script).await;
+    result.as_str().unwrap().to_owned()
+}
+
 /// Every file the page loaded came from the server itself.
 async fn assert_loaded_only_from(client: &Client, app: &TestApp) {
     let loaded = client
@@ -158,21 +180,7 @@ async fn graphiql_renders_and_runs_a_query_once_a_key_is_set() {
     );
 
     // No header is preset: the first run meets the server's own message.
-    client
-        .find(Locator::Css(".graphiql-execute-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let result = wait_until(
-        client,
-        "an answer without a key",
-        "const text = document.querySelector('.result-window')?.innerText || '';
-         return text.includes('API key') ? text : null",
-    )
-    .await;
-    let result = result.as_str().unwrap();
+    let result = run_query_until(client, "API key").await;
     assert!(result.contains("missing API key"), "{result}");
     assert!(!result.contains("invalid API key"), "{result}");
 
@@ -188,21 +196,7 @@ async fn graphiql_renders_and_runs_a_query_once_a_key_is_set() {
         )
         .await
         .expect("the headers editor takes the key");
-    client
-        .find(Locator::Css(".graphiql-execute-button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let result = wait_until(
-        client,
-        "the payments in the result",
-        "const text = document.querySelector('.result-window')?.innerText || '';
-         return text.includes('12.34') ? text : null",
-    )
-    .await;
-    let result = result.as_str().unwrap();
+    let result = run_query_until(client, "12.34").await;
     assert!(result.contains("POSTED"), "{result}");
     assert!(!result.contains("API key"), "{result}");
     save_screenshot(client, "graphiql").await;
@@ -239,13 +233,7 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
         .send_keys(&app.api_key)
         .await
         .unwrap();
-    client
-        .find(Locator::Css("#connect button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(client, "#connect button[type=submit]").await;
     wait_until(
         client,
         "the first refresh",
@@ -310,15 +298,11 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     assert!(totals.as_str().unwrap().contains("3.75"), "{totals}");
 
     // Choosing the account draws its balance over time from its entries.
-    client
-        .find(Locator::Css(&format!(
-            "#accounts tr[data-account-id=\"{customer}\"]"
-        )))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(
+        client,
+        &format!("#accounts tr[data-account-id=\"{customer}\"]"),
+    )
+    .await;
     let range = wait_until(
         client,
         "the balance chart",

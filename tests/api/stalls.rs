@@ -3,10 +3,25 @@
 //! payments, even those queued in the same batch, post. PostgreSQL only: SQLite has one
 //! writer, and its lock is the whole file.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, Backend, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app, spawn_app_with};
+
+/// Opens a transaction that holds `account`'s row lock until it ends, as an operator's
+/// `SELECT … FOR UPDATE` in psql would.
+async fn hold_row_lock(app: &TestApp, account: &str) -> DatabaseTransaction {
+    let session = app.db.begin().await.unwrap();
+    session
+        .execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
+            [Uuid::parse_str(&account[4..]).unwrap().into()],
+        ))
+        .await
+        .unwrap();
+    session
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_locked_account_stalls_only_its_own_payments() {
@@ -18,16 +33,7 @@ async fn a_locked_account_stalls_only_its_own_payments() {
     let free = app.create_account("USD", "UNBOUNDED", None).await;
     let free_to = app.create_account("USD", "NON_NEGATIVE", None).await;
 
-    // An operator's session (or a stuck one) holds the row lock of one account.
-    let session = app.db.begin().await.unwrap();
-    session
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
-            [Uuid::parse_str(&held[4..]).unwrap().into()],
-        ))
-        .await
-        .unwrap();
+    let session = hold_row_lock(&app, &held).await;
 
     // Sent together, so they can share a batch.
     let (blocked, unrelated) = tokio::join!(
@@ -78,15 +84,7 @@ async fn a_request_out_of_time_says_its_outcome_is_unknown() {
     };
     let from = app.create_account("USD", "UNBOUNDED", None).await;
     let to = app.create_account("USD", "NON_NEGATIVE", None).await;
-    let session = app.db.begin().await.unwrap();
-    session
-        .execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT id FROM accounts WHERE id = $1 FOR UPDATE",
-            [Uuid::parse_str(&from[4..]).unwrap().into()],
-        ))
-        .await
-        .unwrap();
+    let session = hold_row_lock(&app, &from).await;
     let response = app
         .http
         .post(format!("{}/graphql", app.address))

@@ -150,20 +150,24 @@ pub async fn write_postings(
     moves: &[AccountMove],
     entries: &mut [ledger_entry::Model],
 ) -> Result<u64, DbErr> {
-    let (moved, feed_seq) = match backend {
-        Backend::Postgres => write_postings_postgres(transaction, payments, moves, entries).await?,
+    match backend {
+        // The column defaults set it; the statement reports which it was.
+        Backend::Postgres => {
+            let (moved, feed_seq) =
+                write_postings_postgres(transaction, payments, moves, entries).await?;
+            set_feed_seq(payments, entries, feed_seq);
+            Ok(moved)
+        }
+        // Inserted as given.
         Backend::Sqlite => {
             let clients = payments.iter().map(|row| row.client_id);
             let feed_seq =
                 next_feed_seq::<payment::Entity>(transaction, payment::Column::ClientId, clients)
                     .await?;
             set_feed_seq(payments, entries, feed_seq);
-            let moved = write_postings_portable(transaction, payments, moves, entries).await?;
-            (moved, feed_seq)
+            write_postings_portable(transaction, payments, moves, entries).await
         }
-    };
-    set_feed_seq(payments, entries, feed_seq);
-    Ok(moved)
+    }
 }
 
 fn set_feed_seq(payments: &mut [payment::Model], entries: &mut [ledger_entry::Model], seq: i64) {
