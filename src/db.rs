@@ -145,13 +145,50 @@ pub async fn migrate(connection: &DatabaseConnection) -> Result<(), DbErr> {
     }
 }
 
-/// The database's own error code (SQLSTATE on PostgreSQL, the result code on SQLite).
-fn sql_state(error: &DbErr) -> Option<String> {
+/// Whether `error` is the connection failing rather than the database refusing a
+/// statement: the socket broke, the server went away or shut the session down. The
+/// transaction it was in can no longer commit; but if it was the COMMIT that got no
+/// answer, the database may have committed it.
+pub fn is_connection_lost(error: &DbErr) -> bool {
+    let Some(error) = driver_error(error) else {
+        return false;
+    };
+    match error {
+        sea_orm::SqlxError::Io(_)
+        | sea_orm::SqlxError::Tls(_)
+        | sea_orm::SqlxError::Protocol(_)
+        | sea_orm::SqlxError::PoolClosed
+        | sea_orm::SqlxError::WorkerCrashed => true,
+        // connection_exception (08…), admin_shutdown, crash_shutdown, cannot_connect_now
+        sea_orm::SqlxError::Database(error) => error
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57P0")),
+        _ => false,
+    }
+}
+
+/// Whether the database itself answered `error` (a SQLSTATE or SQLite result code): it
+/// judged the statement, so a COMMIT that failed this way did not commit.
+pub fn has_database_answer(error: &DbErr) -> bool {
+    sql_state(error).is_some() && !is_connection_lost(error)
+}
+
+fn driver_error(error: &DbErr) -> Option<&sea_orm::SqlxError> {
     let (DbErr::Exec(RuntimeErr::SqlxError(error))
     | DbErr::Query(RuntimeErr::SqlxError(error))
     | DbErr::Conn(RuntimeErr::SqlxError(error))) = error
     else {
         return None;
     };
-    Some(error.as_database_error()?.code()?.into_owned())
+    Some(&**error)
+}
+
+/// The database's own error code (SQLSTATE on PostgreSQL, the result code on SQLite).
+fn sql_state(error: &DbErr) -> Option<String> {
+    Some(
+        driver_error(error)?
+            .as_database_error()?
+            .code()?
+            .into_owned(),
+    )
 }

@@ -1,8 +1,10 @@
 //! The one error type of the server and its single mapping to GraphQL error codes.
 //!
 //! Every failure a client can see is an `AppError`; its variant decides
-//! `extensions.code`. Database and other infrastructure failures become `Internal` with
-//! a generic message: their cause is logged once, here, never sent to the client.
+//! `extensions.code`, and each code says one thing about a write: nothing happened
+//! (everything but the two below), its outcome is unknown (`OutcomeUnknown`,
+//! `Timeout`), or a bug (`Internal`, with a generic message: its cause is logged once,
+//! here, never sent to the client).
 
 use std::sync::Arc;
 
@@ -31,6 +33,12 @@ pub enum AppError {
         "the request ran out of time and its outcome is unknown: send it again with the same idempotency key, or ask paymentByIdempotencyKey"
     )]
     Timeout,
+    /// The connection to the database broke after a write's COMMIT was sent, and the
+    /// server could not reach the database again to learn whether it committed.
+    #[error(
+        "the database connection failed while this write was committing, so its outcome is unknown: send it again with the same idempotency key, or ask paymentByIdempotencyKey"
+    )]
+    OutcomeUnknown,
     #[error("internal error")]
     Internal(Arc<anyhow::Error>),
 }
@@ -60,6 +68,7 @@ impl AppError {
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             Self::RetryLater => "RETRY_LATER",
             Self::Timeout => "TIMEOUT",
+            Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
             Self::Internal(_) => "INTERNAL",
         }
     }
@@ -72,6 +81,12 @@ impl From<DbErr> for AppError {
             // Nothing happened, so the client may safely retry.
             DbErr::ConnectionAcquire(_) => {
                 tracing::warn!(error = %error, "database connection unavailable");
+                Self::RetryLater
+            }
+            // Writes never get here with a lost connection (`Writer::run` settles
+            // them); for a read, a lost connection changed nothing.
+            lost if crate::db::is_connection_lost(&lost) => {
+                tracing::warn!(error = %lost, "database connection lost");
                 Self::RetryLater
             }
             other => Self::internal(other),

@@ -65,8 +65,8 @@ pub struct Options {
     /// A request not answered within this is abandoned and retried with the same key.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Retries per payment after a timeout (the client's or the server's TIMEOUT), a
-    /// transport error, RETRY_LATER or INTERNAL.
+    /// Retries per payment after a client-side timeout, a transport error, or the codes
+    /// RETRY_LATER, OUTCOME_UNKNOWN, TIMEOUT and INTERNAL.
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
     /// Share of operations that read a balance instead of paying (0 to 1).
@@ -205,7 +205,7 @@ impl Shared {
                 self.error(code);
                 match code {
                     // Nothing happened, or the outcome is unknown: the same key tells.
-                    "RETRY_LATER" | "INTERNAL" | "TIMEOUT" => continue,
+                    "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL" => continue,
                     _ => return Outcome::Failed,
                 }
             }

@@ -26,23 +26,9 @@ fn payment_id(response: &Value) -> Option<&str> {
 
 /// (payments run in batches, batches) on the first instance, from its `/metrics`.
 async fn batch_counts(app: &TestApp) -> (f64, f64) {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .expect("the server answers")
-        .text()
-        .await
-        .expect("metrics are text");
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} is missing from /metrics:\n{text}"))
-    };
     (
-        value("ledger_write_batch_payments_sum "),
-        value("ledger_write_batch_payments_count "),
+        app.metric("ledger_write_batch_payments_sum").await,
+        app.metric("ledger_write_batch_payments_count").await,
     )
 }
 

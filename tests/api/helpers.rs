@@ -67,6 +67,9 @@ pub struct AppOptions {
     /// `REQUEST_TIMEOUT_SECONDS` and `POSTGRES_LOCK_TIMEOUT_MS`, when not the defaults.
     pub request_timeout_seconds: Option<u64>,
     pub lock_timeout_ms: Option<u64>,
+    /// PostgreSQL: the server reaches its database through this address (a
+    /// `link::FaultyLink`) instead of directly, with TLS off.
+    pub database_via: Option<std::net::SocketAddr>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -92,7 +95,10 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         Backend::Sqlite => TestDatabase::sqlite(),
         Backend::Postgres => TestDatabase::postgres().await?,
     };
-    let mut config = Config::for_database(database.url.clone());
+    let mut config = Config::for_database(match options.database_via {
+        Some(address) => via_address(&database.url, address),
+        None => database.url.clone(),
+    });
     if let Some(cache) = options.cache {
         config.cache = cache;
     }
@@ -380,6 +386,30 @@ impl TestApp {
         );
     }
 
+    /// The value of one sample on the first instance's `/metrics`, by its full name
+    /// and labels as exposed (e.g. `ledger_payments_total{outcome="posted"}`); 0 when
+    /// the sample is absent (a counter never touched).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.address))
+            .send()
+            .await
+            .expect("the server answers")
+            .text()
+            .await
+            .expect("metrics are text");
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let row = self
             .db
@@ -512,6 +542,23 @@ async fn create_template(admin_url: String) -> String {
     }
     admin.close().await.ok();
     name
+}
+
+/// `url` (PostgreSQL) reaching its server at `address`, with TLS off.
+fn via_address(url: &str, address: std::net::SocketAddr) -> String {
+    let scheme_end = url.find("://").expect("a URL") + 3;
+    let rest = &url[scheme_end..];
+    let host_start = rest.find('@').map_or(0, |at| at + 1);
+    let host_end = rest[host_start..]
+        .find(['/', '?'])
+        .map_or(rest.len(), |end| host_start + end);
+    let separator = if rest.contains('?') { '&' } else { '?' };
+    format!(
+        "{}{}{address}{}{separator}sslmode=disable",
+        &url[..scheme_end],
+        &rest[..host_start],
+        &rest[host_end..]
+    )
 }
 
 /// `url` pointing at database `name`.

@@ -178,7 +178,7 @@ impl Ledger {
                 let transaction = self.writer.begin().await?;
                 let row = account_row(client, &request, account_id);
                 let row = insert_account(&transaction, &request, &fingerprint, row).await?;
-                transaction.commit().await?;
+                write::commit(transaction).await?;
                 Ok(row)
             }),
         )
@@ -201,23 +201,24 @@ impl Ledger {
         Load: Fn(Uuid) -> LoadFuture,
         LoadFuture: Future<Output = AppResult<Option<T>>>,
     {
-        let replay = |resource_id: Uuid| async move {
-            self.metrics
-                .idempotent_replays
-                .get_or_create(&OperationLabels {
-                    operation: key.operation.as_str(),
-                })
-                .inc();
+        let load = &load;
+        let found = |resource_id: Uuid, replayed: bool| async move {
+            if replayed {
+                self.metrics
+                    .idempotent_replays
+                    .get_or_create(&OperationLabels {
+                        operation: key.operation.as_str(),
+                    })
+                    .inc();
+            }
             let value = load(resource_id).await?.ok_or_else(|| {
                 AppError::internal(anyhow::anyhow!(
                     "idempotency key names {resource_id}, which does not exist"
                 ))
             })?;
-            Ok(Created {
-                value,
-                replayed: true,
-            })
+            Ok(Created { value, replayed })
         };
+        let replay = |resource_id: Uuid| found(resource_id, true);
         if let Some((fingerprint, resource_id)) = self.caches.known_key(key.client, key.key).await {
             if &fingerprint != key.fingerprint {
                 return Err(AppError::IdempotencyKeyReused);
@@ -243,7 +244,9 @@ impl Ledger {
                 self.caches
                     .remember_key(key.client, key.key, key.fingerprint, resource_id)
                     .await;
-                replay(resource_id).await
+                // The key names what this very request would have created: its own
+                // earlier attempt committed, and only the COMMIT's answer was lost.
+                found(resource_id, resource_id != key.resource_id).await
             }
             Err(WriteError::Invalid(error)) => {
                 match idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::batch_sql::{self, AccountMove};
 use super::commit_queue::{CommitQueue, Queued};
-use super::write::{WriteError, Writer};
+use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
 use crate::db::Backend;
 use crate::entity::{account, idempotency_key, ledger_entry, payment};
@@ -299,7 +299,7 @@ impl Batcher {
                 .into());
             }
         }
-        transaction.commit().await?;
+        write::commit(transaction).await?;
         let balances = moves
             .iter()
             .map(|row| {
@@ -417,7 +417,11 @@ fn account_state(account: &account::Model) -> AccountState {
 
 /// Whether a failed batch should run again one payment per transaction: when one
 /// payment's account was locked too long, or the database refused something, but not
-/// when the database itself is unavailable (each payment would only fail again).
+/// when the database itself is unavailable (each payment would only fail again, and
+/// after a COMMIT without an answer `Writer::run` has already tried to settle it).
 fn splits_batch(error: &WriteError) -> bool {
-    !matches!(error, WriteError::Failed(AppError::RetryLater))
+    !matches!(
+        error,
+        WriteError::Failed(AppError::RetryLater | AppError::OutcomeUnknown)
+    )
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::write_gate::WriteGate;
 use crate::config::WriteIsolation;
-use crate::db::Backend;
+use crate::db::{self, Backend};
 use crate::error::AppError;
 use crate::metrics::Metrics;
 
@@ -37,6 +37,9 @@ pub(super) enum WriteError {
     /// A database error inside an attempt; `Writer::run` retries the retryable ones
     /// and turns the rest into `Failed` or `Blocked`, so it never leaves the write path.
     Db(DbErr),
+    /// The COMMIT was sent and its answer lost with the connection: the attempt may
+    /// have committed. `Writer::run` runs the write again, whose key claim finds out.
+    CommitUnanswered(DbErr),
 }
 
 impl From<DbErr> for WriteError {
@@ -61,8 +64,21 @@ impl WriteError {
             Self::Invalid(error) | Self::Failed(error) => error,
             Self::Blocked => AppError::RetryLater,
             Self::Db(error) => error.into(),
+            Self::CommitUnanswered(_) => AppError::OutcomeUnknown,
         }
     }
+}
+
+/// Commits, telling a COMMIT the database refused (nothing happened) from one whose
+/// answer never came (it may have committed).
+pub(super) async fn commit(transaction: DatabaseTransaction) -> Result<(), WriteError> {
+    transaction.commit().await.map_err(|error| {
+        if db::has_database_answer(&error) {
+            WriteError::Db(error)
+        } else {
+            WriteError::CommitUnanswered(error)
+        }
+    })
 }
 
 pub(super) fn is_unique_violation(error: &DbErr) -> bool {
@@ -107,6 +123,12 @@ impl Writer {
     /// Waits for the gate lanes of `accounts` (sorted, distinct), then runs `attempt`
     /// (one whole transaction) again while it fails in a retryable way, with jittered
     /// backoff, a bounded number of times.
+    ///
+    /// Running a write again is always safe, even after a COMMIT whose answer was lost:
+    /// every write claims its idempotency key in its own transaction, so a rerun of a
+    /// write that did commit finds its key taken by itself (`Ledger::create_once`
+    /// answers it as this request's own, not as a replay). Until a rerun settles such a
+    /// write, no failure may say "nothing happened": it says OUTCOME_UNKNOWN.
     pub(super) async fn run<T, F, Fut>(
         &self,
         accounts: &[Uuid],
@@ -117,28 +139,43 @@ impl Writer {
         Fut: Future<Output = Result<T, WriteError>>,
     {
         let _lanes = self.gate.enter(accounts).await;
+        let mut may_have_committed = false;
         let mut attempt_number = 1;
-        loop {
-            match attempt().await {
-                Err(WriteError::Db(error)) if self.backend.is_retryable(&error) => {
-                    if attempt_number >= WRITE_ATTEMPTS_MAX {
-                        self.metrics.write_retries_exhausted.inc();
-                        tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
-                        return Err(WriteError::Failed(AppError::RetryLater));
-                    }
-                    self.metrics.write_retries.inc();
-                    tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
-                    tokio::time::sleep(retry_backoff(attempt_number)).await;
-                    attempt_number += 1;
+        let failed = loop {
+            let error = match attempt().await {
+                Err(WriteError::CommitUnanswered(error)) => {
+                    tracing::warn!(error = %error, "a COMMIT got no answer; running the write again to learn its outcome");
+                    may_have_committed = true;
+                    error
+                }
+                Err(WriteError::Db(error))
+                    if self.backend.is_retryable(&error) || db::is_connection_lost(&error) =>
+                {
+                    error
                 }
                 Err(WriteError::Db(error)) if self.backend.is_lock_timeout(&error) => {
                     tracing::warn!(error = %error, "a row lock was not granted in time");
-                    return Err(WriteError::Blocked);
+                    break WriteError::Blocked;
                 }
-                Err(WriteError::Db(error)) => return Err(WriteError::Failed(error.into())),
-                other => return other,
+                Err(WriteError::Db(error)) => break WriteError::Failed(error.into()),
+                Err(failed @ (WriteError::Failed(_) | WriteError::Blocked)) => break failed,
+                settled => return settled,
+            };
+            if attempt_number >= WRITE_ATTEMPTS_MAX {
+                self.metrics.write_retries_exhausted.inc();
+                tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
+                break WriteError::Failed(AppError::RetryLater);
             }
+            self.metrics.write_retries.inc();
+            tracing::debug!(error = %error, attempt = attempt_number, "retrying write");
+            tokio::time::sleep(retry_backoff(attempt_number)).await;
+            attempt_number += 1;
+        };
+        if may_have_committed {
+            tracing::warn!(error = ?failed, "a write whose COMMIT got no answer could not be run again");
+            return Err(WriteError::Failed(AppError::OutcomeUnknown));
         }
+        Err(failed)
     }
 }
 

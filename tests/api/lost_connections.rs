@@ -1,0 +1,132 @@
+//! The database connection breaks at the worst moments: before the COMMIT reaches
+//! PostgreSQL, after it committed but before its answer came back, and with the
+//! database then unreachable. Each answer must be true (docs/api.md, "Error codes"):
+//! a payment that committed is this request's own (`replayed: false`, counted as
+//! posted), one that did not is run again, and only a write that cannot be settled
+//! answers OUTCOME_UNKNOWN, never "nothing happened".
+
+use serde_json::Value;
+
+use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app_with};
+use crate::link::{COMMIT, Fault, FaultyLink};
+
+const POSTED: &str = "ledger_payments_total{outcome=\"posted\"}";
+const REPLAYED: &str = "ledger_payments_total{outcome=\"replayed\"}";
+
+/// A server whose database connections run through `link`, with a funded USD source
+/// and an empty destination.
+async fn app_through(link: &FaultyLink) -> (TestApp, String, String) {
+    let options = AppOptions {
+        database_via: Some(link.address),
+        ..AppOptions::default()
+    };
+    let app = spawn_app_with(Backend::Postgres, options)
+        .await
+        .expect("LEDGER_TEST_DATABASE_URL is set");
+    let source = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&source, "100.00", "USD").await;
+    let destination = app.create_account("USD", "NON_NEGATIVE", None).await;
+    (app, source, destination)
+}
+
+fn payment(response: &Value) -> &Value {
+    &response["data"]["createPayment"]
+}
+
+/// The payment committed and only the answer to its COMMIT was lost: the server finds
+/// out by running it again, and answers with its own payment, not a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_whose_commit_answer_is_lost_is_answered_as_posted_once() {
+    let Some(link) = FaultyLink::to_test_database().await else {
+        return;
+    };
+    let (app, source, destination) = app_through(&link).await;
+    let posted_before = app.metric(POSTED).await;
+
+    link.arm(Fault::DropAnswerTo(COMMIT));
+    let response = app
+        .pay("commit-answer-lost", &source, &destination, "30.00", "USD")
+        .await;
+    assert!(link.fired(), "the COMMIT's answer was dropped");
+    assert_eq!(
+        payment(&response)["payment"]["status"],
+        "POSTED",
+        "{response}"
+    );
+    assert_eq!(
+        payment(&response)["replayed"],
+        false,
+        "this request's own commit is not a replay: {response}"
+    );
+    assert_eq!(app.metric(POSTED).await - posted_before, 1.0);
+    assert_eq!(app.metric(REPLAYED).await, 0.0);
+
+    let again = app
+        .pay("commit-answer-lost", &source, &destination, "30.00", "USD")
+        .await;
+    assert_eq!(payment(&again)["replayed"], true, "{again}");
+    assert_eq!(
+        payment(&again)["payment"]["id"],
+        payment(&response)["payment"]["id"]
+    );
+    assert_eq!(app.balance(&source).await, ("70.00".to_owned(), 2));
+    assert_eq!(app.balance(&destination).await, ("30.00".to_owned(), 1));
+    app.assert_ledger_sound().await;
+}
+
+/// The connection broke before the COMMIT reached PostgreSQL: nothing happened, and
+/// the server runs the payment again on another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_whose_commit_never_arrives_is_run_again() {
+    let Some(link) = FaultyLink::to_test_database().await else {
+        return;
+    };
+    let (app, source, destination) = app_through(&link).await;
+
+    link.arm(Fault::NeverDeliver(COMMIT));
+    let response = app
+        .pay("commit-never-sent", &source, &destination, "12.50", "USD")
+        .await;
+    assert!(link.fired());
+    assert_eq!(
+        payment(&response)["payment"]["status"],
+        "POSTED",
+        "{response}"
+    );
+    assert_eq!(payment(&response)["replayed"], false, "{response}");
+    assert_eq!(
+        app.count("payments").await,
+        2,
+        "the funding and this payment"
+    );
+    assert_eq!(app.balance(&destination).await, ("12.50".to_owned(), 1));
+    app.assert_ledger_sound().await;
+}
+
+/// The COMMIT went through, its answer was lost, and then the database could not be
+/// reached: the server cannot know the outcome and must not say "nothing happened".
+/// Sent again once the database is back, the same key finds the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_that_cannot_be_settled_answers_outcome_unknown() {
+    let Some(link) = FaultyLink::to_test_database().await else {
+        return;
+    };
+    let (app, source, destination) = app_through(&link).await;
+
+    link.arm(Fault::GoDarkAfter(COMMIT));
+    let response = app
+        .pay("commit-unsettled", &source, &destination, "40.00", "USD")
+        .await;
+    assert!(link.fired());
+    assert_eq!(error_code(&response), Some("OUTCOME_UNKNOWN"), "{response}");
+    assert!(response["data"]["createPayment"].is_null(), "{response}");
+
+    link.heal();
+    let again = app
+        .pay_until_final("commit-unsettled", &source, &destination, "40.00", "USD")
+        .await;
+    assert_eq!(payment(&again)["payment"]["status"], "POSTED", "{again}");
+    assert_eq!(app.count("payments").await, 2, "paid once");
+    assert_eq!(app.balance(&source).await, ("60.00".to_owned(), 2));
+    app.assert_ledger_sound().await;
+}
