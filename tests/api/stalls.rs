@@ -1,6 +1,7 @@
 //! A row lock held elsewhere stalls only the payments that need it: they answer
 //! RETRY_LATER after `POSTGRES_LOCK_TIMEOUT_MS` (nothing happened), while unrelated
-//! payments, even those queued in the same batch, post. PostgreSQL only: SQLite has one
+//! payments, even those queued in the same batch, post; and no tenant can take another
+//! tenant's row locks. PostgreSQL only: SQLite has one
 //! writer, and its lock is the whole file.
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
@@ -108,4 +109,35 @@ async fn a_request_out_of_time_says_its_outcome_is_unknown() {
         "{response}"
     );
     assert_eq!(app.balance(&to).await, ("1.00".to_owned(), 1));
+}
+
+/// A payment locks only its own client's accounts: naming another tenant's account
+/// answers NOT_FOUND at once, without waiting for (or taking) that account's row lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_cannot_lock_another_tenants_account() {
+    let Some(app) = spawn_app(Backend::Postgres).await else {
+        return;
+    };
+    let victims = app.create_account("USD", "UNBOUNDED", None).await;
+    let intruder = app.other_client_key().await;
+    let intruders = app
+        .create_account_as(&intruder, "USD", "UNBOUNDED", None)
+        .await;
+
+    let session = hold_row_lock(&app, &victims).await;
+    let response = app
+        .client
+        .with_key(Some(&intruder))
+        .create_payment(
+            &ledger_client::PaymentInput::new("probe", &victims, &intruders, "1.00", "USD"),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(&response),
+        Some("NOT_FOUND"),
+        "the intruder's payment waited for the victim's row lock: {response}"
+    );
+    session.rollback().await.unwrap();
 }

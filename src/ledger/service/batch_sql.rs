@@ -25,12 +25,21 @@ pub struct AccountMove {
     pub version: i64,
 }
 
-/// Locks `ids` (sorted, distinct) in id order and returns them. Every writer locks in
-/// the same order, so batches touching overlapping accounts wait, never deadlock.
+/// An account a batch needs, and the client whose payment names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AccountClaim {
+    pub id: Uuid,
+    pub client: Uuid,
+}
+
+/// Locks the accounts of `claims` (sorted, distinct) in id order and returns them: only
+/// those owned by the client that names them, so no tenant can take (or wait for)
+/// another tenant's row lock by naming its id. Every writer locks in the same order, so
+/// batches touching overlapping accounts wait, never deadlock.
 pub async fn lock_accounts(
     transaction: &DatabaseTransaction,
     backend: Backend,
-    ids: &[Uuid],
+    claims: &[AccountClaim],
 ) -> Result<Vec<account::Model>, DbErr> {
     match backend {
         Backend::Postgres => {
@@ -40,18 +49,24 @@ pub async fn lock_accounts(
                         balance_minor, version, created_at, feed_seq
                  FROM accounts
                  WHERE id = ANY($1::uuid[])
+                   AND (id, client_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
                  ORDER BY id
                  FOR UPDATE",
-                [Value::from(ids.to_vec())],
+                [
+                    Value::from(claims.iter().map(|claim| claim.id).collect::<Vec<_>>()),
+                    Value::from(claims.iter().map(|claim| claim.client).collect::<Vec<_>>()),
+                ],
             );
             account::Entity::find()
                 .from_raw_sql(statement)
                 .all(transaction)
                 .await
         }
+        // One writer and no row locks: the file lock is already the whole database's,
+        // and `check_accounts` refuses accounts of other clients.
         Backend::Sqlite => {
             account::Entity::find()
-                .filter(account::Column::Id.is_in(ids.iter().copied()))
+                .filter(account::Column::Id.is_in(claims.iter().map(|claim| claim.id)))
                 .order_by_asc(account::Column::Id)
                 .lock_exclusive()
                 .all(transaction)

@@ -13,7 +13,7 @@ use chrono::Utc;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::batch_sql::{self, AccountMove};
+use super::batch_sql::{self, AccountClaim, AccountMove};
 use super::commit_queue::{CommitQueue, Queued};
 use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
@@ -173,15 +173,22 @@ impl Batcher {
     /// and balances go to the caches.
     async fn commit(&self, jobs: &[&PaymentJob]) -> Result<Vec<CommitResult>, WriteError> {
         // Sorted and distinct: the order in which the transaction locks them.
-        let mut accounts: Vec<Uuid> = jobs
+        let mut claims: Vec<AccountClaim> = jobs
             .iter()
-            .flat_map(|job| [job.request.from.0, job.request.to.0])
+            .flat_map(|job| {
+                [job.request.from, job.request.to].map(|account| AccountClaim {
+                    id: account.0,
+                    client: job.client.0,
+                })
+            })
             .collect();
-        accounts.sort_unstable();
+        claims.sort_unstable();
+        claims.dedup();
+        let mut accounts: Vec<Uuid> = claims.iter().map(|claim| claim.id).collect();
         accounts.dedup();
         let committed = self
             .writer
-            .run(&accounts, || self.attempt(jobs, &accounts))
+            .run(&accounts, || self.attempt(jobs, &claims))
             .await?;
         for (payment, entries) in committed.decided {
             self.caches.remember_payment(&payment, entries).await;
@@ -196,12 +203,12 @@ impl Batcher {
     async fn attempt(
         &self,
         jobs: &[&PaymentJob],
-        account_ids: &[Uuid],
+        claims: &[AccountClaim],
     ) -> Result<CommittedBatch, WriteError> {
         let backend = self.writer.backend();
         let transaction = self.writer.begin().await?;
         let locked: HashMap<Uuid, account::Model> =
-            batch_sql::lock_accounts(&transaction, backend, account_ids)
+            batch_sql::lock_accounts(&transaction, backend, claims)
                 .await?
                 .into_iter()
                 .map(|row| (row.id, row))
