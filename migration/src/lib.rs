@@ -1,12 +1,16 @@
 //! Database migrations for the payments ledger.
 //!
 //! Tables are created through sea-query so one definition serves SQLite and PostgreSQL;
-//! the few backend-specific pieces (append-only triggers) are raw SQL chosen by backend.
+//! the few backend-specific pieces (append-only and guard triggers, feed defaults) are raw
+//! SQL chosen by backend.
 
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_create_ledger;
 mod m20261124_000002_feeds;
+mod m20261125_000001_guards;
+
+pub use m20261125_000001_guards::GUARD_TRIGGERS;
 
 pub struct Migrator;
 
@@ -16,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_create_ledger::Migration),
             Box::new(m20261124_000002_feeds::Migration),
+            Box::new(m20261125_000001_guards::Migration),
         ]
     }
 }

@@ -1,5 +1,7 @@
 //! The database itself guards the ledger: entries and payments are append-only, balance
-//! rules are CHECK constraints, and the audit finds each invariant's violation.
+//! rules are CHECK constraints, accounts keep their identity and move only with the
+//! entries that justify them (the guards migration), and the audit finds each
+//! invariant's violation when the guards are gone.
 
 use chrono::Utc;
 use payments_ledger::entity::ledger_entry::EntryDirection;
@@ -7,7 +9,10 @@ use payments_ledger::entity::payment::PaymentStatus;
 use payments_ledger::entity::{account, ledger_entry, payment};
 use payments_ledger::ledger::audit::find_violations;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+    QueryTrait, Statement, TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::helpers::{Backend, TestApp, spawn_app};
@@ -16,6 +21,7 @@ use crate::on_both_backends;
 on_both_backends!(
     entries_and_payments_reject_update_and_delete,
     balance_rules_are_database_constraints,
+    guards_refuse_changing_an_account_without_its_entries,
     the_audit_catches_each_broken_invariant,
 );
 
@@ -86,12 +92,206 @@ async fn balance_rules_are_database_constraints(backend: Backend) {
     app.assert_ledger_sound().await;
 }
 
+/// Runs `statements` in one transaction and insists the database refuses it with a
+/// guard's error.
+async fn assert_guard_refuses(app: &TestApp, what: &str, statements: Vec<Statement>) {
+    let transaction = app.db.begin().await.unwrap();
+    let mut refused = None;
+    for statement in statements {
+        if let Err(error) = transaction.execute_raw(statement).await {
+            refused = Some(error);
+            break;
+        }
+    }
+    let error = match refused {
+        Some(error) => error,
+        None => transaction
+            .commit()
+            .await
+            .expect_err(&format!("{what} was accepted")),
+    };
+    assert!(
+        error.to_string().contains("ledger guard"),
+        "{what} was refused for the wrong reason: {error}"
+    );
+}
+
+/// A ledger entry row for `account`, as a hand-written INSERT would add it.
+fn entry_insert(
+    backend: DbBackend,
+    account: &account::Model,
+    payment: Uuid,
+    amount_minor: i64,
+    version: i64,
+) -> Statement {
+    Statement::from_sql_and_values(
+        backend,
+        "INSERT INTO ledger_entries (id, client_id, account_id, payment_id, currency, direction,
+           amount_minor, balance_after_minor, account_version, created_at, feed_seq)
+         VALUES ($1, $2, $3, $4, $5, 'CREDIT', $6, $7, $8, $9, 1)",
+        [
+            Uuid::now_v7().into(),
+            account.client_id.into(),
+            account.id.into(),
+            payment.into(),
+            account.currency.clone().into(),
+            amount_minor.into(),
+            (account.balance_minor + amount_minor).into(),
+            version.into(),
+            Utc::now().into(),
+        ],
+    )
+}
+
+async fn guards_refuse_changing_an_account_without_its_entries(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (source, destination) = small_ledger(&app).await;
+    let credit = app
+        .create_account("USD", "CREDIT_LIMIT", Some("5.00"))
+        .await;
+    let unused = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let uuid = |id: &str| Uuid::parse_str(&id[4..]).unwrap();
+    let db_backend = app.db.get_database_backend();
+    let plain = |sql: String| Statement::from_string(db_backend, sql);
+    let before = account::Entity::find().all(&app.db).await.unwrap();
+    let entries = app.count("ledger_entries").await;
+
+    let update = |id: Uuid, changes: Vec<(account::Column, sea_orm::sea_query::SimpleExpr)>| {
+        let mut query = account::Entity::update_many().filter(account::Column::Id.eq(id));
+        for (column, value) in changes {
+            query = query.col_expr(column, value);
+        }
+        db_backend.build(&query.into_query())
+    };
+    let balance = || Expr::col(account::Column::BalanceMinor).add(100);
+    let other_client = payments_ledger::auth::create_client(&app.db, "other client")
+        .await
+        .unwrap()
+        .id
+        .0;
+    use account::Column::{
+        BalanceMinor, BalanceRule, ClientId, CreditLimitMinor, Currency, ExternalRef, Version,
+    };
+    for (what, statement) in [
+        (
+            "the issue's example",
+            update(
+                destination,
+                vec![(BalanceMinor, balance()), (Currency, Expr::value("EUR"))],
+            ),
+        ),
+        (
+            "a balance alone",
+            update(destination, vec![(BalanceMinor, balance())]),
+        ),
+        (
+            "a version alone",
+            update(destination, vec![(Version, Expr::col(Version).add(1))]),
+        ),
+        (
+            "a version backwards",
+            update(
+                destination,
+                vec![(Version, Expr::value(0)), (BalanceMinor, Expr::value(0))],
+            ),
+        ),
+        (
+            "the currency",
+            update(destination, vec![(Currency, Expr::value("EUR"))]),
+        ),
+        (
+            "the balance rule",
+            update(destination, vec![(BalanceRule, Expr::value("UNBOUNDED"))]),
+        ),
+        (
+            "the credit limit",
+            update(
+                uuid(&credit),
+                vec![(CreditLimitMinor, Expr::value(100_000_000_i64))],
+            ),
+        ),
+        (
+            "the externalRef",
+            update(destination, vec![(ExternalRef, Expr::value("stolen"))]),
+        ),
+        (
+            "the owner",
+            update(destination, vec![(ClientId, Expr::value(other_client))]),
+        ),
+        (
+            "a deletion",
+            db_backend.build(
+                &account::Entity::delete_many()
+                    .filter(account::Column::Id.eq(uuid(&unused)))
+                    .into_query(),
+            ),
+        ),
+    ] {
+        assert_guard_refuses(&app, what, vec![statement]).await;
+    }
+
+    // A whole fake posting, entry and balance consistent with each other, added to a
+    // payment that already has its two entries: money from nowhere.
+    let p1 = payment::Entity::find()
+        .filter(payment::Column::IdempotencyKey.eq("p1"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let row = account::Entity::find_by_id(destination)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let fake_entry = entry_insert(db_backend, &row, p1.id, 100, row.version + 1);
+    let fake_move = Statement::from_sql_and_values(
+        db_backend,
+        "UPDATE accounts SET balance_minor = $1, version = $2 WHERE id = $3",
+        [
+            (row.balance_minor + 100).into(),
+            (row.version + 1).into(),
+            row.id.into(),
+        ],
+    );
+    assert_guard_refuses(&app, "a fake posting", vec![fake_entry, fake_move]).await;
+    if backend == Backend::Postgres {
+        // Without deferred triggers SQLite cannot refuse these two (docs/operations.md);
+        // `payments-ledger verify` finds them.
+        let lonely = entry_insert(db_backend, &row, p1.id, 100, row.version + 1);
+        assert_guard_refuses(&app, "an entry no account move follows", vec![lonely]).await;
+        let posted_alone = Statement::from_sql_and_values(
+            db_backend,
+            "INSERT INTO payments (id, client_id, idempotency_key, from_account_id,
+               to_account_id, amount_minor, currency, status, created_at)
+             VALUES ($1, $2, 'no-entries', $3, $4, 1, 'USD', 'POSTED', now())",
+            [
+                Uuid::now_v7().into(),
+                row.client_id.into(),
+                source.into(),
+                destination.into(),
+            ],
+        );
+        assert_guard_refuses(&app, "a POSTED payment without entries", vec![posted_alone]).await;
+        let truncate = plain("TRUNCATE accounts CASCADE".to_owned());
+        assert_guard_refuses(&app, "a truncation", vec![truncate]).await;
+    }
+
+    assert_eq!(account::Entity::find().all(&app.db).await.unwrap(), before);
+    assert_eq!(app.count("ledger_entries").await, entries);
+    app.assert_ledger_sound().await;
+}
+
 async fn the_audit_catches_each_broken_invariant(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
     let (_, destination) = small_ledger(&app).await;
     assert_eq!(find_violations(&app.db).await.unwrap(), vec![]);
+    // The guard triggers refuse every corruption below (`guards_refuse_…`); without them
+    // the audit must still find each one.
+    app.drop_guards().await;
 
     // Invariant 2: a balance that is not the sum of its entries.
     account::Entity::update_many()
@@ -191,6 +391,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         return;
     };
     let (source_2, destination_2) = small_ledger(&app).await;
+    app.drop_guards().await;
     let row = account::Entity::find_by_id(source_2)
         .one(&app.db)
         .await

@@ -160,7 +160,8 @@ async fn payments_sharing_a_transaction_see_each_others_balances(backend: Backen
 
 /// A batch that fails for a reason other than contention must not fail every payment
 /// in it. The test corrupts one account's stored balance rule (possible only after
-/// dropping the CHECK constraints, hence PostgreSQL only, in the test's own database):
+/// dropping the guard triggers and the CHECK constraints, hence PostgreSQL only, in the
+/// test's own database):
 /// every batch that locks it fails, and its payments are rerun one per transaction,
 /// so only the payments touching that account fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -170,6 +171,7 @@ async fn a_refused_batch_is_rerun_one_payment_at_a_time() {
     };
     let (source, destination) = funded_pair(&app, "100.00").await;
     let corrupted = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.drop_guards().await;
     let constraints = app
         .db
         .query_all_raw(Statement::from_string(

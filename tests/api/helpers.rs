@@ -410,6 +410,24 @@ impl TestApp {
             .unwrap_or(0.0)
     }
 
+    /// Drops the guard triggers (migration `guards`) from this test's own database, so
+    /// the test can corrupt rows on purpose and show what else catches it.
+    pub async fn drop_guards(&self) {
+        let backend = self.db.get_database_backend();
+        for (trigger, table) in migration::GUARD_TRIGGERS {
+            let statement = match backend {
+                sea_orm::DbBackend::Postgres => {
+                    format!("DROP TRIGGER IF EXISTS {trigger} ON {table}")
+                }
+                _ => format!("DROP TRIGGER IF EXISTS {trigger}"),
+            };
+            self.db
+                .execute_unprepared(&statement)
+                .await
+                .expect("a guard trigger is dropped");
+        }
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let row = self
             .db
@@ -497,8 +515,13 @@ impl TestDatabase {
 /// of migrating each time. Its name carries a hash of the migrations: a changed
 /// migration gets a new template.
 async fn create_template(admin_url: String) -> String {
-    let migrations = include_str!("../../migration/src/m20261124_000001_create_ledger.rs");
-    let hash = hex::encode(&Sha256::digest(migrations.as_bytes())[..6]);
+    let migrations = [
+        include_str!("../../migration/src/lib.rs"),
+        include_str!("../../migration/src/m20261124_000001_create_ledger.rs"),
+        include_str!("../../migration/src/m20261124_000002_feeds.rs"),
+        include_str!("../../migration/src/m20261125_000001_guards.rs"),
+    ];
+    let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");
     let admin = Database::connect(&admin_url)
         .await

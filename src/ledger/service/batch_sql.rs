@@ -314,6 +314,15 @@ async fn write_postings_portable(
             .exec_without_returning(transaction)
             .await?;
     }
+    // Entries before moves: the database accepts a move only over entries it can see
+    // (the guards migration).
+    if !entries.is_empty() {
+        ledger_entry::Entity::insert_many(
+            entries.iter().cloned().map(ledger_entry::ActiveModel::from),
+        )
+        .exec_without_returning(transaction)
+        .await?;
+    }
     let mut moved = 0;
     for account_move in moves {
         moved += account::Entity::update_many()
@@ -327,13 +336,6 @@ async fn write_postings_portable(
             .exec(transaction)
             .await?
             .rows_affected;
-    }
-    if !entries.is_empty() {
-        ledger_entry::Entity::insert_many(
-            entries.iter().cloned().map(ledger_entry::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
     }
     Ok(moved)
 }
