@@ -4,10 +4,10 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::config::{CacheConfig, Config, DatabaseConfig, ServerConfig};
+use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, ServerConfig};
 use crate::metrics::Metrics;
 use crate::startup::{self, Application};
-use crate::{auth, graphql, ledger, telemetry};
+use crate::{auth, db, graphql, ledger, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +31,7 @@ pub enum Command {
     /// Apply migrations and serve GraphQL at /graphql, GraphiQL at / and the dashboard at
     /// /dashboard (the default).
     Serve,
-    /// Apply migrations and exit.
+    /// Apply migrations and exit (whatever DATABASE_MIGRATIONS says).
     Migrate,
     /// Print the GraphQL schema (SDL); schema.graphql is its output.
     Schema,
@@ -39,6 +39,12 @@ pub enum Command {
     Client {
         #[command(subcommand)]
         command: ClientCommand,
+    },
+    /// PostgreSQL: grant ROLE what the server needs and nothing more (run as the role
+    /// that owns the tables; docs/operations.md, "Database roles").
+    GrantAppRole {
+        /// An existing role the server will log in as.
+        role: String,
     },
     /// Check every ledger invariant from the database; exits 1 listing any violation.
     Verify {
@@ -61,12 +67,16 @@ pub enum ClientCommand {
 
 /// Runs the parsed command; the process exit code follows the result.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config {
+    let mut config = Config {
         database: cli.database,
         server: cli.server,
         cache: cli.cache,
     };
-    match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Migrate | Command::GrantAppRole { .. } = command {
+        config.database.migrations = Migrations::Apply;
+    }
+    match command {
         Command::Serve => {
             telemetry::init();
             let app = Application::build(config).await?;
@@ -91,6 +101,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let created = auth::create_client(&db, &name).await?;
             println!("created client {name:?}; its API key, shown only this once:");
             println!("{}", created.api_key);
+        }
+        Command::GrantAppRole { role } => {
+            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
+            db::grant_app_role(&db, &role).await?;
+            println!(
+                "granted {role} what the server needs; run it as {role} with DATABASE_MIGRATIONS=check"
+            );
         }
         Command::Verify { acknowledged } => {
             let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;

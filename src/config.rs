@@ -36,6 +36,18 @@ pub enum WriteIsolation {
     ReadCommitted,
 }
 
+/// What the server does with pending migrations when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Migrations {
+    /// Apply them (needs a role that owns the tables).
+    #[default]
+    Apply,
+    /// Apply nothing; refuse to start while any is pending. For a server that runs as
+    /// a role without DDL rights (docs/operations.md, "Database roles"), after
+    /// `payments-ledger migrate` ran as the owner.
+    Check,
+}
+
 /// Where the ledger is stored, and how writes run.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
@@ -110,6 +122,17 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub write_batches_in_flight: u16,
+
+    /// Whether starting (serve, client, verify) applies pending migrations or only
+    /// checks that none is pending. `payments-ledger migrate` always applies them.
+    #[arg(
+        long = "database-migrations",
+        env = "DATABASE_MIGRATIONS",
+        value_enum,
+        default_value_t = Migrations::default(),
+        global = true
+    )]
+    pub migrations: Migrations,
 }
 
 impl Default for DatabaseConfig {
@@ -122,6 +145,7 @@ impl Default for DatabaseConfig {
             lock_timeout_ms: POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
             write_batch_max: WRITE_BATCH_MAX_DEFAULT,
             write_batches_in_flight: WRITE_BATCHES_IN_FLIGHT_DEFAULT,
+            migrations: Migrations::default(),
         }
     }
 }

@@ -145,6 +145,60 @@ pub async fn migrate(connection: &DatabaseConnection) -> Result<(), DbErr> {
     }
 }
 
+/// PostgreSQL: lets `role` run the server and nothing more: read every table, append
+/// rows, and move a balance and version (which the guard triggers check), but change no
+/// account's identity, delete nothing, and, since it does not own the tables, disable
+/// no trigger. Run as the role that owns the tables (the one that ran the migrations);
+/// the server then runs as `role` with `DATABASE_MIGRATIONS=check`.
+pub async fn grant_app_role(connection: &DatabaseConnection, role: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        Backend::of(connection) == Backend::Postgres,
+        "database roles exist on PostgreSQL only"
+    );
+    let is_identifier = role.len() <= 63
+        && role.starts_with(|first: char| first.is_ascii_lowercase() || first == '_')
+        && role
+            .chars()
+            .all(|next| next.is_ascii_lowercase() || next.is_ascii_digit() || next == '_');
+    anyhow::ensure!(
+        is_identifier,
+        "role {role:?}: use lowercase letters, digits and underscores, at most 63"
+    );
+    let transaction = connection.begin().await?;
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA public TO {role}"),
+        format!(
+            "GRANT SELECT, INSERT ON clients, accounts, payments, ledger_entries, \
+             idempotency_keys TO {role}"
+        ),
+        format!("GRANT UPDATE (balance_minor, version) ON accounts TO {role}"),
+        format!("GRANT SELECT ON seaql_migrations TO {role}"),
+    ] {
+        transaction.execute_unprepared(&statement).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// The names of the migrations this build knows that the database has not applied.
+/// Reads only `seaql_migrations`, so a role without DDL rights can ask.
+pub async fn pending_migrations(connection: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let applied: std::collections::HashSet<String> = connection
+        .query_all_raw(sea_orm::Statement::from_string(
+            connection.get_database_backend(),
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "version"))
+        .collect::<Result<_, _>>()?;
+    Ok(Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .filter(|name| !applied.contains(name))
+        .collect())
+}
+
 /// Whether `error` is the connection failing rather than the database refusing a
 /// statement: the socket broke, the server went away or shut the session down. The
 /// transaction it was in can no longer commit; but if it was the COMMIT that got no

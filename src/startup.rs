@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheSettings, Caches, RedisL2};
-use crate::config::{CacheConfig, Config, DatabaseConfig};
+use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations};
 use crate::db::{self, Backend};
 use crate::entity::client;
 use crate::graphql::build_schema;
@@ -129,7 +129,19 @@ pub async fn connect_and_migrate(
                 redact(&config.database.url)
             )
         })?;
-    db::migrate(&db).await.context("cannot apply migrations")?;
+    match config.database.migrations {
+        Migrations::Apply => db::migrate(&db).await.context("cannot apply migrations")?,
+        Migrations::Check => {
+            let pending = db::pending_migrations(&db)
+                .await
+                .context("cannot read which migrations were applied")?;
+            anyhow::ensure!(
+                pending.is_empty(),
+                "migrations {} are pending: run `payments-ledger migrate` as the database role that owns the tables, or start with DATABASE_MIGRATIONS=apply",
+                pending.join(", ")
+            );
+        }
+    }
     Ok(db)
 }
 

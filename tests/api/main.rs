@@ -20,6 +20,7 @@ mod loadgen;
 mod lost_connections;
 mod pagination;
 mod payments;
+mod roles;
 mod schema;
 mod stalls;
 mod tenancy;

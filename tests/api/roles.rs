@@ -1,0 +1,187 @@
+//! The server can run as a PostgreSQL role that cannot switch the ledger's guards off:
+//! the tables belong to an owner role that ran the migrations, and the server's role,
+//! granted by `payments-ledger grant-app-role`, can pay but not disable a trigger,
+//! change an account's identity or skip the guards (docs/operations.md, "Database
+//! roles").
+
+use ledger_client::{AccountInput, LedgerClient, PaymentInput};
+use payments_ledger::config::Migrations;
+use payments_ledger::{Application, Config, auth};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use uuid::Uuid;
+
+use crate::helpers::{TestDatabase, error_code};
+
+/// Two login roles of this test's own, dropped (after its database) when it ends.
+struct Roles {
+    admin_url: String,
+    owner: String,
+    app: String,
+}
+
+impl Roles {
+    async fn create(admin_url: &str) -> Self {
+        let suffix = Uuid::new_v4().simple().to_string();
+        let roles = Self {
+            admin_url: admin_url.to_owned(),
+            owner: format!("ledger_owner_{suffix}"),
+            app: format!("ledger_app_{suffix}"),
+        };
+        let admin = Database::connect(admin_url).await.unwrap();
+        for role in [&roles.owner, &roles.app] {
+            admin
+                .execute_unprepared(&format!("CREATE ROLE {role} LOGIN"))
+                .await
+                .unwrap();
+        }
+        admin.close().await.ok();
+        roles
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let roles = [self.owner.clone(), self.app.clone()];
+        // Drop runs inside the test's runtime, which cannot block on itself.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                if let Ok(admin) = Database::connect(&admin_url).await {
+                    for role in roles {
+                        admin
+                            .execute_unprepared(&format!("DROP ROLE IF EXISTS {role}"))
+                            .await
+                            .ok();
+                    }
+                    admin.close().await.ok();
+                }
+            });
+        })
+        .join()
+        .ok();
+    }
+}
+
+/// `url` logging in as `role`.
+fn as_role(url: &str, role: &str) -> String {
+    let scheme_end = url.find("://").unwrap() + 3;
+    let host_start = url[scheme_end..]
+        .find('@')
+        .map_or(scheme_end, |at| scheme_end + at + 1);
+    format!("{}{role}@{}", &url[..scheme_end], &url[host_start..])
+}
+
+async fn refused(db: &DatabaseConnection, statement: &str) -> String {
+    db.execute_unprepared(statement)
+        .await
+        .expect_err(statement)
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_runs_as_a_role_that_cannot_disable_the_guards() {
+    let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
+        crate::helpers::skip("LEDGER_TEST_DATABASE_URL is not set");
+        return;
+    };
+    // Declared first, dropped last: the database goes before the roles owning it.
+    let roles = Roles::create(&admin_url).await;
+    let database = TestDatabase::postgres_empty().await.unwrap();
+    let admin = Database::connect(&database.url).await.unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE {} OWNER TO {}",
+            database
+                .url
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap(),
+            roles.owner
+        ))
+        .await
+        .unwrap();
+    admin.close().await.ok();
+    let owner_url = as_role(&database.url, &roles.owner);
+    let app_url = as_role(&database.url, &roles.app);
+
+    let mut config = Config::for_database(app_url.clone());
+    config.database.migrations = Migrations::Check;
+    let error = Application::build(config.clone())
+        .await
+        .err()
+        .expect("a server refuses to start while migrations are pending")
+        .to_string();
+    assert!(
+        error.contains("cannot read") || error.contains("pending"),
+        "{error}"
+    );
+
+    let owner = Database::connect(&owner_url).await.unwrap();
+    payments_ledger::db::migrate(&owner).await.unwrap();
+    payments_ledger::db::grant_app_role(&owner, &roles.app)
+        .await
+        .unwrap();
+    assert!(
+        payments_ledger::db::grant_app_role(&owner, "x; DROP TABLE accounts")
+            .await
+            .is_err(),
+        "a role name is an identifier, never SQL"
+    );
+
+    let application = Application::build(config).await.expect("the server starts");
+    let address = format!("http://127.0.0.1:{}", application.port());
+    let app_db = application.database().clone();
+    tokio::spawn(application.run_until_stopped());
+    let client = auth::create_client(&app_db, "role test").await.unwrap();
+    let api = LedgerClient::new(&address, Some(&client.api_key));
+    let mut accounts = Vec::new();
+    for rule in ["UNBOUNDED", "NON_NEGATIVE"] {
+        let created = api
+            .create_account(&AccountInput::new(&Uuid::new_v4().to_string(), "EUR", rule))
+            .await
+            .unwrap();
+        accounts.push(ledger_client::account_id_of(&created).unwrap().to_owned());
+    }
+    let paid = api
+        .create_payment(
+            &PaymentInput::new("as-app-role", &accounts[0], &accounts[1], "9.99", "EUR"),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        paid["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{paid}"
+    );
+    assert_eq!(error_code(&paid), None);
+
+    for statement in [
+        "ALTER TABLE accounts DISABLE TRIGGER ALL",
+        "DROP TRIGGER accounts_move_with_entries ON accounts",
+        "SET session_replication_role = replica",
+    ] {
+        let error = refused(&app_db, statement).await;
+        assert!(
+            error.contains("must be owner") || error.contains("permission denied"),
+            "{statement}: {error}"
+        );
+    }
+    let error = refused(&app_db, "UPDATE accounts SET currency = 'USD'").await;
+    assert!(error.contains("permission denied"), "{error}");
+    let error = refused(&app_db, "DELETE FROM ledger_entries").await;
+    assert!(error.contains("permission denied"), "{error}");
+    let error = refused(
+        &app_db,
+        "UPDATE accounts SET balance_minor = balance_minor + 1",
+    )
+    .await;
+    assert!(error.contains("ledger guard"), "{error}");
+    owner.close().await.ok();
+}
