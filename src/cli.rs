@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, ServerConfig};
+use crate::ids::ClientId;
 use crate::metrics::Metrics;
 use crate::startup::{self, Application};
 use crate::{auth, db, graphql, ledger, telemetry};
@@ -63,6 +64,23 @@ pub enum ClientCommand {
         /// A name to recognize the client by.
         name: String,
     },
+    /// Give a client another API key (to rotate keys: add, switch, revoke the old);
+    /// the new key is printed alone on the last line.
+    AddKey {
+        /// The client's id, as `client create` printed it.
+        client_id: uuid::Uuid,
+    },
+    /// Revoke a key, named by its id or by the key itself. Every instance refuses it
+    /// within API_KEY_CACHE_SECONDS.
+    RevokeKey {
+        /// A key id (as `client keys` lists it) or the key (`lk_…`).
+        key: String,
+    },
+    /// List a client's keys (id, created, revoked); never the keys themselves.
+    Keys {
+        /// The client's id.
+        client_id: uuid::Uuid,
+    },
 }
 
 /// Runs the parsed command; the process exit code follows the result.
@@ -94,13 +112,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Schema => print!("{}", graphql::sdl()),
-        Command::Client {
-            command: ClientCommand::Create { name },
-        } => {
+        Command::Client { command } => {
             let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
-            let created = auth::create_client(&db, &name).await?;
-            println!("created client {name:?}; its API key, shown only this once:");
-            println!("{}", created.api_key);
+            run_client_command(&db, command).await?;
         }
         Command::GrantAppRole { role } => {
             let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
@@ -124,6 +138,49 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{} invariant violation(s)", violations.len());
             }
             println!("ledger verified: every invariant holds");
+        }
+    }
+    Ok(())
+}
+
+async fn run_client_command(
+    db: &sea_orm::DatabaseConnection,
+    command: ClientCommand,
+) -> anyhow::Result<()> {
+    match command {
+        ClientCommand::Create { name } => {
+            let created = auth::create_client(db, &name).await?;
+            println!("created client {name:?} with id {}", created.id.0);
+            println!(
+                "key id {}; the API key, shown only this once:",
+                created.key.id
+            );
+            println!("{}", created.api_key);
+        }
+        ClientCommand::AddKey { client_id } => {
+            let key = auth::add_key(db, ClientId(client_id)).await?;
+            println!("key id {}; the API key, shown only this once:", key.id);
+            println!("{}", key.api_key);
+        }
+        ClientCommand::RevokeKey { key } => {
+            let revoked = auth::revoke_key(db, auth::KeyRef::parse(&key)?).await?;
+            println!(
+                "revoked key {} of client {}; every instance refuses it within API_KEY_CACHE_SECONDS",
+                revoked.id, revoked.client_id
+            );
+        }
+        ClientCommand::Keys { client_id } => {
+            for key in auth::list_keys(db, ClientId(client_id)).await? {
+                let revoked = key.revoked_at.map_or_else(
+                    || "active".to_owned(),
+                    |at| format!("revoked {}", at.to_rfc3339()),
+                );
+                println!(
+                    "{}\tcreated {}\t{revoked}",
+                    key.id,
+                    key.created_at.to_rfc3339()
+                );
+            }
         }
     }
     Ok(())

@@ -16,6 +16,7 @@ pub const POSTGRES_LOCK_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const WRITE_BATCHES_IN_FLIGHT_DEFAULT: u16 = 1;
 pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
+pub const API_KEY_CACHE_SECONDS_DEFAULT: u64 = 10;
 pub const CACHE_L1_BALANCE_CAPACITY_DEFAULT: u64 = 100_000;
 pub const CACHE_L1_BALANCE_TTL_MS_DEFAULT: u64 = 2_000;
 pub const CACHE_L1_OBJECT_CAPACITY_DEFAULT: u64 = 20_000;
@@ -182,6 +183,17 @@ pub struct ServerConfig {
         global = true
     )]
     pub cors_allowed_origins: Vec<String>,
+
+    /// How long an instance trusts what it learned about an API key (valid for a client,
+    /// or unknown) before asking the database again: a revoked key stops working on
+    /// every instance within this bound. 0 asks every time.
+    #[arg(
+        long = "api-key-cache-seconds",
+        env = "API_KEY_CACHE_SECONDS",
+        default_value_t = API_KEY_CACHE_SECONDS_DEFAULT,
+        global = true
+    )]
+    pub api_key_cache_seconds: u64,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower case, nothing after.
@@ -217,6 +229,7 @@ impl Default for ServerConfig {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080))),
             request_timeout_seconds: REQUEST_TIMEOUT_SECONDS_DEFAULT,
             cors_allowed_origins: Vec::new(),
+            api_key_cache_seconds: API_KEY_CACHE_SECONDS_DEFAULT,
         }
     }
 }

@@ -168,10 +168,11 @@ pub async fn grant_app_role(connection: &DatabaseConnection, role: &str) -> anyh
     for statement in [
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!(
-            "GRANT SELECT, INSERT ON clients, accounts, payments, ledger_entries, \
+            "GRANT SELECT, INSERT ON clients, api_keys, accounts, payments, ledger_entries, \
              idempotency_keys TO {role}"
         ),
         format!("GRANT UPDATE (balance_minor, version) ON accounts TO {role}"),
+        format!("GRANT UPDATE (revoked_at) ON api_keys TO {role}"),
         format!("GRANT SELECT ON seaql_migrations TO {role}"),
     ] {
         transaction.execute_unprepared(&statement).await?;

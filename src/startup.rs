@@ -46,7 +46,10 @@ impl Application {
                 Arc::clone(&caches),
                 Arc::clone(&metrics),
             ),
-            authenticator: Authenticator::new(db),
+            authenticator: Authenticator::new(
+                db,
+                Duration::from_secs(config.server.api_key_cache_seconds),
+            ),
             schema: build_schema(),
             metrics,
             caches,

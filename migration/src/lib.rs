@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261124_000001_create_ledger;
 mod m20261124_000002_feeds;
 mod m20261125_000001_guards;
+mod m20261125_000002_api_keys;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000001_create_ledger::Migration),
             Box::new(m20261124_000002_feeds::Migration),
             Box::new(m20261125_000001_guards::Migration),
+            Box::new(m20261125_000002_api_keys::Migration),
         ]
     }
 }

@@ -4,6 +4,7 @@
 //! in `ledger::posting`.
 
 pub mod account;
+pub mod api_key;
 pub mod client;
 pub mod idempotency_key;
 pub mod ledger_entry;

@@ -27,7 +27,7 @@ async fn instances_starting_together_migrate_once() {
     }
 }
 
-fn ledger_command(database_url: &str, arguments: &[&str]) -> std::process::Output {
+pub fn ledger_command(database_url: &str, arguments: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
         .env("DATABASE_URL", database_url)
         .args(arguments)

@@ -70,6 +70,8 @@ pub struct AppOptions {
     /// PostgreSQL: the server reaches its database through this address (a
     /// `link::FaultyLink`) instead of directly, with TLS off.
     pub database_via: Option<std::net::SocketAddr>,
+    /// `API_KEY_CACHE_SECONDS`, when not the default.
+    pub api_key_cache_seconds: Option<u64>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -108,6 +110,9 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     if let Some(seconds) = options.request_timeout_seconds {
         config.server.request_timeout_seconds = seconds;
     }
+    if let Some(seconds) = options.api_key_cache_seconds {
+        config.server.api_key_cache_seconds = seconds;
+    }
     if let Some(milliseconds) = options.lock_timeout_ms {
         config.database.lock_timeout_ms = milliseconds;
     }
@@ -129,6 +134,7 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         address,
         db,
         api_key: client.api_key,
+        client_id: client.id.0,
         metrics,
         config,
         database,
@@ -140,6 +146,8 @@ pub struct TestApp {
     pub address: String,
     pub db: DatabaseConnection,
     pub api_key: String,
+    /// The test client's id.
+    pub client_id: Uuid,
     /// GraphQL over HTTP to the first instance, as the test client.
     pub client: LedgerClient,
     /// For requests that are not GraphQL-shaped (wrong methods, bodies, headers).
@@ -520,6 +528,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261124_000001_create_ledger.rs"),
         include_str!("../../migration/src/m20261124_000002_feeds.rs"),
         include_str!("../../migration/src/m20261125_000001_guards.rs"),
+        include_str!("../../migration/src/m20261125_000002_api_keys.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

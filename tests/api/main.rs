@@ -14,6 +14,7 @@ mod feeds;
 mod group_commit;
 mod http;
 mod idempotency;
+mod keys;
 mod link;
 mod loaders;
 mod loadgen;
