@@ -40,6 +40,10 @@ use crate::metrics::{Metrics, RequestLabels};
 pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
 /// Operations in one batched request.
 pub const BATCH_LENGTH_MAX: usize = 16;
+/// A GET carries its query in the URI; longer documents belong in a POST body.
+pub const URI_BYTES_MAX: usize = 32 * 1024;
+/// All request headers together (names and values).
+pub const HEADER_BYTES_MAX: usize = 32 * 1024;
 
 const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 
@@ -246,6 +250,33 @@ fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> 
 /// time) come without a body a GraphQL client can read; they are given the GraphQL
 /// error shape here, like every other error.
 async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
+    // Checked here, below hyper's own limits (which answer with an empty body), so
+    // that a client hitting them reads why.
+    let uri = request.uri();
+    let uri_bytes = uri.path().len() + uri.query().map_or(0, |query| query.len() + 1);
+    if uri_bytes > URI_BYTES_MAX {
+        return error_response(
+            StatusCode::URI_TOO_LONG,
+            &AppError::bad_input(format!(
+                "the URI is {uri_bytes} bytes, more than {URI_BYTES_MAX}: POST long queries"
+            )),
+            request.headers(),
+        );
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > HEADER_BYTES_MAX {
+        return error_response(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &AppError::bad_input(format!(
+                "the request headers are {header_bytes} bytes, more than {HEADER_BYTES_MAX}"
+            )),
+            request.headers(),
+        );
+    }
     // Only the Accept header is kept (a reference count), and only read if a limit hit.
     let accept = request.headers().get(header::ACCEPT).cloned();
     let response = next.run(request).await;
@@ -408,23 +439,40 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
         }
         responses.push(response);
     }
-    let response = if is_batch {
-        BatchResponse::Batch(responses)
+    let graphql_response_json = wants_graphql_response_json(&headers);
+    // GraphQL over HTTP, under application/graphql-response+json: a request that could
+    // not run at all (parse or validation failure) has no `data` entry and is a 400; a
+    // request that ran is a 200, even when a field error left `data` null.
+    // application/json keeps the legacy shape: always 200, `data` always present.
+    let status = if graphql_response_json && !is_batch && responses.iter().any(never_ran) {
+        StatusCode::BAD_REQUEST
     } else {
-        BatchResponse::Single(responses.pop().unwrap_or_default())
+        StatusCode::OK
     };
-    // Under application/graphql-response+json a request that could not run at all
-    // (it never produced `data`) is a 400; application/json always answers 200.
-    let status = match &response {
-        BatchResponse::Single(single)
-            if wants_graphql_response_json(&headers)
-                && single.data == async_graphql::Value::Null =>
-        {
-            StatusCode::BAD_REQUEST
+    let body = if graphql_response_json && responses.iter().any(never_ran) {
+        let shaped: Vec<serde_json::Value> = responses
+            .iter()
+            .map(|response| {
+                let mut json = serde_json::to_value(response).unwrap_or_default();
+                if never_ran(response)
+                    && let Some(object) = json.as_object_mut()
+                {
+                    object.remove("data");
+                }
+                json
+            })
+            .collect();
+        if is_batch {
+            serde_json::to_string(&shaped)
+        } else {
+            serde_json::to_string(&shaped.into_iter().next().unwrap_or_default())
         }
-        _ => StatusCode::OK,
+    } else if is_batch {
+        serde_json::to_string(&BatchResponse::Batch(responses))
+    } else {
+        serde_json::to_string(&BatchResponse::Single(responses.pop().unwrap_or_default()))
     };
-    let body = match serde_json::to_string(&response) {
+    let body = match body {
         Ok(body) => body,
         Err(error) => {
             return error_response(
@@ -439,6 +487,14 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
         .headers_mut()
         .insert(header::CONTENT_TYPE, response_content_type(&headers));
     http_response
+}
+
+/// Whether a response is a request error (the document did not parse or validate, or
+/// a limit refused it): nothing ran, so no error has a field path.
+fn never_ran(response: &async_graphql::Response) -> bool {
+    response.data == async_graphql::Value::Null
+        && !response.errors.is_empty()
+        && response.errors.iter().all(|error| error.path.is_empty())
 }
 
 fn with_scope(request: GraphQLRequest, state: &AppState, caller: Caller) -> GraphQLRequest {

@@ -79,6 +79,25 @@ async fn http_follows_graphql_over_http(backend: Backend) {
             .unwrap()
             .starts_with("application/graphql-response+json")
     );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.get("data").is_none(),
+        "a request that never ran has no data entry: {body}"
+    );
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"));
+    // A request that ran is a 200, even when a field error nulled all of `data`.
+    let response = app
+        .http
+        .post(&url)
+        .header("accept", "application/graphql-response+json")
+        .json(&json!({ "query": "{ accounts { nodes { id } } }" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body.get("data"), Some(&Value::Null), "{body}");
+    assert_eq!(error_code(&body), Some("UNAUTHENTICATED"));
     let response = app
         .http
         .post(&url)
@@ -104,6 +123,31 @@ async fn http_follows_graphql_over_http(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 415);
+
+    // hyper's URI and header limits answer with empty bodies; the server's own, below
+    // them, answer in the GraphQL error shape.
+    let long_query = format!("{{ __typename }}#{}", "x".repeat(40 * 1024));
+    let response = app
+        .http
+        .get(&url)
+        .query(&[("query", long_query.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+    let mut request = app
+        .http
+        .post(&url)
+        .json(&json!({ "query": "{ __typename }" }));
+    for index in 0..40 {
+        request = request.header(format!("x-filler-{index}"), "y".repeat(1024));
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 431);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
 
     // Batches run in order.
     let response = app
