@@ -17,6 +17,22 @@ pub const WRITE_BATCHES_IN_FLIGHT_DEFAULT: u16 = 1;
 pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
 pub const API_KEY_CACHE_SECONDS_DEFAULT: u64 = 10;
+pub const SHUTDOWN_DRAIN_SECONDS_DEFAULT: u64 = 5;
+pub const CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT: u32 = 64;
+pub const DATABASE_WRITE_CONNECTIONS_DEFAULT: u32 = 4;
+
+/// Who may introspect the schema (`__schema`, `__type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Introspection {
+    /// Anyone, key or not, within the anonymous document budget: GraphiQL works before
+    /// a key is entered.
+    #[default]
+    Public,
+    /// Only callers with a valid API key.
+    Authenticated,
+    /// Nobody.
+    Off,
+}
 pub const CACHE_L1_BALANCE_CAPACITY_DEFAULT: u64 = 100_000;
 pub const CACHE_L1_BALANCE_TTL_MS_DEFAULT: u64 = 2_000;
 pub const CACHE_L1_OBJECT_CAPACITY_DEFAULT: u64 = 20_000;
@@ -69,6 +85,18 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub max_connections: u32,
+
+    /// Connections kept for writes, in a pool of their own besides
+    /// DATABASE_MAX_CONNECTIONS (which reads use), so that no flood of reads can take
+    /// the connections payments need. At least WRITE_BATCHES_IN_FLIGHT + 1 is used.
+    #[arg(
+        long = "database-write-connections",
+        env = "DATABASE_WRITE_CONNECTIONS",
+        default_value_t = DATABASE_WRITE_CONNECTIONS_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub write_connections: u32,
 
     /// How long a request waits for a pooled connection before it answers RETRY_LATER.
     #[arg(
@@ -141,6 +169,7 @@ impl Default for DatabaseConfig {
         Self {
             url: DATABASE_URL_DEFAULT.to_owned(),
             max_connections: DATABASE_MAX_CONNECTIONS_DEFAULT,
+            write_connections: DATABASE_WRITE_CONNECTIONS_DEFAULT,
             acquire_timeout_seconds: DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT,
             write_isolation: WriteIsolation::default(),
             lock_timeout_ms: POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
@@ -194,6 +223,37 @@ pub struct ServerConfig {
         global = true
     )]
     pub api_key_cache_seconds: u64,
+
+    /// After SIGTERM, how long `/readyz` answers 503 while requests are still served, so
+    /// load balancers stop sending new ones before the server stops accepting them.
+    /// Ctrl-C (SIGINT) skips it.
+    #[arg(
+        long = "shutdown-drain-seconds",
+        env = "SHUTDOWN_DRAIN_SECONDS",
+        default_value_t = SHUTDOWN_DRAIN_SECONDS_DEFAULT,
+        global = true
+    )]
+    pub shutdown_drain_seconds: u64,
+
+    /// Who may introspect the schema: `public`, `authenticated` (production) or `off`.
+    #[arg(
+        long = "graphql-introspection",
+        env = "GRAPHQL_INTROSPECTION",
+        value_enum,
+        default_value_t = Introspection::default(),
+        global = true
+    )]
+    pub introspection: Introspection,
+
+    /// Requests one client may have running at once; one more answers 429 RETRY_LATER
+    /// with a retry hint. 0: no limit.
+    #[arg(
+        long = "client-concurrent-requests-max",
+        env = "CLIENT_CONCURRENT_REQUESTS_MAX",
+        default_value_t = CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT,
+        global = true
+    )]
+    pub client_concurrent_requests_max: u32,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower case, nothing after.
@@ -230,6 +290,9 @@ impl Default for ServerConfig {
             request_timeout_seconds: REQUEST_TIMEOUT_SECONDS_DEFAULT,
             cors_allowed_origins: Vec::new(),
             api_key_cache_seconds: API_KEY_CACHE_SECONDS_DEFAULT,
+            shutdown_drain_seconds: SHUTDOWN_DRAIN_SECONDS_DEFAULT,
+            introspection: Introspection::default(),
+            client_concurrent_requests_max: CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT,
         }
     }
 }

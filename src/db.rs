@@ -86,12 +86,13 @@ impl Backend {
 /// survives a power cut.
 pub async fn connect(
     config: &DatabaseConfig,
+    max_connections: u32,
     statements: Counter,
 ) -> Result<DatabaseConnection, DbErr> {
     let lock_timeout = format!("{}ms", config.lock_timeout_ms);
     let mut options = ConnectOptions::new(config.url.clone());
     options
-        .max_connections(config.max_connections)
+        .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds))
         .sqlx_logging(false)

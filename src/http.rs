@@ -27,11 +27,13 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::admission::{self, Admission, Refusal};
 use crate::assets;
 use crate::auth::{Authenticator, Caller};
 use crate::cache::Caches;
-use crate::config::Config;
+use crate::config::{Config, Introspection};
 use crate::error::AppError;
+use crate::graphql::budget::DocumentWeight;
 use crate::graphql::{AppSchema, ParsedQueries, RequestScope};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
@@ -57,6 +59,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub caches: Arc<Caches>,
     pub parsed_queries: Arc<ParsedQueries>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub admission: Arc<Admission>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -222,6 +227,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down").into_response();
+    }
     match state.ledger.connection().ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(error) => {
@@ -417,6 +425,14 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
             return error_response(status, &error, &headers);
         }
     };
+    let client = match caller {
+        Caller::Client(client) => Some(client),
+        _ => None,
+    };
+    let _admitted = match state.admission.admit(client) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal, &headers),
+    };
     let requests = match batch {
         BatchRequest::Single(request) => vec![request],
         BatchRequest::Batch(requests) => requests,
@@ -426,6 +442,41 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
     // One after another, so a batch's mutations run in the order the client sent them.
     for mut request in requests {
         let parsed = state.parsed_queries.prepare(&mut request);
+        // A document that does not parse is left for execution to report.
+        let (weight, is_query) = match request.parsed_query() {
+            Ok(document) => (
+                DocumentWeight::of(document),
+                document
+                    .operations
+                    .iter()
+                    .all(|(_, operation)| operation.node.ty == OperationType::Query),
+            ),
+            Err(_) => (DocumentWeight::default(), false),
+        };
+        let refusal = weight.refusal(client.is_some()).or_else(|| {
+            (weight.schema_roots + weight.type_roots > 0 && !may_introspect(&state, caller)).then(
+                || match state.config.server.introspection {
+                    Introspection::Off => "introspection is turned off on this server".to_owned(),
+                    _ => "introspection needs an API key on this server".to_owned(),
+                },
+            )
+        });
+        if let Some(refusal) = refusal {
+            let mut response =
+                async_graphql::Response::from_errors(vec![ServerError::new(refusal, None)]);
+            add_default_code(&mut response.errors[0]);
+            responses.push(response);
+            continue;
+        }
+        // Reads share one bound on fields in flight; a payment never waits behind them.
+        let _room = if is_query {
+            match state.admission.room_for(weight.fields).await {
+                Ok(room) => Some(room),
+                Err(refusal) => return refused(refusal, &headers),
+            }
+        } else {
+            None
+        };
         let request = with_scope(request, &state, caller);
         let mut response = state.schema.execute(request).await;
         if let Some(parsed) = parsed
@@ -497,7 +548,48 @@ fn never_ran(response: &async_graphql::Response) -> bool {
         && response.errors.iter().all(|error| error.path.is_empty())
 }
 
+/// A request not admitted: nothing happened; HTTP 429 with `Retry-After`, and the same
+/// hint in `extensions.retryAfterMs`.
+fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
+    let message = match refusal {
+        Refusal::ClientBusy => "too many requests of this client are running; retry after the hint",
+        Refusal::ServerBusy => {
+            "the server is at its bound of queries in flight; retry after the hint"
+        }
+    };
+    let retry_after_ms = u64::try_from(admission::RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
+    let body = serde_json::json!({
+        "errors": [{ "message": message, "extensions": {
+            "code": AppError::RetryLater.code(), "retryAfterMs": retry_after_ms } }]
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, body.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, response_content_type(headers));
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(admission::RETRY_AFTER.as_secs().max(1)),
+    );
+    response
+}
+
+/// Whether `GRAPHQL_INTROSPECTION` lets `caller` introspect.
+fn may_introspect(state: &AppState, caller: Caller) -> bool {
+    match state.config.server.introspection {
+        Introspection::Public => true,
+        Introspection::Authenticated => matches!(caller, Caller::Client(_)),
+        Introspection::Off => false,
+    }
+}
+
 fn with_scope(request: GraphQLRequest, state: &AppState, caller: Caller) -> GraphQLRequest {
+    // Refused with a message before this; disabled here too, for whatever the
+    // document check does not see.
+    let request = if may_introspect(state, caller) {
+        request
+    } else {
+        request.disable_introspection()
+    };
     let request = request.data(caller);
     match caller {
         Caller::Client(client) => request.data(RequestScope::new(state.ledger.clone(), client)),

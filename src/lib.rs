@@ -1,13 +1,15 @@
 //! A payments ledger GraphQL server: exactly-once payments between accounts, recorded
 //! in an append-only double-entry ledger.
 
+/// How much work the server takes on at once: per client, and in fields in flight.
+pub mod admission;
 /// The browser pages (GraphiQL, the dashboard) and their files, built in.
 pub mod assets;
 /// Clients (tenants), API keys and who a request is from.
 pub mod auth;
 /// Versioned L1 (moka) and L2 (Redis) caches.
 pub mod cache;
-/// The command line: `serve`, `migrate`, `schema`, `client create`, `verify`.
+/// The command line: `serve`, `migrate`, `grant-app-role`, `schema`, `client …`, `verify`.
 pub mod cli;
 /// Configuration from the environment and flags.
 pub mod config;

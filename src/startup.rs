@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use tokio::net::TcpListener;
 
+use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheSettings, Caches, RedisL2};
 use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations};
@@ -31,6 +32,12 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Arc::new(Metrics::new());
         let db = connect_and_migrate(&config, &metrics).await?;
+        // Writes get connections of their own, which reads cannot take.
+        let write_connections = config
+            .database
+            .write_connections
+            .max(u32::from(config.database.write_batches_in_flight) + 1);
+        let write_db = connect(&config, write_connections, &metrics).await?;
         let caches = Arc::new(Caches::new(
             &cache_settings(&config.cache),
             Arc::clone(&metrics),
@@ -42,6 +49,7 @@ impl Application {
         let state = AppState {
             ledger: Ledger::new(
                 db.clone(),
+                write_db,
                 write_settings(&config.database),
                 Arc::clone(&caches),
                 Arc::clone(&metrics),
@@ -54,6 +62,8 @@ impl Application {
             metrics,
             caches,
             parsed_queries: Arc::default(),
+            draining: Arc::default(),
+            admission: Arc::new(Admission::new(config.server.client_concurrent_requests_max)),
             config: Arc::new(config),
         };
         Ok(Self {
@@ -78,15 +88,34 @@ impl Application {
         self.state.ledger.connection()
     }
 
-    /// Serves until ctrl-c or SIGTERM, then finishes in-flight requests.
+    /// Serves until ctrl-c or SIGTERM, then drains (SIGTERM only) and finishes in-flight
+    /// requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         self.run_until(shutdown_signal()).await
     }
 
+    /// Serves until `shutdown` resolves. If it resolves to `Drain::Yes`, `/readyz`
+    /// answers 503 for `SHUTDOWN_DRAIN_SECONDS` while every request is still served;
+    /// then the server stops accepting connections, finishes what is in flight (queued
+    /// payments included: each request waits for its batch) and returns.
     pub async fn run_until(
         self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
+        shutdown: impl Future<Output = Drain> + Send + 'static,
     ) -> std::io::Result<()> {
+        let draining = Arc::clone(&self.state.draining);
+        let drain_for = Duration::from_secs(self.state.config.server.shutdown_drain_seconds);
+        let shutdown = async move {
+            let drain = shutdown.await;
+            draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            if drain == Drain::Yes && !drain_for.is_zero() {
+                tracing::info!(
+                    seconds = drain_for.as_secs(),
+                    "draining: /readyz answers 503 while requests are still served"
+                );
+                tokio::time::sleep(drain_for).await;
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
+        };
         let router = http::router(self.state);
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -124,14 +153,7 @@ pub async fn connect_and_migrate(
     config: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<DatabaseConnection> {
-    let db = db::connect(&config.database, metrics.database_statements.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to the database at {}",
-                redact(&config.database.url)
-            )
-        })?;
+    let db = connect(config, config.database.max_connections, metrics).await?;
     match config.database.migrations {
         Migrations::Apply => db::migrate(&db).await.context("cannot apply migrations")?,
         Migrations::Check => {
@@ -146,6 +168,26 @@ pub async fn connect_and_migrate(
         }
     }
     Ok(db)
+}
+
+/// A pool of `max_connections` on the configured database.
+async fn connect(
+    config: &Config,
+    max_connections: u32,
+    metrics: &Metrics,
+) -> anyhow::Result<DatabaseConnection> {
+    db::connect(
+        &config.database,
+        max_connections,
+        metrics.database_statements.clone(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot connect to the database at {}",
+            redact(&config.database.url)
+        )
+    })
 }
 
 /// The URL without its password, for messages.
@@ -189,7 +231,16 @@ pub async fn greet_first_run(app: &Application) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Whether shutdown drains first (docs/operations.md, "Shutdown").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drain {
+    /// SIGTERM: an orchestrator is replacing the instance; let load balancers notice.
+    Yes,
+    /// Ctrl-C: someone at a terminal wants it stopped now.
+    No,
+}
+
+async fn shutdown_signal() -> Drain {
     let ctrl_c = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %error, "cannot listen for ctrl-c");
@@ -211,10 +262,9 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        () = ctrl_c => Drain::No,
+        () = terminate => Drain::Yes,
     }
-    tracing::info!("shutting down: finishing in-flight requests");
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The GraphQL schema: types, roots, loaders, limits, and the per-request scope.
 
+pub mod budget;
 pub mod loaders;
 pub mod mutation;
 pub mod paging;

@@ -72,6 +72,14 @@ pub struct AppOptions {
     pub database_via: Option<std::net::SocketAddr>,
     /// `API_KEY_CACHE_SECONDS`, when not the default.
     pub api_key_cache_seconds: Option<u64>,
+    /// `DATABASE_MAX_CONNECTIONS` (the read pool) and
+    /// `DATABASE_ACQUIRE_TIMEOUT_SECONDS`, when not the defaults.
+    pub max_connections: Option<u32>,
+    pub acquire_timeout_seconds: Option<u64>,
+    /// `GRAPHQL_INTROSPECTION` and `CLIENT_CONCURRENT_REQUESTS_MAX`, when not the
+    /// defaults.
+    pub introspection: Option<payments_ledger::config::Introspection>,
+    pub client_concurrent_requests_max: Option<u32>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -109,6 +117,18 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     config.server.cors_allowed_origins = options.cors_allowed_origins;
     if let Some(seconds) = options.request_timeout_seconds {
         config.server.request_timeout_seconds = seconds;
+    }
+    if let Some(introspection) = options.introspection {
+        config.server.introspection = introspection;
+    }
+    if let Some(most) = options.client_concurrent_requests_max {
+        config.server.client_concurrent_requests_max = most;
+    }
+    if let Some(connections) = options.max_connections {
+        config.database.max_connections = connections;
+    }
+    if let Some(seconds) = options.acquire_timeout_seconds {
+        config.database.acquire_timeout_seconds = seconds;
     }
     if let Some(seconds) = options.api_key_cache_seconds {
         config.server.api_key_cache_seconds = seconds;
@@ -474,7 +494,7 @@ enum Template {
 static POSTGRES_TEMPLATE: OnceCell<String> = OnceCell::const_new();
 
 impl TestDatabase {
-    fn sqlite() -> Self {
+    pub fn sqlite() -> Self {
         let path = std::env::temp_dir().join(format!("ledger-test-{}.db", Uuid::new_v4().simple()));
         Self {
             url: format!("sqlite://{}?mode=rwc", path.display()),
@@ -482,7 +502,7 @@ impl TestDatabase {
         }
     }
 
-    async fn postgres() -> Option<Self> {
+    pub async fn postgres() -> Option<Self> {
         Self::postgres_from(Template::Migrated).await
     }
 

@@ -2,6 +2,8 @@
 
 mod helpers;
 
+mod hostile;
+
 mod append_only;
 mod architecture;
 mod bad_input;
@@ -23,5 +25,6 @@ mod pagination;
 mod payments;
 mod roles;
 mod schema;
-mod stalls;
+mod shutdown;
+pub mod stalls;
 mod tenancy;

@@ -11,7 +11,7 @@ use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app, spawn_
 
 /// Opens a transaction that holds `account`'s row lock until it ends, as an operator's
 /// `SELECT … FOR UPDATE` in psql would.
-async fn hold_row_lock(app: &TestApp, account: &str) -> DatabaseTransaction {
+pub async fn hold_row_lock(app: &TestApp, account: &str) -> DatabaseTransaction {
     let session = app.db.begin().await.unwrap();
     session
         .execute_raw(Statement::from_sql_and_values(
@@ -140,4 +140,36 @@ async fn a_tenant_cannot_lock_another_tenants_account() {
         "the intruder's payment waited for the victim's row lock: {response}"
     );
     session.rollback().await.unwrap();
+}
+
+/// Reads cannot take the connections payments need: with every read connection held,
+/// a payment still posts on the write pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_cannot_take_the_connections_payments_need() {
+    let options = AppOptions {
+        max_connections: Some(1),
+        acquire_timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Postgres, options).await else {
+        return;
+    };
+    let from = app.create_account("USD", "UNBOUNDED", None).await;
+    let to = app.create_account("USD", "NON_NEGATIVE", None).await;
+    // The only read connection, held as a flood of slow reads would hold it.
+    let reads_held = app.db.begin().await.unwrap();
+    let response = app
+        .client
+        .create_payment(
+            &ledger_client::PaymentInput::new("beside-the-reads", &from, &to, "1.00", "USD"),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        response["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{response}"
+    );
+    reads_held.rollback().await.unwrap();
+    assert_eq!(app.balance(&to).await, ("1.00".to_owned(), 1));
 }

@@ -86,14 +86,17 @@ impl std::ops::Deref for Ledger {
 }
 
 impl Ledger {
+    /// `db` serves reads; `write_db`, a pool of its own, serves write transactions, so
+    /// reads can never take the connections payments need.
     pub fn new(
         db: DatabaseConnection,
+        write_db: DatabaseConnection,
         settings: WriteSettings,
         caches: Arc<Caches>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let writer = Arc::new(Writer::new(
-            db.clone(),
+            write_db,
             settings.isolation,
             Arc::clone(&metrics),
         ));
