@@ -85,22 +85,17 @@ stop_server() {
   SERVER_PID=""
 }
 
-rss_mib() { awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$SERVER_PID/status"; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # Runs loadgen while sampling the server's RSS; prints "payments/s p99_ms max_rss_mib violations".
 run_loadgen() {
   local clients=$1 hot=$2
-  local out peak=0 sample
+  local out peak
   out=$(mktemp)
   "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency "$clients" \
     --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json >"$out" &
-  local loadgen_pid=$!
-  while kill -0 "$loadgen_pid" 2>/dev/null; do
-    sample=$(rss_mib)
-    [ "${sample:-0}" -gt "$peak" ] && peak=$sample
-    sleep 0.5
-  done
-  wait "$loadgen_pid" || true
+  peak=$(peak_rss_while $!)
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.1f %.2f %s %d" % (r["payments_per_second"], r["payment_latency_ms"]["p99"], sys.argv[2], len(r["violations"])))' "$out" "$peak"
   rm -f "$out"
 }

@@ -19,7 +19,7 @@ use crate::ids::ClientId;
 /// Field selections all running queries may hold together. Measured in the issue that
 /// asked for it: 64 000 fields in flight took RSS to 350-800 MB; this keeps the peak
 /// a small fraction of that (docs/benchmarks.md, "Hostile traffic").
-pub const FIELDS_IN_FLIGHT_MAX: u32 = 8_000;
+pub const FIELDS_IN_FLIGHT_MAX: u32 = 4_000;
 /// How long a query waits for room among the fields in flight.
 const FIELDS_WAIT: Duration = Duration::from_secs(2);
 /// The retry hint a refused request carries.
