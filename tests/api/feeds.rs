@@ -48,6 +48,11 @@ async fn follow(
         variables["after"] = json!(cursor);
         let address = addresses[request % addresses.len()];
         let response = app.graphql_at(address, query, variables).await;
+        // A poller keeps its cursor and reads again later (docs/api.md).
+        if crate::helpers::error_code(&response) == Some("RETRY_LATER") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            continue;
+        }
         assert!(response["errors"].is_null(), "{response}");
         let page = &response["data"][field];
         for node in page["nodes"].as_array().expect("nodes") {
