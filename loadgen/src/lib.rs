@@ -76,8 +76,9 @@ pub struct Options {
     /// instead of creating new ones.
     #[arg(long, value_delimiter = ',')]
     pub reuse_accounts: Vec<String>,
-    /// Write every acknowledged payment ("<key>\t<payment id>" per line) to this file,
-    /// for `payments-ledger verify --acknowledged` to check from the database.
+    /// Write every acknowledged payment ("<key>\t<payment id>" per line) to this file as
+    /// it is acknowledged (so it survives a run cut short), for
+    /// `payments-ledger verify --acknowledged` to check from the database.
     #[arg(long)]
     pub acknowledged_log: Option<std::path::PathBuf>,
     /// Also run the database-level audit (`payments-ledger verify`) against this URL.
@@ -130,6 +131,9 @@ struct Shared {
     read_latency: Mutex<Histogram<u64>>,
     /// The payment each acknowledged key named first.
     acknowledged: Mutex<HashMap<String, String>>,
+    /// `--acknowledged-log`, opened once setup is done: each acknowledgement is written
+    /// as it arrives, so the log survives a run that ends early.
+    acknowledged_log: Mutex<Option<std::fs::File>>,
     resend_queue: Mutex<VecDeque<PaymentInput>>,
     violations: Mutex<Vec<String>>,
     stop: AtomicBool,
@@ -149,6 +153,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     async fn graphql(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
         Ok(self.client.graphql(query, variables).await?)
+    }
+
+    /// Like `graphql`, for the pollers and the final checks: a transport error or an
+    /// answer that means "later" (the server restarting, a limit, a timeout) is retried
+    /// with the same request until an answer comes, for up to `PATIENCE`.
+    async fn graphql_patiently(&self, query: &str, variables: Value) -> anyhow::Result<Value> {
+        const PATIENCE: Duration = Duration::from_secs(120);
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let outcome = self.graphql(query, variables.clone()).await;
+            let later = match &outcome {
+                Ok(response) => matches!(
+                    ledger_client::error_code(response),
+                    Some("RETRY_LATER" | "TIMEOUT" | "OUTCOME_UNKNOWN")
+                ),
+                Err(_) => true,
+            };
+            if !later || Instant::now() > deadline {
+                return outcome;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     fn error(&self, code: &str) {
@@ -257,6 +283,12 @@ impl Shared {
             }
             Some(_) => {}
             None => {
+                if let Some(log) = lock(&self.acknowledged_log).as_mut() {
+                    use std::io::Write as _;
+                    if let Err(error) = writeln!(log, "{}\t{id}", input.idempotency_key) {
+                        self.violation(format!("cannot write the acknowledged log: {error}"));
+                    }
+                }
                 acknowledged.insert(input.idempotency_key.clone(), id.clone());
             }
         }
@@ -414,6 +446,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         write_latency: Mutex::new(histogram()),
         read_latency: Mutex::new(histogram()),
         acknowledged: Mutex::default(),
+        acknowledged_log: Mutex::default(),
         resend_queue: Mutex::default(),
         violations: Mutex::default(),
         stop: AtomicBool::new(false),
@@ -430,6 +463,12 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     *lock(&shared.counts) = Counts::default();
     *lock(&shared.write_latency) = histogram();
     lock(&shared.acknowledged).clear();
+    if let Some(path) = &options.acknowledged_log {
+        *lock(&shared.acknowledged_log) = Some(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot write {}", path.display()))?,
+        );
+    }
     shared.started = Instant::now();
     let shared = Arc::new(shared);
 
@@ -474,12 +513,5 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         None => None,
     };
     verify::verify(&shared, &initial, entries_seen, payments_seen).await?;
-    if let Some(path) = &options.acknowledged_log {
-        let log: String = lock(&shared.acknowledged)
-            .iter()
-            .map(|(key, id)| format!("{key}\t{id}\n"))
-            .collect();
-        std::fs::write(path, log).with_context(|| format!("cannot write {}", path.display()))?;
-    }
     Ok(Report::new(&shared, elapsed))
 }

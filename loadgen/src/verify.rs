@@ -47,7 +47,7 @@ pub(super) async fn strong_balances(
             })
             .collect();
         let response = shared
-            .graphql(&format!("{{ {fields} }}"), json!({}))
+            .graphql_patiently(&format!("{{ {fields} }}"), json!({}))
             .await?;
         for (index, id) in chunk.iter().enumerate() {
             let account = &response["data"][format!("a{index}")];
@@ -86,7 +86,7 @@ pub(super) async fn poll_entries(shared: Arc<Shared>) -> anyhow::Result<EntriesS
             loop {
                 let after = cursors.get(account).cloned().flatten();
                 let response = shared
-                    .graphql(PAGE, json!({ "id": account, "after": after }))
+                    .graphql_patiently(PAGE, json!({ "id": account, "after": after }))
                     .await?;
                 let page = &response["data"]["ledgerEntries"];
                 let nodes = page["nodes"]
@@ -132,7 +132,9 @@ const FEED_SETTLE_MAX: Duration = Duration::from_secs(30);
 
 /// The payment feed's current end: the run's payments all come after it.
 pub(super) async fn payment_feed_end(shared: &Shared) -> anyhow::Result<Option<String>> {
-    let response = shared.graphql(PAYMENT_FEED, json!({ "last": 1 })).await?;
+    let response = shared
+        .graphql_patiently(PAYMENT_FEED, json!({ "last": 1 }))
+        .await?;
     Ok(response["data"]["payments"]["pageInfo"]["endCursor"]
         .as_str()
         .map(str::to_owned))
@@ -149,7 +151,7 @@ pub(super) async fn poll_payment_feed(shared: Arc<Shared>, start: Option<String>
     let mut stopped_at: Option<std::time::Instant> = None;
     loop {
         let response = shared
-            .graphql(PAYMENT_FEED, json!({ "first": 100, "after": cursor }))
+            .graphql_patiently(PAYMENT_FEED, json!({ "first": 100, "after": cursor }))
             .await;
         let page = response
             .as_ref()
@@ -207,7 +209,7 @@ pub(super) async fn verify(
             })
             .collect();
         let response = shared
-            .graphql(&format!("{{ {fields} }}"), json!({}))
+            .graphql_patiently(&format!("{{ {fields} }}"), json!({}))
             .await?;
         for (index, (key, id)) in chunk.iter().enumerate() {
             match response["data"][format!("k{index}")]["id"].as_str() {
