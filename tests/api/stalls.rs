@@ -1,8 +1,8 @@
 //! A row lock held elsewhere stalls only the payments that need it: they answer
 //! RETRY_LATER after `POSTGRES_LOCK_TIMEOUT_MS` (nothing happened), while unrelated
-//! payments, even those queued in the same batch, post; and no tenant can take another
-//! tenant's row locks. PostgreSQL only: SQLite has one
-//! writer, and its lock is the whole file.
+//! payments, even those queued in the same batch, post; no tenant can take another
+//! tenant's row locks; and reads cannot take the connections payments need. PostgreSQL
+//! only: SQLite has one writer, and its lock is the whole file.
 
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement, TransactionTrait};
 use uuid::Uuid;
