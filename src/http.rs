@@ -472,6 +472,13 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
         let _room = if is_query {
             match state.admission.room_for(weight.fields).await {
                 Ok(room) => Some(room),
+                // Earlier operations of a batch may have run: only this one is refused.
+                Err(_) if is_batch => {
+                    let mut error = ServerError::new(SERVER_BUSY, None);
+                    error.extensions = Some(retry_hint());
+                    responses.push(async_graphql::Response::from_errors(vec![error]));
+                    continue;
+                }
                 Err(refusal) => return refused(refusal, &headers),
             }
         } else {
@@ -553,15 +560,10 @@ fn never_ran(response: &async_graphql::Response) -> bool {
 fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
     let message = match refusal {
         Refusal::ClientBusy => "too many requests of this client are running; retry after the hint",
-        Refusal::ServerBusy => {
-            "the server is at its bound of queries in flight; retry after the hint"
-        }
+        Refusal::ServerBusy => SERVER_BUSY,
     };
-    let retry_after_ms = u64::try_from(admission::RETRY_AFTER.as_millis()).unwrap_or(u64::MAX);
-    let body = serde_json::json!({
-        "errors": [{ "message": message, "extensions": {
-            "code": AppError::RetryLater.code(), "retryAfterMs": retry_after_ms } }]
-    });
+    let body =
+        serde_json::json!({ "errors": [{ "message": message, "extensions": retry_hint() }] });
     let mut response = (StatusCode::TOO_MANY_REQUESTS, body.to_string()).into_response();
     response
         .headers_mut()
@@ -571,6 +573,19 @@ fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
         HeaderValue::from(admission::RETRY_AFTER.as_secs().max(1)),
     );
     response
+}
+
+const SERVER_BUSY: &str = "the server is at its bound of queries in flight; retry after the hint";
+
+/// `extensions` of a refusal: RETRY_LATER and when to retry.
+fn retry_hint() -> async_graphql::ErrorExtensionValues {
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", AppError::RetryLater.code());
+    extensions.set(
+        "retryAfterMs",
+        u64::try_from(admission::RETRY_AFTER.as_millis()).unwrap_or(u64::MAX),
+    );
+    extensions
 }
 
 /// Whether `GRAPHQL_INTROSPECTION` lets `caller` introspect.
