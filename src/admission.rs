@@ -4,6 +4,9 @@
 //!
 //! - Per client, at most `CLIENT_CONCURRENT_REQUESTS_MAX` requests run at once; one
 //!   more is answered at once with HTTP 429, `RETRY_LATER` and a retry hint.
+//! - Across all callers, large documents (over `LARGE_DOCUMENT_BYTES`) being parsed or
+//!   waiting hold at most `LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX` bytes of query text, so
+//!   waiting requests cannot pile up parsed documents.
 //! - Across all callers, queries together hold at most `FIELDS_IN_FLIGHT_MAX` field
 //!   selections (each query weighs its document, `graphql::budget`). A query waits
 //!   for room, and answers `RETRY_LATER` if none comes within `FIELDS_WAIT`. Mutations
@@ -20,6 +23,13 @@ use crate::ids::ClientId;
 /// asked for it: 64 000 fields in flight took RSS to 350-800 MB; this keeps the peak
 /// a small fraction of that (docs/benchmarks.md, "Hostile traffic").
 pub const FIELDS_IN_FLIGHT_MAX: u32 = 4_000;
+/// Query text of large documents all requests may hold while they are parsed and wait
+/// for room: a parsed document takes about 80 times its text, and a waiting request
+/// already holds it, so this bounds what waiting costs (about 80 MiB).
+pub const LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX: u32 = 1024 * 1024;
+/// Documents up to this size (every payment, every dashboard poll) skip that bound, so
+/// a flood of large queries never holds up a small request.
+pub const LARGE_DOCUMENT_BYTES: usize = 4 * 1024;
 /// How long a query waits for room among the fields in flight.
 const FIELDS_WAIT: Duration = Duration::from_secs(2);
 /// The retry hint a refused request carries.
@@ -30,6 +40,7 @@ const CLIENT_GATES_CAPACITY: u64 = 100_000;
 pub struct Admission {
     per_client: Option<(u32, moka::sync::Cache<ClientId, Arc<Semaphore>>)>,
     fields: Arc<Semaphore>,
+    large_documents: Arc<Semaphore>,
 }
 
 /// Why a request was not admitted; both mean "nothing happened, retry later".
@@ -60,6 +71,7 @@ impl Admission {
                 )
             }),
             fields: Arc::new(Semaphore::new(FIELDS_IN_FLIGHT_MAX as usize)),
+            large_documents: Arc::new(Semaphore::new(LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX as usize)),
         }
     }
 
@@ -78,18 +90,45 @@ impl Admission {
 
     /// Room for a query selecting `fields` fields, waiting up to `FIELDS_WAIT`.
     pub async fn room_for(&self, fields: usize) -> Result<OwnedSemaphorePermit, Refusal> {
-        let wanted = u32::try_from(fields.max(1))
-            .unwrap_or(u32::MAX)
-            .min(FIELDS_IN_FLIGHT_MAX);
-        tokio::time::timeout(
-            FIELDS_WAIT,
-            Arc::clone(&self.fields).acquire_many_owned(wanted),
+        acquire(&self.fields, fields.max(1), FIELDS_IN_FLIGHT_MAX).await
+    }
+
+    /// Room to parse a document of `text_bytes`, before it is parsed: nothing for a
+    /// small one; a large one waits up to `FIELDS_WAIT` for its share of
+    /// `LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX`.
+    pub async fn room_to_parse(
+        &self,
+        text_bytes: usize,
+    ) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
+        if text_bytes <= LARGE_DOCUMENT_BYTES {
+            return Ok(None);
+        }
+        acquire(
+            &self.large_documents,
+            text_bytes,
+            LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX,
         )
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or(Refusal::ServerBusy)
+        .map(Some)
     }
+}
+
+/// `wanted` permits of `semaphore` (at most `most`, its size), waiting up to
+/// `FIELDS_WAIT`.
+async fn acquire(
+    semaphore: &Arc<Semaphore>,
+    wanted: usize,
+    most: u32,
+) -> Result<OwnedSemaphorePermit, Refusal> {
+    let wanted = u32::try_from(wanted).unwrap_or(u32::MAX).min(most);
+    tokio::time::timeout(
+        FIELDS_WAIT,
+        Arc::clone(semaphore).acquire_many_owned(wanted),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or(Refusal::ServerBusy)
 }
 
 #[cfg(test)]
@@ -124,6 +163,31 @@ mod tests {
             .map(|_| admission.admit(Some(client)).unwrap())
             .collect();
         assert_eq!(held.len(), 1000);
+    }
+
+    #[tokio::test]
+    async fn large_documents_share_one_text_budget_and_small_ones_skip_it() {
+        let admission = Admission::new(0);
+        let whole = admission
+            .room_to_parse(LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX as usize)
+            .await
+            .unwrap();
+        assert!(
+            admission
+                .room_to_parse(LARGE_DOCUMENT_BYTES)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(
+            admission
+                .room_to_parse(LARGE_DOCUMENT_BYTES + 1)
+                .await
+                .err(),
+            Some(Refusal::ServerBusy)
+        );
+        drop(whole);
+        assert!(admission.room_to_parse(64 * 1024).await.unwrap().is_some());
     }
 
     #[tokio::test]

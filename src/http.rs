@@ -441,6 +441,14 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
     let mut responses = Vec::with_capacity(requests.len());
     // One after another, so a batch's mutations run in the order the client sent them.
     for mut request in requests {
+        let _parsing = match state.admission.room_to_parse(request.query.len()).await {
+            Ok(parsing) => parsing,
+            Err(_) if is_batch => {
+                responses.push(server_busy());
+                continue;
+            }
+            Err(refusal) => return refused(refusal, &headers),
+        };
         let parsed = state.parsed_queries.prepare(&mut request);
         // A document that does not parse is left for execution to report.
         let (weight, is_query) = match request.parsed_query() {
@@ -474,9 +482,7 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
                 Ok(room) => Some(room),
                 // Earlier operations of a batch may have run: only this one is refused.
                 Err(_) if is_batch => {
-                    let mut error = ServerError::new(SERVER_BUSY, None);
-                    error.extensions = Some(retry_hint());
-                    responses.push(async_graphql::Response::from_errors(vec![error]));
+                    responses.push(server_busy());
                     continue;
                 }
                 Err(refusal) => return refused(refusal, &headers),
@@ -576,6 +582,13 @@ fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
 }
 
 const SERVER_BUSY: &str = "the server is at its bound of queries in flight; retry after the hint";
+
+/// One operation of a batch refused for want of room; the others keep their answers.
+fn server_busy() -> async_graphql::Response {
+    let mut error = ServerError::new(SERVER_BUSY, None);
+    error.extensions = Some(retry_hint());
+    async_graphql::Response::from_errors(vec![error])
+}
 
 /// `extensions` of a refusal: RETRY_LATER and when to retry.
 fn retry_hint() -> async_graphql::ErrorExtensionValues {
