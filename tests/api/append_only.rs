@@ -92,6 +92,22 @@ async fn balance_rules_are_database_constraints(backend: Backend) {
     app.assert_ledger_sound().await;
 }
 
+/// The small ledger's payment "p1", and `account` as stored now.
+async fn payment_p1_and_account(app: &TestApp, account: Uuid) -> (payment::Model, account::Model) {
+    let p1 = payment::Entity::find()
+        .filter(payment::Column::IdempotencyKey.eq("p1"))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let row = account::Entity::find_by_id(account)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    (p1, row)
+}
+
 /// Runs `statements` in one transaction and insists the database refuses it with a
 /// guard's error.
 async fn assert_guard_refuses(app: &TestApp, what: &str, statements: Vec<Statement>) {
@@ -234,17 +250,7 @@ async fn guards_refuse_changing_an_account_without_its_entries(backend: Backend)
 
     // A whole fake posting, entry and balance consistent with each other, added to a
     // payment that already has its two entries: money from nowhere.
-    let p1 = payment::Entity::find()
-        .filter(payment::Column::IdempotencyKey.eq("p1"))
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
-    let row = account::Entity::find_by_id(destination)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let (p1, row) = payment_p1_and_account(&app, destination).await;
     let fake_entry = entry_insert(db_backend, &row, p1.id, 100, row.version + 1);
     let fake_move = Statement::from_sql_and_values(
         db_backend,
@@ -324,17 +330,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
 
     // Invariant 1: an entry that creates money (with its account kept consistent, so
     // only conservation and the payment's shape are broken).
-    let some_payment = payment::Entity::find()
-        .filter(payment::Column::IdempotencyKey.eq("p1"))
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
-    let row = account::Entity::find_by_id(destination)
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let (some_payment, row) = payment_p1_and_account(&app, destination).await;
     ledger_entry::Entity::insert(ledger_entry::ActiveModel {
         id: Set(Uuid::now_v7()),
         client_id: Set(row.client_id),

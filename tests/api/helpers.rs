@@ -641,29 +641,65 @@ impl Drop for TestDatabase {
                 }
             }
             Cleanup::PostgresDatabase { admin_url, name } => {
-                let admin_url = admin_url.clone();
-                let name = name.clone();
-                // Drop runs inside the test's runtime, which cannot block on itself.
-                std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a runtime");
-                    runtime.block_on(async move {
-                        if let Ok(admin) = Database::connect(&admin_url).await {
-                            admin
-                                .execute_unprepared(&format!(
-                                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                                ))
-                                .await
-                                .ok();
-                            admin.close().await.ok();
-                        }
-                    });
-                })
-                .join()
-                .ok();
+                run_as_admin(
+                    admin_url,
+                    vec![format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
+                );
             }
         }
     }
+}
+
+/// Runs `statements` on the admin connection from a thread of its own, ignoring
+/// failures: for cleanup in `Drop`, which runs inside the test's runtime and cannot
+/// block on it.
+pub fn run_as_admin(admin_url: &str, statements: Vec<String>) {
+    let admin_url = admin_url.to_owned();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            if let Ok(admin) = Database::connect(&admin_url).await {
+                for statement in statements {
+                    admin.execute_unprepared(&statement).await.ok();
+                }
+                admin.close().await.ok();
+            }
+        });
+    })
+    .join()
+    .ok();
+}
+
+/// An UNBOUNDED and a NON_NEGATIVE account in `currency`, created through `api`.
+pub async fn account_pair(api: &LedgerClient, currency: &str) -> (String, String) {
+    let mut ids = Vec::new();
+    for rule in ["UNBOUNDED", "NON_NEGATIVE"] {
+        let account = AccountInput::new(&Uuid::new_v4().to_string(), currency, rule);
+        let created = api
+            .create_account(&account)
+            .await
+            .expect("the server answers");
+        ids.push(
+            ledger_client::account_id_of(&created)
+                .unwrap_or_else(|| panic!("account created: {created}"))
+                .to_owned(),
+        );
+    }
+    (ids.remove(0), ids.remove(0))
+}
+
+/// Pays through `api` and insists the payment posted, with no error anywhere.
+pub async fn assert_pays(api: &LedgerClient, payment: &PaymentInput) {
+    let paid = api
+        .create_payment(payment, false)
+        .await
+        .expect("the server answers");
+    assert_eq!(
+        paid["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{paid}"
+    );
+    assert_eq!(error_code(&paid), None, "{paid}");
 }

@@ -4,13 +4,13 @@
 //! change an account's identity or skip the guards (docs/operations.md, "Database
 //! roles").
 
-use ledger_client::{AccountInput, LedgerClient, PaymentInput};
+use ledger_client::{LedgerClient, PaymentInput};
 use payments_ledger::config::Migrations;
 use payments_ledger::{Application, Config, auth};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
 use uuid::Uuid;
 
-use crate::helpers::{TestDatabase, error_code};
+use crate::helpers::{TestDatabase, account_pair, assert_pays, run_as_admin};
 
 /// Two login roles of this test's own, dropped (after its database) when it ends.
 struct Roles {
@@ -41,28 +41,12 @@ impl Roles {
 
 impl Drop for Roles {
     fn drop(&mut self) {
-        let admin_url = self.admin_url.clone();
-        let roles = [self.owner.clone(), self.app.clone()];
-        // Drop runs inside the test's runtime, which cannot block on itself.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async move {
-                if let Ok(admin) = Database::connect(&admin_url).await {
-                    for role in roles {
-                        admin
-                            .execute_unprepared(&format!("DROP ROLE IF EXISTS {role}"))
-                            .await
-                            .ok();
-                    }
-                    admin.close().await.ok();
-                }
-            });
-        })
-        .join()
-        .ok();
+        run_as_admin(
+            &self.admin_url,
+            [&self.owner, &self.app]
+                .map(|role| format!("DROP ROLE IF EXISTS {role}"))
+                .to_vec(),
+        );
     }
 }
 
@@ -141,26 +125,12 @@ async fn the_server_runs_as_a_role_that_cannot_disable_the_guards() {
     tokio::spawn(application.run_until_stopped());
     let client = auth::create_client(&app_db, "role test").await.unwrap();
     let api = LedgerClient::new(&address, Some(&client.api_key));
-    let mut accounts = Vec::new();
-    for rule in ["UNBOUNDED", "NON_NEGATIVE"] {
-        let created = api
-            .create_account(&AccountInput::new(&Uuid::new_v4().to_string(), "EUR", rule))
-            .await
-            .unwrap();
-        accounts.push(ledger_client::account_id_of(&created).unwrap().to_owned());
-    }
-    let paid = api
-        .create_payment(
-            &PaymentInput::new("as-app-role", &accounts[0], &accounts[1], "9.99", "EUR"),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        paid["data"]["createPayment"]["payment"]["status"], "POSTED",
-        "{paid}"
-    );
-    assert_eq!(error_code(&paid), None);
+    let (from, to) = account_pair(&api, "EUR").await;
+    assert_pays(
+        &api,
+        &PaymentInput::new("as-app-role", &from, &to, "9.99", "EUR"),
+    )
+    .await;
 
     for statement in [
         "ALTER TABLE accounts DISABLE TRIGGER ALL",

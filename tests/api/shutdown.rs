@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
-use ledger_client::{AccountInput, LedgerClient, PaymentInput};
+use ledger_client::{LedgerClient, PaymentInput};
 use payments_ledger::startup::Drain;
 use payments_ledger::{Application, Config, auth};
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::helpers::TestDatabase;
+use crate::helpers::{TestDatabase, account_pair, assert_pays};
 
 /// A server on `database` that shuts down (draining or not) when the sender fires.
 async fn stoppable(
@@ -38,16 +38,6 @@ async fn stoppable(
     (address, api, db, stop, server)
 }
 
-async fn accounts(api: &LedgerClient) -> (String, String) {
-    let mut ids = Vec::new();
-    for rule in ["UNBOUNDED", "NON_NEGATIVE"] {
-        let account = AccountInput::new(&Uuid::new_v4().to_string(), "USD", rule);
-        let created = api.create_account(&account).await.unwrap();
-        ids.push(ledger_client::account_id_of(&created).unwrap().to_owned());
-    }
-    (ids.remove(0), ids.remove(0))
-}
-
 async fn readiness(address: &str) -> Option<u16> {
     reqwest::get(format!("{address}/readyz"))
         .await
@@ -62,7 +52,7 @@ async fn sigterm_drains_while_still_serving_then_stops() {
         config.server.shutdown_drain_seconds = 2;
     })
     .await;
-    let (from, to) = accounts(&api).await;
+    let (from, to) = account_pair(&api, "USD").await;
     assert_eq!(readiness(&address).await, Some(200));
 
     stop.send(Drain::Yes).unwrap();
@@ -76,17 +66,11 @@ async fn sigterm_drains_while_still_serving_then_stops() {
     }
     assert!(draining, "/readyz answers 503 once shutdown begins");
     // Still served while load balancers take the instance out.
-    let paid = api
-        .create_payment(
-            &PaymentInput::new("during-drain", &from, &to, "1.00", "USD"),
-            false,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        paid["data"]["createPayment"]["payment"]["status"], "POSTED",
-        "{paid}"
-    );
+    assert_pays(
+        &api,
+        &PaymentInput::new("during-drain", &from, &to, "1.00", "USD"),
+    )
+    .await;
 
     tokio::time::timeout(Duration::from_secs(30), server)
         .await
@@ -111,7 +95,7 @@ async fn an_in_flight_payment_is_answered_before_the_server_stops() {
         config.database.lock_timeout_ms = 10_000;
     })
     .await;
-    let (from, to) = accounts(&api).await;
+    let (from, to) = account_pair(&api, "USD").await;
     let session = db.begin().await.unwrap();
     session
         .execute_raw(Statement::from_sql_and_values(
