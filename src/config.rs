@@ -18,6 +18,8 @@ pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
 pub const API_KEY_CACHE_SECONDS_DEFAULT: u64 = 10;
 pub const SHUTDOWN_DRAIN_SECONDS_DEFAULT: u64 = 5;
+/// Seven days, as card authorizations usually live.
+pub const HOLD_TTL_SECONDS_DEFAULT: u32 = 7 * 24 * 3600;
 pub const CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT: u32 = 64;
 pub const DATABASE_WRITE_CONNECTIONS_DEFAULT: u32 = 4;
 
@@ -152,6 +154,17 @@ pub struct DatabaseConfig {
     )]
     pub write_batches_in_flight: u16,
 
+    /// How long a hold (`pending: true`) lives when its request names no
+    /// `holdExpiresAt`; at most 366 days.
+    #[arg(
+        long = "hold-ttl-seconds",
+        env = "HOLD_TTL_SECONDS",
+        default_value_t = HOLD_TTL_SECONDS_DEFAULT,
+        value_parser = clap::value_parser!(u32).range(1..=366 * 24 * 3600),
+        global = true
+    )]
+    pub hold_ttl_seconds: u32,
+
     /// Whether starting (serve, client, verify) applies pending migrations or only
     /// checks that none is pending. `payments-ledger migrate` always applies them.
     #[arg(
@@ -175,6 +188,7 @@ impl Default for DatabaseConfig {
             lock_timeout_ms: POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
             write_batch_max: WRITE_BATCH_MAX_DEFAULT,
             write_batches_in_flight: WRITE_BATCHES_IN_FLIGHT_DEFAULT,
+            hold_ttl_seconds: HOLD_TTL_SECONDS_DEFAULT,
             migrations: Migrations::default(),
         }
     }

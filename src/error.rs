@@ -25,6 +25,16 @@ pub enum AppError {
         "idempotency key was already used with a different request; use a new key for a new request"
     )]
     IdempotencyKeyReused,
+    /// A capture or void of a payment that is not a live hold: captured, voided,
+    /// expired, declined, or never a hold.
+    #[error("{0}")]
+    PaymentNotPending(String),
+    #[error("{0}")]
+    CaptureExceedsHold(String),
+    /// A refund larger than what is left of its payment's posted amount, or of a
+    /// payment that did not post.
+    #[error("{0}")]
+    RefundExceedsPayment(String),
     #[error("the ledger is busy; retry the same request with the same idempotency key")]
     RetryLater,
     /// The request ran out of time (`REQUEST_TIMEOUT_SECONDS`). A write may still have
@@ -66,6 +76,9 @@ impl AppError {
             Self::BadUserInput(_) => "BAD_USER_INPUT",
             Self::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::PaymentNotPending(_) => "PAYMENT_NOT_PENDING",
+            Self::CaptureExceedsHold(_) => "CAPTURE_EXCEEDS_HOLD",
+            Self::RefundExceedsPayment(_) => "REFUND_EXCEEDS_PAYMENT",
             Self::RetryLater => "RETRY_LATER",
             Self::Timeout => "TIMEOUT",
             Self::OutcomeUnknown => "OUTCOME_UNKNOWN",

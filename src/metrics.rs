@@ -33,6 +33,7 @@ label_values!(CacheName {
     Account => "account",
     Payment => "payment",
     PaymentEntries => "payment_entries",
+    Settlement => "settlement",
     Entry => "entry",
     IdempotencyKey => "idempotency_key",
 });
@@ -40,6 +41,7 @@ label_values!(CacheLevel { L1 => "l1", L2 => "l2" });
 label_values!(CacheResult { Hit => "hit", Miss => "miss" });
 label_values!(PaymentOutcome {
     Posted => "posted",
+    Held => "held",
     Declined => "declined",
     Replayed => "replayed",
     Rejected => "rejected",

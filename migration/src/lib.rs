@@ -10,8 +10,10 @@ mod m20261124_000001_create_ledger;
 mod m20261124_000002_feeds;
 mod m20261125_000001_guards;
 mod m20261125_000002_api_keys;
+mod m20261126_000001_holds_refunds;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
+pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
 
 pub struct Migrator;
 
@@ -23,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261124_000002_feeds::Migration),
             Box::new(m20261125_000001_guards::Migration),
             Box::new(m20261125_000002_api_keys::Migration),
+            Box::new(m20261126_000001_holds_refunds::Migration),
         ]
     }
 }

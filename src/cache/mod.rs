@@ -18,22 +18,53 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use moka::future::Cache;
 use moka::ops::compute::Op;
 use uuid::Uuid;
 
-use crate::entity::{account, ledger_entry, payment};
+use crate::entity::{account, ledger_entry, payment, payment_settlement};
 use crate::error::AppResult;
 use crate::idempotency::{Fingerprint, IdempotencyKey};
 use crate::ids::ClientId;
 use crate::metrics::{CacheLevel, CacheName, CacheResult, Metrics};
 pub use redis_l2::RedisL2;
 
-/// A balance as of one account version.
+/// A balance as of one account state: `version` (its entries) and `hold_seq` (its
+/// holds), both only ever growing, so of two copies the one with the larger pair is
+/// newer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VersionedBalance {
     pub balance_minor: i64,
     pub version: i64,
+    pub hold_seq: i64,
+    /// What live holds kept on the account when this copy was made.
+    pub pending_minor: i64,
+    /// The earliest expiry among those holds (or earlier): from then on `pending_minor`
+    /// may count an expired hold, so the copy is no longer served.
+    pub pending_until: Option<DateTime<Utc>>,
+}
+
+impl VersionedBalance {
+    /// A balance with no holds counted.
+    pub fn posted(balance_minor: i64, version: i64, hold_seq: i64) -> Self {
+        Self {
+            balance_minor,
+            version,
+            hold_seq,
+            pending_minor: 0,
+            pending_until: None,
+        }
+    }
+
+    pub fn state(&self) -> (i64, i64) {
+        (self.version, self.hold_seq)
+    }
+
+    /// Whether this copy may still be served at `now`: no hold it counts has expired.
+    pub fn is_fresh_at(&self, now: DateTime<Utc>) -> bool {
+        self.pending_until.is_none_or(|until| now < until)
+    }
 }
 
 /// How long an immutable object stays in L1: it never goes stale, so this only lets
@@ -77,6 +108,8 @@ pub struct Caches {
     accounts: Option<Cache<Uuid, account::Model>>,
     payments: Option<Cache<Uuid, payment::Model>>,
     payment_entries: Option<Cache<Uuid, Arc<Vec<ledger_entry::Model>>>>,
+    /// Settlements by the id of the hold they settle.
+    settlements: Option<Cache<Uuid, payment_settlement::Model>>,
     entries: Option<Cache<Uuid, ledger_entry::Model>>,
     /// Idempotency keys this instance has seen used: (client, key) -> (fingerprint,
     /// resource). A key's record never changes once committed.
@@ -98,6 +131,7 @@ impl Caches {
             accounts: l1(capacity, ttl),
             payments: l1(capacity, ttl),
             payment_entries: l1(capacity, ttl),
+            settlements: l1(capacity, ttl),
             entries: l1(capacity, ttl),
             idempotency_keys: l1(capacity, ttl),
             l2,
@@ -109,7 +143,7 @@ impl Caches {
         self.l2.as_ref()
     }
 
-    /// Stores `balance` in L1 unless L1 already holds the same or a newer version.
+    /// Stores `balance` in L1 unless L1 already holds the same or a newer state.
     pub async fn put_l1_balance(&self, account: Uuid, balance: VersionedBalance) {
         let Some(balances) = &self.balances else {
             return;
@@ -118,7 +152,7 @@ impl Caches {
             .entry(account)
             .and_compute_with(|existing| async move {
                 match existing {
-                    Some(entry) if entry.value().version >= balance.version => Op::Nop,
+                    Some(entry) if entry.value().state() >= balance.state() => Op::Nop,
                     _ => Op::Put(balance),
                 }
             })
@@ -155,6 +189,15 @@ impl Caches {
         Fut: Future<Output = AppResult<Vec<(Uuid, VersionedBalance)>>>,
     {
         let (mut found, mut missing) = l1_lookup(self.balances.as_ref(), accounts).await;
+        // A copy that counts a hold which has since expired is a miss at every level.
+        let now = Utc::now();
+        found.retain(|account, balance| {
+            let fresh = balance.is_fresh_at(now);
+            if !fresh {
+                missing.push(*account);
+            }
+            fresh
+        });
         if self.balances.is_some() {
             self.count(
                 CacheName::Balance,
@@ -172,7 +215,7 @@ impl Caches {
         {
             let mut still_missing = Vec::new();
             for (account, balance) in missing.iter().zip(from_l2) {
-                match balance {
+                match balance.filter(|balance| balance.is_fresh_at(now)) {
                     Some(balance) => {
                         self.put_l1_balance(*account, balance).await;
                         found.insert(*account, balance);
@@ -205,7 +248,10 @@ impl Caches {
 
     async fn l1_balance(&self, account: &Uuid) -> Option<VersionedBalance> {
         match &self.balances {
-            Some(balances) => balances.get(account).await,
+            Some(balances) => balances
+                .get(account)
+                .await
+                .filter(|balance| balance.is_fresh_at(Utc::now())),
             None => None,
         }
     }
@@ -293,13 +339,35 @@ impl Caches {
         }
     }
 
-    /// Remembers a payment and its entries just written: both are final.
+    /// Remembers a payment just written, and its entries when they are final: a
+    /// payment that posted or was declined has all it will ever have; a hold has none
+    /// until it is captured.
     pub async fn remember_payment(&self, row: &payment::Model, entries: Vec<ledger_entry::Model>) {
         if let Some(payments) = &self.payments {
             payments.insert(row.id, row.clone()).await;
         }
-        if let Some(payment_entries) = &self.payment_entries {
+        if let Some(payment_entries) = &self.payment_entries
+            && row.status != payment::StoredStatus::Pending
+        {
             payment_entries.insert(row.id, Arc::new(entries)).await;
+        }
+    }
+
+    /// Remembers a hold's settlement and the entries it wrote: both are final.
+    pub async fn remember_settlement(
+        &self,
+        settlement: &payment_settlement::Model,
+        entries: Vec<ledger_entry::Model>,
+    ) {
+        if let Some(settlements) = &self.settlements {
+            settlements
+                .insert(settlement.payment_id, settlement.clone())
+                .await;
+        }
+        if let Some(payment_entries) = &self.payment_entries {
+            payment_entries
+                .insert(settlement.payment_id, Arc::new(entries))
+                .await;
         }
     }
 }
@@ -346,6 +414,14 @@ impl Immutable for payment::Model {
     }
 }
 
+/// A hold's settlement, by the hold's payment id: at most one, never changed.
+impl Immutable for payment_settlement::Model {
+    const NAME: CacheName = CacheName::Settlement;
+    fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
+        caches.settlements.as_ref()
+    }
+}
+
 impl Immutable for ledger_entry::Model {
     const NAME: CacheName = CacheName::Entry;
     fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
@@ -353,9 +429,9 @@ impl Immutable for ledger_entry::Model {
     }
 }
 
-/// The entries of a payment, by payment id. A payment and its entries commit together,
-/// so the entries of any payment that exists never change (a declined payment's stay
-/// empty).
+/// The entries of a payment, by payment id: final once the payment posted, was declined
+/// or its hold was settled (`Ledger::entries_by_payment_ids` never caches a live hold's
+/// empty list).
 impl Immutable for Arc<Vec<ledger_entry::Model>> {
     const NAME: CacheName = CacheName::PaymentEntries;
     fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>> {
@@ -380,25 +456,60 @@ mod tests {
         };
         let caches = Caches::new(&settings, Arc::new(Metrics::new())).unwrap();
         let account = Uuid::now_v7();
-        let put = |version| {
+        let put = |version, hold_seq| {
             caches.put_l1_balance(
                 account,
-                VersionedBalance {
-                    balance_minor: version * 10,
-                    version,
-                },
+                VersionedBalance::posted(version * 10, version, hold_seq),
             )
         };
-        put(5).await;
-        put(3).await;
-        assert_eq!(caches.l1_balance(&account).await.unwrap().version, 5);
-        put(6).await;
+        put(5, 0).await;
+        put(3, 9).await;
+        assert_eq!(caches.l1_balance(&account).await.unwrap().state(), (5, 0));
+        put(5, 1).await;
+        assert_eq!(caches.l1_balance(&account).await.unwrap().state(), (5, 1));
+        put(5, 0).await;
+        put(6, 0).await;
         assert_eq!(
             caches.l1_balance(&account).await,
-            Some(VersionedBalance {
-                balance_minor: 60,
-                version: 6
-            })
+            Some(VersionedBalance::posted(60, 6, 0))
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_counting_an_expired_hold_is_not_served() {
+        let settings = CacheSettings {
+            l1_balance_capacity: 100,
+            l1_object_capacity: 100,
+            l1_balance_ttl: Duration::from_secs(60),
+            l2_balance_ttl: Duration::from_secs(60),
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+            namespace: "test".to_owned(),
+        };
+        let caches = Caches::new(&settings, Arc::new(Metrics::new())).unwrap();
+        let account = Uuid::now_v7();
+        let held = |until| VersionedBalance {
+            pending_minor: 500,
+            pending_until: Some(until),
+            ..VersionedBalance::posted(1000, 1, 1)
+        };
+        caches
+            .put_l1_balance(account, held(Utc::now() + chrono::Duration::minutes(5)))
+            .await;
+        assert!(caches.peek_balance(account).await.is_some());
+        let other = Uuid::now_v7();
+        caches
+            .put_l1_balance(other, held(Utc::now() - chrono::Duration::seconds(1)))
+            .await;
+        assert_eq!(caches.peek_balance(other).await, None);
+        let loaded = caches
+            .balances(&[account, other], |missing| async move {
+                assert_eq!(missing, [other], "only the stale copy is loaded again");
+                Ok(vec![(other, VersionedBalance::posted(1000, 1, 2))])
+            })
+            .await
+            .unwrap();
+        assert_eq!(loaded[&other].pending_minor, 0);
+        assert_eq!(loaded[&account].pending_minor, 500);
     }
 }

@@ -14,17 +14,23 @@ use uuid::Uuid;
 use crate::cache::{CacheSettings, Caches, VersionedBalance};
 use crate::metrics::Metrics;
 
-/// Sets KEYS[1] to "version:balance" with a TTL, unless it already holds the same or a
-/// newer version. One atomic step in Redis: no GET-then-SET race between instances.
+/// Sets KEYS[1] to ARGV[3] (an encoded balance, which starts "version:hold_seq:") with
+/// a TTL, unless it already holds the same or a newer state (version, then hold_seq).
+/// One atomic step in Redis: no GET-then-SET race between instances.
 const PUT_IF_NEWER: &str = r"
 local current = redis.call('GET', KEYS[1])
 if current then
-  local version = tonumber(string.match(current, '^(-?%d+):'))
-  if version and version >= tonumber(ARGV[1]) then
+  local version, hold_seq = string.match(current, '^(-?%d+):(-?%d+):')
+  version = tonumber(version)
+  hold_seq = tonumber(hold_seq)
+  local new_version = tonumber(ARGV[1])
+  local new_hold_seq = tonumber(ARGV[2])
+  if version and hold_seq and (version > new_version
+      or (version == new_version and hold_seq >= new_hold_seq)) then
     return 0
   end
 end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 ";
 
@@ -44,15 +50,41 @@ pub struct RedisL2 {
     metrics: Arc<Metrics>,
 }
 
+/// "version:hold_seq:balance:pending:until", `until` in microseconds or empty.
 fn encode(balance: VersionedBalance) -> String {
-    format!("{}:{}", balance.version, balance.balance_minor)
+    format!(
+        "{}:{}:{}:{}:{}",
+        balance.version,
+        balance.hold_seq,
+        balance.balance_minor,
+        balance.pending_minor,
+        balance
+            .pending_until
+            .map(|until| until.timestamp_micros().to_string())
+            .unwrap_or_default()
+    )
 }
 
 fn decode(text: &str) -> Option<VersionedBalance> {
-    let (version, balance) = text.split_once(':')?;
+    let mut fields = text.split(':');
+    let mut number = || fields.next()?.parse::<i64>().ok();
+    let (version, hold_seq, balance_minor, pending_minor) =
+        (number()?, number()?, number()?, number()?);
+    let pending_until = match fields.next()? {
+        "" => None,
+        micros => Some(chrono::DateTime::from_timestamp_micros(
+            micros.parse().ok()?,
+        )?),
+    };
+    if fields.next().is_some() {
+        return None;
+    }
     Some(VersionedBalance {
-        version: version.parse().ok()?,
-        balance_minor: balance.parse().ok()?,
+        balance_minor,
+        version,
+        hold_seq,
+        pending_minor,
+        pending_until,
     })
 }
 
@@ -158,7 +190,8 @@ impl RedisL2 {
                 .arg(1)
                 .arg(self.key(*account))
                 .arg(balance.version)
-                .arg(balance.balance_minor)
+                .arg(balance.hold_seq)
+                .arg(encode(*balance))
                 .arg(self.ttl_milliseconds)
                 .ignore();
         }
@@ -273,7 +306,7 @@ fn warn_rate_limited(
     }
 }
 
-/// "<instance> <account>:<version>:<balance> …"
+/// "<instance> <account>:<encoded balance> …"
 fn encode_invalidation(instance: Uuid, balances: &[(Uuid, VersionedBalance)]) -> String {
     let mut message = instance.simple().to_string();
     for (account, balance) in balances {
@@ -312,8 +345,9 @@ mod tests {
         let instance = Uuid::new_v4();
         let account = Uuid::now_v7();
         let balance = VersionedBalance {
-            balance_minor: -1250,
-            version: 42,
+            pending_minor: 300,
+            pending_until: chrono::DateTime::from_timestamp_micros(1_800_000_000_123_456),
+            ..VersionedBalance::posted(-1250, 42, 7)
         };
         let message = encode_invalidation(instance, &[(account, balance)]);
         let mut parts = message.split(' ');
@@ -322,5 +356,9 @@ mod tests {
         assert_eq!(Uuid::try_parse(id).unwrap(), account);
         assert_eq!(decode(encoded), Some(balance));
         assert_eq!(decode("garbage"), None);
+        // The format before holds: read as a miss, never as a wrong balance.
+        assert_eq!(decode("42:-1250"), None);
+        let unheld = VersionedBalance::posted(5, 1, 0);
+        assert_eq!(decode(&encode(unheld)), Some(unheld));
     }
 }

@@ -12,6 +12,12 @@ pub struct Model {
     pub external_ref: Option<String>,
     pub balance_minor: i64,
     pub version: i64,
+    /// The sum of the account's `live_holds` as payer (expired ones included until a
+    /// write releases them).
+    pub pending_minor: i64,
+    /// How many times the account's holds have changed: with `version`, orders cached
+    /// balances.
+    pub hold_seq: i64,
     pub created_at: DateTimeUtc,
     /// Where the row sits in its client's feed: see `pagination::FeedKey`.
     pub feed_seq: i64,

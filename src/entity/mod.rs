@@ -8,7 +8,9 @@ pub mod api_key;
 pub mod client;
 pub mod idempotency_key;
 pub mod ledger_entry;
+pub mod live_hold;
 pub mod payment;
+pub mod payment_settlement;
 
 /// The current time as the database stores it (PostgreSQL keeps microseconds), so a
 /// timestamp a client got from a response or the cache equals the stored one, and a

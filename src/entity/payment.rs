@@ -11,23 +11,33 @@ pub struct Model {
     pub to_account_id: Uuid,
     pub amount_minor: i64,
     pub currency: String,
-    pub status: PaymentStatus,
+    /// What the payment was when it was decided; `ledger::lifecycle` derives what it is
+    /// now from this, its settlement and the clock.
+    pub status: StoredStatus,
     pub decline_reason: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTimeUtc,
+    /// Set on holds (PENDING, or a hold request that was DECLINED).
+    pub hold_expires_at: Option<DateTimeUtc>,
+    /// The payment this one refunds.
+    pub refund_of: Option<Uuid>,
     /// Where the row sits in its client's feed: see `pagination::FeedKey`.
     pub feed_seq: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
 #[sea_orm(rs_type = "String", db_type = "Text")]
-pub enum PaymentStatus {
+pub enum StoredStatus {
     /// The payment moved money: two entries exist.
     #[sea_orm(string_value = "POSTED")]
     Posted,
     /// The payment broke a balance rule and moved nothing.
     #[sea_orm(string_value = "DECLINED")]
     Declined,
+    /// A hold: its amount was held on the payer; a settlement row, or its expiry, says
+    /// what became of it.
+    #[sea_orm(string_value = "PENDING")]
+    Pending,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -8,7 +8,7 @@ use async_graphql::dataloader::Loader;
 use uuid::Uuid;
 
 use crate::cache::VersionedBalance;
-use crate::entity::{account, ledger_entry, payment};
+use crate::entity::{account, ledger_entry, payment, payment_settlement};
 use crate::error::AppError;
 use crate::ids::{AccountId, ClientId, LedgerEntryId, PaymentId};
 use crate::ledger::Ledger;
@@ -23,6 +23,14 @@ pub struct LedgerLoader {
 /// The entries of one payment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EntriesOfPayment(pub PaymentId);
+
+/// The settlement of one hold, if it has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SettlementOf(pub PaymentId);
+
+/// The refunds of one payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RefundsOf(pub PaymentId);
 
 /// An account's balance through the caches (`consistency: CACHED`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,3 +66,5 @@ loader!(StrongBalance => VersionedBalance, strong_balances, |id| StrongBalance(A
 loader!(PaymentId => payment::Model, payments_by_ids, |id| PaymentId(id), |key| key.0);
 loader!(LedgerEntryId => ledger_entry::Model, entries_by_ids, |id| LedgerEntryId(id), |key| key.0);
 loader!(EntriesOfPayment => Arc<Vec<ledger_entry::Model>>, entries_by_payment_ids, |id| EntriesOfPayment(PaymentId(id)), |key| key.0.0);
+loader!(SettlementOf => payment_settlement::Model, settlements_by_payment_ids, |id| SettlementOf(PaymentId(id)), |key| key.0.0);
+loader!(RefundsOf => Vec<payment::Model>, refunds_of, |id| RefundsOf(PaymentId(id)), |key| key.0.0);

@@ -1,12 +1,17 @@
-//! Mutation roots. Both create something and both require an idempotency key.
+//! Mutation roots. Each creates something (an account, a payment, a hold's
+//! settlement, a refund) and requires an idempotency key.
 
 use async_graphql::{Context, ID, InputObject, MergedObject, Object, Result, SimpleObject};
+use chrono::{DateTime, Utc};
 
 use crate::graphql::scalars::Money;
 use crate::graphql::scope;
 use crate::graphql::types::{Account, Payment};
 use crate::ledger::posting::BalanceRule;
-use crate::ledger::requests::{NewAccount, NewPayment};
+use crate::ledger::requests::{
+    HoldRequest, NewAccount, NewCapture, NewPayment, NewRefund, NewVoid,
+};
+use crate::ledger::service::Created;
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(AccountMutation, PaymentMutation);
@@ -69,14 +74,81 @@ pub struct CreatePaymentInput {
     /// Must equal both accounts' currency.
     pub currency: String,
     pub description: Option<String>,
+    /// Hold the amount instead of moving it: the payment is PENDING, its amount counts
+    /// against the payer's `available` at once, and `capturePayment` posts it (all or
+    /// part) or `voidPayment` releases it. Decided against what is available like any
+    /// payment: DECLINED if it does not fit.
+    #[graphql(default)]
+    pub pending: bool,
+    /// When the hold expires unless captured or voided first (only with `pending`);
+    /// defaults to now plus the server's HOLD_TTL_SECONDS (7 days unless configured).
+    pub hold_expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(SimpleObject)]
 pub struct CreatePaymentPayload {
-    /// POSTED, or DECLINED with a reason: a decline is an outcome, not an error.
+    /// POSTED, PENDING for a hold, or DECLINED with a reason: a decline is an outcome,
+    /// not an error.
     pub payment: Payment,
     /// True when this key had already created the payment and it is returned again.
     pub replayed: bool,
+}
+
+#[derive(InputObject)]
+pub struct CapturePaymentInput {
+    pub idempotency_key: String,
+    /// A PENDING payment (a hold) of the caller's.
+    pub payment_id: ID,
+    /// How much of the hold to post; the whole hold when absent. The rest is released.
+    pub amount: Option<Money>,
+}
+
+#[derive(SimpleObject)]
+pub struct CapturePaymentPayload {
+    /// The hold, now POSTED with `postedAmount` the captured amount.
+    pub payment: Payment,
+    /// True when this key had already captured the hold and it is returned again.
+    pub replayed: bool,
+}
+
+#[derive(InputObject)]
+pub struct VoidPaymentInput {
+    pub idempotency_key: String,
+    /// A PENDING payment (a hold) of the caller's.
+    pub payment_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct VoidPaymentPayload {
+    /// The hold, now VOIDED.
+    pub payment: Payment,
+    /// True when this key had already voided the hold and it is returned again.
+    pub replayed: bool,
+}
+
+#[derive(InputObject)]
+pub struct RefundPaymentInput {
+    pub idempotency_key: String,
+    /// A POSTED payment of the caller's (a captured hold included; not a refund).
+    pub payment_id: ID,
+    /// How much to give back; all that is not yet refunded when absent.
+    pub amount: Option<Money>,
+    /// Kept as the refund's description.
+    pub reason: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct RefundPaymentPayload {
+    /// The refund: a new payment from the original's payee to its payer, POSTED, or
+    /// DECLINED by the payee's balance rule.
+    pub payment: Payment,
+    /// True when this key had already made the refund and it is returned again.
+    pub replayed: bool,
+}
+
+/// The payment and `replayed` flag every payment mutation answers with.
+fn answered(created: Created<crate::entity::payment::Model>) -> Result<(Payment, bool)> {
+    Ok((Payment::from_row(created.value)?, created.replayed))
 }
 
 #[derive(Default)]
@@ -97,11 +169,62 @@ impl PaymentMutation {
             &input.amount.0,
             &input.currency,
             input.description,
+        )?
+        .with_hold(HoldRequest::parse(input.pending, input.hold_expires_at)?);
+        let (payment, replayed) =
+            answered(scope.ledger.create_payment(scope.client, request).await?)?;
+        Ok(CreatePaymentPayload { payment, replayed })
+    }
+
+    /// Posts all or part of a hold (a PENDING payment) and releases the rest.
+    /// PAYMENT_NOT_PENDING unless it is a live hold; CAPTURE_EXCEEDS_HOLD for more than
+    /// it holds.
+    async fn capture_payment(
+        &self,
+        ctx: &Context<'_>,
+        input: CapturePaymentInput,
+    ) -> Result<CapturePaymentPayload> {
+        let scope = scope(ctx)?;
+        let request = NewCapture::parse(
+            &input.idempotency_key,
+            &input.payment_id,
+            input.amount.as_ref().map(|amount| amount.0.as_str()),
         )?;
-        let created = scope.ledger.create_payment(scope.client, request).await?;
-        Ok(CreatePaymentPayload {
-            payment: Payment::from_row(created.value)?,
-            replayed: created.replayed,
-        })
+        let (payment, replayed) =
+            answered(scope.ledger.capture_payment(scope.client, request).await?)?;
+        Ok(CapturePaymentPayload { payment, replayed })
+    }
+
+    /// Releases a hold whole. PAYMENT_NOT_PENDING unless it is a live hold.
+    async fn void_payment(
+        &self,
+        ctx: &Context<'_>,
+        input: VoidPaymentInput,
+    ) -> Result<VoidPaymentPayload> {
+        let scope = scope(ctx)?;
+        let request = NewVoid::parse(&input.idempotency_key, &input.payment_id)?;
+        let (payment, replayed) =
+            answered(scope.ledger.void_payment(scope.client, request).await?)?;
+        Ok(VoidPaymentPayload { payment, replayed })
+    }
+
+    /// Gives back all or part of a posted payment as a new payment the other way.
+    /// REFUND_EXCEEDS_PAYMENT when it would take the POSTED refunds past what the
+    /// payment posted.
+    async fn refund_payment(
+        &self,
+        ctx: &Context<'_>,
+        input: RefundPaymentInput,
+    ) -> Result<RefundPaymentPayload> {
+        let scope = scope(ctx)?;
+        let request = NewRefund::parse(
+            &input.idempotency_key,
+            &input.payment_id,
+            input.amount.as_ref().map(|amount| amount.0.as_str()),
+            input.reason,
+        )?;
+        let (payment, replayed) =
+            answered(scope.ledger.refund_payment(scope.client, request).await?)?;
+        Ok(RefundPaymentPayload { payment, replayed })
     }
 }

@@ -10,7 +10,7 @@ use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account, p
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
-use crate::ledger::posting::PaymentStatus;
+use crate::ledger::lifecycle::PaymentStatus;
 use crate::ledger::service::PaymentFilter;
 use crate::pagination::PageArguments;
 

@@ -6,15 +6,19 @@ use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use crate::cache::VersionedBalance;
+use crate::entity::payment::StoredStatus;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
-use crate::graphql::loaders::{CachedBalance, EntriesOfPayment, StrongBalance};
+use crate::graphql::loaders::{
+    CachedBalance, EntriesOfPayment, RefundsOf, SettlementOf, StrongBalance,
+};
 use crate::graphql::paging::{Listed, listed, page_of};
 use crate::graphql::scalars::Money;
 use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
+use crate::ledger::lifecycle::{self, PaymentStatus, SettlementKind};
 use crate::ledger::money::{Currency, from_minor_units};
-use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection, PaymentStatus};
+use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection};
 use crate::ledger::service::PaymentFilter;
 use crate::pagination::PageArguments;
 
@@ -48,10 +52,14 @@ pub enum Node {
 /// A balance at one account version.
 #[derive(SimpleObject)]
 pub struct Balance {
-    /// The posted balance.
+    /// The posted balance: the sum of the account's entries.
     pub amount: Money,
-    /// How much more could be debited under the account's balance rule; null for
-    /// UNBOUNDED accounts, which have no floor.
+    /// What live holds keep on the account as payer: PENDING payments from it, not yet
+    /// captured, voided or expired.
+    pub pending: Money,
+    /// How much more could be paid or held under the account's balance rule: posted
+    /// minus pending, down to the rule's floor; null for UNBOUNDED accounts, which have
+    /// no floor.
     pub available: Option<Money>,
     /// The account version this balance was read at: it grows by one per entry.
     pub version: i64,
@@ -78,8 +86,9 @@ impl Account {
         let floor = BalanceFloor::new(self.row.balance_rule, self.row.credit_limit_minor);
         Balance {
             amount: from_minor_units(balance.balance_minor, self.currency).into(),
+            pending: from_minor_units(balance.pending_minor, self.currency).into(),
             available: floor
-                .available(balance.balance_minor)
+                .available(balance.balance_minor, balance.pending_minor)
                 .map(|minor| from_minor_units(minor, self.currency).into()),
             version: balance.version,
             currency: self.currency.code().to_owned(),
@@ -194,7 +203,9 @@ impl Account {
     }
 }
 
-/// A movement of money from one account to another. Final once created.
+/// A movement of money from one account to another: a payment, a hold (which a capture
+/// posts later, or a void or its expiry releases) or a refund. The stored payment never
+/// changes; a hold's settlement is a record of its own.
 pub struct Payment {
     row: payment::Model,
     currency: Currency,
@@ -208,6 +219,35 @@ impl Payment {
 
     fn payment_id(&self) -> PaymentId {
         PaymentId(self.row.id)
+    }
+
+    fn money(&self, minor: i64) -> Money {
+        from_minor_units(minor, self.currency).into()
+    }
+
+    /// A hold's settlement, if it is a hold and has one.
+    async fn settlement(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Option<crate::entity::payment_settlement::Model>> {
+        if self.row.status != StoredStatus::Pending {
+            return Ok(None);
+        }
+        Ok(scope(ctx)?
+            .loader
+            .load_one(SettlementOf(self.payment_id()))
+            .await?)
+    }
+
+    async fn refund_rows(&self, ctx: &Context<'_>) -> Result<Vec<payment::Model>> {
+        if self.row.refund_of.is_some() || self.row.status == StoredStatus::Declined {
+            return Ok(Vec::new());
+        }
+        Ok(scope(ctx)?
+            .loader
+            .load_one(RefundsOf(self.payment_id()))
+            .await?
+            .unwrap_or_default())
     }
 }
 
@@ -236,12 +276,21 @@ impl Payment {
         &self.row.idempotency_key
     }
 
-    async fn status(&self) -> PaymentStatus {
-        self.row.status
+    /// What the payment is now. A hold reads PENDING until it is captured (POSTED),
+    /// voided (VOIDED) or its `holdExpiresAt` passes (EXPIRED, at once, whether or not
+    /// anything has cleaned it up yet).
+    async fn status(&self, ctx: &Context<'_>) -> Result<PaymentStatus> {
+        let settlement = self.settlement(ctx).await?;
+        Ok(lifecycle::status(
+            self.row.status,
+            settlement.map(|settlement| settlement.kind),
+            self.row.hold_expires_at,
+            Utc::now(),
+        ))
     }
 
     /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED
-    /// or BALANCE_OUT_OF_RANGE. Null for POSTED payments.
+    /// or BALANCE_OUT_OF_RANGE. Null otherwise.
     async fn decline_reason(&self) -> Option<&str> {
         self.row.decline_reason.as_deref()
     }
@@ -255,8 +304,68 @@ impl Payment {
         required_account(ctx, AccountId(self.row.to_account_id)).await
     }
 
+    /// What was asked for: for a hold, the authorized amount (a capture may post less).
     async fn amount(&self) -> Money {
-        from_minor_units(self.row.amount_minor, self.currency).into()
+        self.money(self.row.amount_minor)
+    }
+
+    /// What the payment has posted: its amount once POSTED, a captured hold's captured
+    /// amount; 0 while PENDING and for DECLINED, VOIDED and EXPIRED payments.
+    async fn posted_amount(&self, ctx: &Context<'_>) -> Result<Money> {
+        let captured = self
+            .settlement(ctx)
+            .await?
+            .filter(|settlement| settlement.kind == SettlementKind::Capture)
+            .map(|settlement| settlement.amount_minor);
+        Ok(self.money(lifecycle::posted_amount(
+            self.row.status,
+            self.row.amount_minor,
+            captured,
+        )))
+    }
+
+    /// For a hold (`pending: true`): when it expires unless captured or voided first.
+    async fn hold_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.row.hold_expires_at
+    }
+
+    /// For a hold that was captured or voided: when.
+    async fn settled_at(&self, ctx: &Context<'_>) -> Result<Option<DateTime<Utc>>> {
+        Ok(self
+            .settlement(ctx)
+            .await?
+            .map(|settlement| settlement.created_at))
+    }
+
+    /// For a refund: the payment it gives back (part of).
+    async fn refund_of(&self, ctx: &Context<'_>) -> Result<Option<Payment>> {
+        let Some(original) = self.row.refund_of else {
+            return Ok(None);
+        };
+        let row = scope(ctx)?.loader.load_one(PaymentId(original)).await?;
+        Ok(row.map(Payment::from_row).transpose()?)
+    }
+
+    /// The refunds of this payment, POSTED and DECLINED, oldest first.
+    async fn refunds(&self, ctx: &Context<'_>) -> Result<Vec<Payment>> {
+        Ok(self
+            .refund_rows(ctx)
+            .await?
+            .into_iter()
+            .map(Payment::from_row)
+            .collect::<AppResult<_>>()?)
+    }
+
+    /// The sum of this payment's POSTED refunds: never more than `postedAmount`.
+    async fn refunded_amount(&self, ctx: &Context<'_>) -> Result<Money> {
+        let refunded = self
+            .refund_rows(ctx)
+            .await?
+            .iter()
+            .filter(|refund| refund.status == StoredStatus::Posted)
+            .map(|refund| refund.amount_minor)
+            .sum();
+        Ok(self.money(refunded))
     }
 
     async fn currency(&self) -> &str {
@@ -267,8 +376,12 @@ impl Payment {
         self.row.description.as_deref()
     }
 
-    /// The DEBIT and CREDIT entries of a POSTED payment; empty when DECLINED.
+    /// The DEBIT and CREDIT entries of a POSTED payment (a captured hold's are written
+    /// when it is captured); empty otherwise.
     async fn entries(&self, ctx: &Context<'_>) -> Result<Vec<LedgerEntry>> {
+        if self.row.status == StoredStatus::Declined {
+            return Ok(Vec::new());
+        }
         let rows = scope(ctx)?
             .loader
             .load_one(EntriesOfPayment(self.payment_id()))

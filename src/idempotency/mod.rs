@@ -50,6 +50,9 @@ impl IdempotencyKey {
 pub enum Operation {
     CreateAccount,
     CreatePayment,
+    CapturePayment,
+    VoidPayment,
+    RefundPayment,
 }
 
 impl Operation {
@@ -57,6 +60,9 @@ impl Operation {
         match self {
             Self::CreateAccount => "createAccount",
             Self::CreatePayment => "createPayment",
+            Self::CapturePayment => "capturePayment",
+            Self::VoidPayment => "voidPayment",
+            Self::RefundPayment => "refundPayment",
         }
     }
 }

@@ -27,6 +27,15 @@ impl fmt::Display for Violation {
 const SIGNED_AMOUNT: &str =
     "CASE e.direction WHEN 'CREDIT' THEN e.amount_minor ELSE -e.amount_minor END";
 
+/// What payment `p` posted: its amount if stored POSTED, its captured amount if it is a
+/// captured hold, NULL otherwise.
+const POSTED_AMOUNT: &str = "CASE p.status WHEN 'POSTED' THEN p.amount_minor \
+     WHEN 'PENDING' THEN (SELECT s.amount_minor FROM payment_settlements s \
+                          WHERE s.payment_id = p.id AND s.kind = 'CAPTURE') END";
+
+/// Stands for the audit's "now" in a check; bound as a parameter when it runs.
+const NOW: &str = ":now";
+
 /// What the `subject` column of a check names.
 #[derive(Clone, Copy)]
 enum Subject {
@@ -76,35 +85,33 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
             ),
         ),
         (
-            "no account breaks its balance rule",
+            "no account breaks its balance rule, with pending held",
             Subject::Account,
             "SELECT id AS subject, balance_rule || ' account has balance ' \
-             || CAST(balance_minor AS TEXT) AS detail FROM accounts \
-             WHERE (balance_rule = 'NON_NEGATIVE' AND balance_minor < 0) \
-             OR (balance_rule = 'CREDIT_LIMIT' AND balance_minor < -credit_limit_minor)"
+             || CAST(balance_minor AS TEXT) || ' with ' || CAST(pending_minor AS TEXT) \
+             || ' pending' AS detail FROM accounts \
+             WHERE pending_minor < 0 \
+             OR (balance_rule = 'NON_NEGATIVE' AND balance_minor - pending_minor < 0) \
+             OR (balance_rule = 'CREDIT_LIMIT' AND balance_minor - pending_minor < -credit_limit_minor)"
                 .to_owned(),
         ),
         (
-            "a posted payment has one debit and one credit of its amount; a declined one none",
+            "a payment that posted has one debit and one credit of what it posted; any other none",
             Subject::Payment,
-            "SELECT p.id AS subject, p.status || ' payment has ' \
-             || CAST(COUNT(e.id) AS TEXT) || ' matching entries' AS detail \
-             FROM payments p LEFT JOIN ledger_entries e ON e.payment_id = p.id AND e.amount_minor = p.amount_minor \
-             AND e.currency = p.currency AND ( \
-               (e.direction = 'DEBIT' AND e.account_id = p.from_account_id) \
-               OR (e.direction = 'CREDIT' AND e.account_id = p.to_account_id)) \
-             GROUP BY p.id, p.status \
-             HAVING (p.status = 'POSTED' AND COUNT(e.id) <> 2) OR (p.status = 'DECLINED' AND COUNT(e.id) <> 0)"
-                .to_owned(),
-        ),
-        (
-            "every entry belongs to a posted payment of its client",
-            Subject::LedgerEntry,
-            "SELECT e.id AS subject, 'entry of a ' || p.status || ' payment' AS detail \
-             FROM ledger_entries e JOIN payments p ON p.id = e.payment_id \
-             WHERE p.status <> 'POSTED' OR e.client_id <> p.client_id \
-             OR (SELECT COUNT(*) FROM ledger_entries o WHERE o.payment_id = e.payment_id) <> 2"
-                .to_owned(),
+            format!(
+                "SELECT p.id AS subject, p.status || ' payment has ' \
+                 || CAST(COUNT(e.id) AS TEXT) || ' matching of ' \
+                 || CAST((SELECT COUNT(*) FROM ledger_entries a WHERE a.payment_id = p.id) AS TEXT) \
+                 || ' entries' AS detail \
+                 FROM payments p LEFT JOIN ledger_entries e ON e.payment_id = p.id \
+                 AND e.amount_minor = ({POSTED_AMOUNT}) \
+                 AND e.currency = p.currency AND e.client_id = p.client_id AND ( \
+                   (e.direction = 'DEBIT' AND e.account_id = p.from_account_id) \
+                   OR (e.direction = 'CREDIT' AND e.account_id = p.to_account_id)) \
+                 GROUP BY p.id, p.status \
+                 HAVING COUNT(e.id) <> CASE WHEN ({POSTED_AMOUNT}) IS NULL THEN 0 ELSE 2 END \
+                 OR (SELECT COUNT(*) FROM ledger_entries a WHERE a.payment_id = p.id) <> COUNT(e.id)"
+            ),
         ),
         (
             "a payment's entries sit at its place in the feeds (one transaction wrote them)",
@@ -112,7 +119,78 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
             "SELECT e.id AS subject, 'entry feed_seq ' || CAST(e.feed_seq AS TEXT) \
              || ', its payment''s ' || CAST(p.feed_seq AS TEXT) AS detail \
              FROM ledger_entries e JOIN payments p ON p.id = e.payment_id \
-             WHERE e.feed_seq <> p.feed_seq"
+             WHERE p.status = 'POSTED' AND e.feed_seq <> p.feed_seq"
+                .to_owned(),
+        ),
+        (
+            "a hold is settled at most once, by a settlement of its client within its amount",
+            Subject::Payment,
+            "SELECT p.id AS subject, CAST(COUNT(s.id) AS TEXT) || ' settlements of a ' \
+             || p.status || ' payment' AS detail \
+             FROM payment_settlements s JOIN payments p ON p.id = s.payment_id \
+             GROUP BY p.id, p.status, p.client_id, p.amount_minor \
+             HAVING COUNT(s.id) > 1 OR p.status <> 'PENDING' \
+             OR SUM(CASE WHEN s.client_id <> p.client_id OR s.amount_minor > p.amount_minor \
+                         THEN 1 ELSE 0 END) > 0"
+                .to_owned(),
+        ),
+        (
+            "an account's pending is the sum of its live holds",
+            Subject::Account,
+            "SELECT a.id AS subject, 'pending ' || CAST(a.pending_minor AS TEXT) \
+             || ', live holds ' || CAST(COALESCE(SUM(h.amount_minor), 0) AS TEXT) AS detail \
+             FROM accounts a LEFT JOIN live_holds h ON h.account_id = a.id \
+             GROUP BY a.id, a.pending_minor \
+             HAVING a.pending_minor <> COALESCE(SUM(h.amount_minor), 0)"
+                .to_owned(),
+        ),
+        (
+            "a live hold is an unsettled PENDING payment's, as it was placed",
+            Subject::Payment,
+            "SELECT h.payment_id AS subject, 'a live hold that does not match its payment' AS detail \
+             FROM live_holds h LEFT JOIN payments p ON p.id = h.payment_id \
+             WHERE p.id IS NULL OR p.status <> 'PENDING' OR p.from_account_id <> h.account_id \
+             OR p.amount_minor <> h.amount_minor OR p.hold_expires_at <> h.expires_at \
+             OR p.client_id <> h.client_id \
+             OR (SELECT COUNT(*) FROM payment_settlements s WHERE s.payment_id = p.id) > 0"
+                .to_owned(),
+        ),
+        (
+            "an unsettled hold that has not expired is live",
+            Subject::Payment,
+            format!(
+                "SELECT p.id AS subject, 'a PENDING payment neither settled, expired nor held' AS detail \
+                 FROM payments p \
+                 WHERE p.status = 'PENDING' AND p.hold_expires_at > {NOW} \
+                 AND (SELECT COUNT(*) FROM payment_settlements s WHERE s.payment_id = p.id) = 0 \
+                 AND (SELECT COUNT(*) FROM live_holds h WHERE h.payment_id = p.id) = 0"
+            ),
+        ),
+        (
+            "a refund gives back part of what its payment posted, the other way",
+            Subject::Payment,
+            format!(
+                "SELECT p.id AS subject, 'refunds posted ' \
+                 || CAST((SELECT COALESCE(SUM(r.amount_minor), 0) FROM payments r \
+                          WHERE r.refund_of = p.id AND r.status = 'POSTED') AS TEXT) \
+                 || ' of ' || CAST(COALESCE(({POSTED_AMOUNT}), 0) AS TEXT) AS detail \
+                 FROM payments p \
+                 WHERE p.id IN (SELECT refund_of FROM payments WHERE refund_of IS NOT NULL) \
+                 AND (p.refund_of IS NOT NULL \
+                   OR (SELECT COALESCE(SUM(r.amount_minor), 0) FROM payments r \
+                       WHERE r.refund_of = p.id AND r.status = 'POSTED') > COALESCE(({POSTED_AMOUNT}), 0) \
+                   OR (SELECT COUNT(*) FROM payments r WHERE r.refund_of = p.id \
+                       AND (r.from_account_id <> p.to_account_id OR r.to_account_id <> p.from_account_id \
+                            OR r.currency <> p.currency OR r.client_id <> p.client_id)) > 0)"
+            ),
+        ),
+        (
+            "each settlement is the recorded effect of its idempotency key",
+            Subject::Payment,
+            "SELECT s.payment_id AS subject, 'a settlement without its idempotency key' AS detail \
+             FROM payment_settlements s LEFT JOIN idempotency_keys k \
+             ON k.client_id = s.client_id AND k.resource_id = s.id \
+             WHERE k.resource_id IS NULL"
                 .to_owned(),
         ),
         (
@@ -149,11 +227,22 @@ pub async fn audit_database(url: &str) -> Result<Vec<Violation>, DbErr> {
 /// Every violated invariant; empty when the ledger is sound.
 pub async fn find_violations(connection: &impl ConnectionTrait) -> Result<Vec<Violation>, DbErr> {
     let backend = connection.get_database_backend();
+    let placeholder = match backend {
+        sea_orm::DbBackend::Postgres => "$1",
+        _ => "?",
+    };
     let mut violations = Vec::new();
     for (invariant, subject, sql) in checks() {
-        let rows = connection
-            .query_all_raw(Statement::from_string(backend, sql))
-            .await?;
+        let statement = if sql.contains(NOW) {
+            Statement::from_sql_and_values(
+                backend,
+                sql.replace(NOW, placeholder),
+                [crate::entity::stored_now().into()],
+            )
+        } else {
+            Statement::from_string(backend, sql)
+        };
+        let rows = connection.query_all_raw(statement).await?;
         for row in rows {
             violations.push(Violation {
                 invariant,

@@ -1,8 +1,9 @@
 //! The ledger: money, accounts, payments and postings. Pure rules sit in `money`,
-//! `posting` and the request types; `service` owns transactions; `audit` re-checks every
+//! `posting`, `lifecycle` (holds, settlements, refunds) and the request types; `service` owns transactions; `audit` re-checks every
 //! invariant from the stored rows.
 
 pub mod audit;
+pub mod lifecycle;
 pub mod money;
 pub mod posting;
 pub mod requests;

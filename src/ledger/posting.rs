@@ -3,7 +3,6 @@
 
 pub use crate::entity::account::BalanceRule;
 pub use crate::entity::ledger_entry::EntryDirection;
-pub use crate::entity::payment::PaymentStatus;
 use crate::ledger::money::PositiveAmount;
 
 /// The lowest balance an account may reach: `None` means no bound.
@@ -20,14 +19,24 @@ impl BalanceFloor {
         }
     }
 
-    pub fn allows(self, balance_minor: i64) -> bool {
-        self.0.is_none_or(|floor| balance_minor >= floor)
+    /// Whether `balance_minor` with `pending_minor` held keeps to the floor: the rules
+    /// bind what is available, posted minus pending.
+    pub fn allows(self, balance_minor: i64, pending_minor: i64) -> bool {
+        self.0.is_none_or(|floor| {
+            balance_minor
+                .checked_sub(pending_minor)
+                .is_some_and(|available| available >= floor)
+        })
     }
 
-    /// How much could still be debited; `None` when unbounded.
-    pub fn available(self, balance_minor: i64) -> Option<i64> {
-        self.0
-            .map(|floor| balance_minor.saturating_sub(floor).max(0))
+    /// How much could still be debited or held; `None` when unbounded.
+    pub fn available(self, balance_minor: i64, pending_minor: i64) -> Option<i64> {
+        self.0.map(|floor| {
+            balance_minor
+                .saturating_sub(pending_minor)
+                .saturating_sub(floor)
+                .max(0)
+        })
     }
 }
 
@@ -69,6 +78,21 @@ pub struct AccountState {
     pub credit_limit_minor: Option<i64>,
     pub balance_minor: i64,
     pub version: i64,
+    /// What live holds keep on the account as payer.
+    pub pending_minor: i64,
+}
+
+impl AccountState {
+    fn floor(self) -> BalanceFloor {
+        BalanceFloor::new(self.rule, self.credit_limit_minor)
+    }
+
+    fn rule_decline(self) -> DeclineReason {
+        match self.rule {
+            BalanceRule::CreditLimit => DeclineReason::CreditLimitExceeded,
+            _ => DeclineReason::InsufficientFunds,
+        }
+    }
 }
 
 /// One side of a posted payment: the account's new balance and version.
@@ -80,11 +104,46 @@ pub struct EntryPlan {
     pub account_version: i64,
 }
 
-/// What a payment does to its two accounts.
+/// What a movement does to its accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PostingPlan {
-    Post { debit: EntryPlan, credit: EntryPlan },
+    /// Two entries: a payment, a refund, or a capture (whose hold is released too).
+    Post {
+        debit: EntryPlan,
+        credit: EntryPlan,
+    },
+    /// A hold is placed: the amount is now pending on the payer; nothing posts.
+    Hold,
+    /// A void: the hold's amount is no longer pending; nothing posts.
+    Release,
     Decline(DeclineReason),
+}
+
+/// A change to account states that `plan_in_order` decides: the accounts it names, and
+/// amounts in minor units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Movement<K> {
+    /// Moves `amount` now (a payment or a refund).
+    Pay {
+        from: K,
+        to: K,
+        amount: PositiveAmount,
+    },
+    /// Holds `amount` on `from`, to be captured for `to` later.
+    Hold {
+        from: K,
+        to: K,
+        amount: PositiveAmount,
+    },
+    /// Releases a live hold of `held` on `from` and posts `amount` (at most `held`).
+    Capture {
+        from: K,
+        to: K,
+        held: PositiveAmount,
+        amount: PositiveAmount,
+    },
+    /// Releases a live hold of `held` on `from`.
+    Void { from: K, held: PositiveAmount },
 }
 
 /// Decides a payment of `amount` from `source` to `destination`.
@@ -100,11 +159,8 @@ pub fn plan_posting(
     ) else {
         return PostingPlan::Decline(DeclineReason::BalanceOutOfRange);
     };
-    if !BalanceFloor::new(source.rule, source.credit_limit_minor).allows(source_after) {
-        return PostingPlan::Decline(match source.rule {
-            BalanceRule::CreditLimit => DeclineReason::CreditLimitExceeded,
-            _ => DeclineReason::InsufficientFunds,
-        });
+    if !source.floor().allows(source_after, source.pending_minor) {
+        return PostingPlan::Decline(source.rule_decline());
     }
     let (Some(source_version), Some(destination_version)) = (
         source.version.checked_add(1),
@@ -133,36 +189,93 @@ pub fn plan_posting(
     PostingPlan::Post { debit, credit }
 }
 
-/// Decides payments one after another against running account states, exactly as if
-/// each had committed before the next began: a posting moves its accounts' states, so
-/// a later payment sees the balances and versions the earlier ones left. This is what
-/// lets one transaction carry many payments. `None` for a payment whose two accounts
-/// are not both in `states` or are one account: the caller's bug, never a decline.
+/// Decides a hold of `amount` on `source`: what is available must cover it.
+pub fn plan_hold(source: AccountState, amount: PositiveAmount) -> PostingPlan {
+    let Some(pending_after) = source.pending_minor.checked_add(amount.minor()) else {
+        return PostingPlan::Decline(DeclineReason::BalanceOutOfRange);
+    };
+    if source.floor().allows(source.balance_minor, pending_after) {
+        PostingPlan::Hold
+    } else {
+        PostingPlan::Decline(source.rule_decline())
+    }
+}
+
+/// Decides movements one after another against running account states, exactly as if
+/// each had committed before the next began: a movement changes its accounts' states,
+/// so a later one sees the balances, versions and pending amounts the earlier ones left.
+/// This is what lets one transaction carry many. `None` for a movement whose accounts
+/// are not all in `states`, or are one account: the caller's bug, never a decline.
 pub fn plan_in_order<K: Copy + Eq + std::hash::Hash>(
     states: &mut std::collections::HashMap<K, AccountState>,
-    payments: impl IntoIterator<Item = (K, K, PositiveAmount)>,
+    movements: impl IntoIterator<Item = Movement<K>>,
 ) -> Vec<Option<PostingPlan>> {
-    payments
+    movements
         .into_iter()
-        .map(|(from, to, amount)| {
-            let (Some(&source), Some(&destination)) = (states.get(&from), states.get(&to)) else {
-                return None;
-            };
-            if from == to {
-                return None;
-            }
-            let plan = plan_posting(source, destination, amount);
-            if let PostingPlan::Post { debit, credit } = plan {
-                for (account, entry) in [(from, debit), (to, credit)] {
-                    if let Some(state) = states.get_mut(&account) {
-                        state.balance_minor = entry.balance_after_minor;
-                        state.version = entry.account_version;
-                    }
-                }
-            }
-            Some(plan)
-        })
+        .map(|movement| plan_one(states, movement))
         .collect()
+}
+
+/// Pending after a hold of `held` leaves it; `None` if it was not pending (a bug).
+fn release(pending_minor: i64, held_minor: i64) -> Option<i64> {
+    pending_minor
+        .checked_sub(held_minor)
+        .filter(|&left| left >= 0)
+}
+
+fn plan_one<K: Copy + Eq + std::hash::Hash>(
+    states: &mut std::collections::HashMap<K, AccountState>,
+    movement: Movement<K>,
+) -> Option<PostingPlan> {
+    let (from, to, released, amount) = match movement {
+        Movement::Pay { from, to, amount } => (from, to, 0, amount),
+        Movement::Capture {
+            from,
+            to,
+            held,
+            amount,
+        } => (from, to, held.minor(), amount),
+        Movement::Hold { from, to, amount } => {
+            if from == to || !states.contains_key(&to) {
+                return None;
+            }
+            let source = states.get_mut(&from)?;
+            let plan = plan_hold(*source, amount);
+            if plan == PostingPlan::Hold {
+                source.pending_minor += amount.minor();
+            }
+            return Some(plan);
+        }
+        Movement::Void { from, held } => {
+            let source = states.get_mut(&from)?;
+            source.pending_minor = release(source.pending_minor, held.minor())?;
+            return Some(PostingPlan::Release);
+        }
+    };
+    let (Some(&source), Some(&destination)) = (states.get(&from), states.get(&to)) else {
+        return None;
+    };
+    if from == to {
+        return None;
+    }
+    let source = AccountState {
+        pending_minor: release(source.pending_minor, released)?,
+        ..source
+    };
+    let plan = plan_posting(source, destination, amount);
+    if let PostingPlan::Post { debit, credit } = plan {
+        for (account, entry, pending_minor) in [
+            (from, debit, source.pending_minor),
+            (to, credit, destination.pending_minor),
+        ] {
+            if let Some(state) = states.get_mut(&account) {
+                state.balance_minor = entry.balance_after_minor;
+                state.version = entry.account_version;
+                state.pending_minor = pending_minor;
+            }
+        }
+    }
+    Some(plan)
 }
 
 #[cfg(test)]
@@ -175,6 +288,15 @@ mod tests {
             credit_limit_minor,
             balance_minor: balance,
             version: 7,
+            pending_minor: 0,
+        }
+    }
+
+    fn pay<K>(from: K, to: K, minor: i64) -> Movement<K> {
+        Movement::Pay {
+            from,
+            to,
+            amount: amount(minor),
         }
     }
 
@@ -256,15 +378,23 @@ mod tests {
     #[test]
     fn available_respects_the_floor() {
         assert_eq!(
-            BalanceFloor::new(BalanceRule::NonNegative, None).available(150),
+            BalanceFloor::new(BalanceRule::NonNegative, None).available(150, 0),
             Some(150)
         );
         assert_eq!(
-            BalanceFloor::new(BalanceRule::CreditLimit, Some(100)).available(-30),
+            BalanceFloor::new(BalanceRule::NonNegative, None).available(150, 40),
+            Some(110)
+        );
+        assert_eq!(
+            BalanceFloor::new(BalanceRule::CreditLimit, Some(100)).available(-30, 0),
             Some(70)
         );
         assert_eq!(
-            BalanceFloor::new(BalanceRule::Unbounded, None).available(-30),
+            BalanceFloor::new(BalanceRule::CreditLimit, Some(100)).available(-30, 80),
+            Some(0)
+        );
+        assert_eq!(
+            BalanceFloor::new(BalanceRule::Unbounded, None).available(-30, 10),
             None
         );
     }
@@ -279,11 +409,11 @@ mod tests {
         let plans = plan_in_order(
             &mut states,
             [
-                ("alice", "bob", amount(60)),
-                ("alice", "bob", amount(60)),
-                ("bob", "alice", amount(10)),
-                ("alice", "bob", amount(50)),
-                ("fund", "alice", amount(5)),
+                pay("alice", "bob", 60),
+                pay("alice", "bob", 60),
+                pay("bob", "alice", 10),
+                pay("alice", "bob", 50),
+                pay("fund", "alice", 5),
             ],
         );
         let posted: Vec<_> = plans
@@ -295,7 +425,7 @@ mod tests {
                     credit.balance_after_minor,
                     credit.account_version,
                 )),
-                PostingPlan::Decline(_) => None,
+                PostingPlan::Decline(_) | PostingPlan::Hold | PostingPlan::Release => None,
             })
             .collect();
         // Versions start at 7 and rise by one per entry; the decline moves nothing.
@@ -337,11 +467,150 @@ mod tests {
         let plans = plan_in_order(
             &mut states,
             [
-                ("alice", "nobody", amount(1)),
-                ("alice", "alice", amount(1)),
+                pay("alice", "nobody", 1),
+                pay("alice", "alice", 1),
+                Movement::Hold {
+                    from: "alice",
+                    to: "alice",
+                    amount: amount(1),
+                },
             ],
         );
-        assert_eq!(plans, [None, None]);
+        assert_eq!(plans, [None, None, None]);
         assert_eq!(states["alice"], account(BalanceRule::Unbounded, None, 0));
+    }
+
+    fn states() -> std::collections::HashMap<&'static str, AccountState> {
+        std::collections::HashMap::from([
+            ("alice", account(BalanceRule::NonNegative, None, 100)),
+            ("shop", account(BalanceRule::NonNegative, None, 0)),
+            ("card", account(BalanceRule::CreditLimit, Some(50), 0)),
+        ])
+    }
+
+    #[test]
+    fn holds_count_against_later_payments_and_holds() {
+        let mut states = states();
+        let hold = |minor| Movement::Hold {
+            from: "alice",
+            to: "shop",
+            amount: amount(minor),
+        };
+        let plans = plan_in_order(
+            &mut states,
+            [hold(70), pay("alice", "shop", 40), hold(31), hold(30)],
+        );
+        assert_eq!(
+            plans[..],
+            [
+                Some(PostingPlan::Hold),
+                Some(PostingPlan::Decline(DeclineReason::InsufficientFunds)),
+                Some(PostingPlan::Decline(DeclineReason::InsufficientFunds)),
+                Some(PostingPlan::Hold),
+            ]
+        );
+        let alice = states["alice"];
+        assert_eq!(
+            (alice.balance_minor, alice.pending_minor, alice.version),
+            (100, 100, 7)
+        );
+        assert_eq!(states["shop"], account(BalanceRule::NonNegative, None, 0));
+    }
+
+    #[test]
+    fn a_credit_limit_binds_posted_minus_pending() {
+        let mut states = states();
+        let plans = plan_in_order(
+            &mut states,
+            [
+                Movement::Hold {
+                    from: "card",
+                    to: "shop",
+                    amount: amount(30),
+                },
+                pay("card", "shop", 21),
+                pay("card", "shop", 20),
+            ],
+        );
+        assert_eq!(
+            plans[1],
+            Some(PostingPlan::Decline(DeclineReason::CreditLimitExceeded))
+        );
+        assert!(matches!(plans[2], Some(PostingPlan::Post { .. })));
+        assert_eq!(
+            (states["card"].balance_minor, states["card"].pending_minor),
+            (-20, 30)
+        );
+    }
+
+    #[test]
+    fn a_partial_capture_posts_its_amount_and_releases_the_whole_hold() {
+        let mut states = states();
+        let plans = plan_in_order(
+            &mut states,
+            [
+                Movement::Hold {
+                    from: "alice",
+                    to: "shop",
+                    amount: amount(80),
+                },
+                Movement::Capture {
+                    from: "alice",
+                    to: "shop",
+                    held: amount(80),
+                    amount: amount(50),
+                },
+                pay("alice", "shop", 50),
+            ],
+        );
+        let Some(PostingPlan::Post { debit, credit }) = plans[1] else {
+            panic!("a capture posts, got {:?}", plans[1]);
+        };
+        assert_eq!((debit.amount_minor, debit.balance_after_minor), (50, 50));
+        assert_eq!((credit.amount_minor, credit.balance_after_minor), (50, 50));
+        // The 30 not captured is available again.
+        assert!(matches!(plans[2], Some(PostingPlan::Post { .. })));
+        let alice = states["alice"];
+        assert_eq!(
+            (alice.balance_minor, alice.pending_minor, alice.version),
+            (0, 0, 9)
+        );
+    }
+
+    #[test]
+    fn a_void_releases_the_hold_and_posts_nothing() {
+        let mut states = states();
+        let plans = plan_in_order(
+            &mut states,
+            [
+                Movement::Hold {
+                    from: "alice",
+                    to: "shop",
+                    amount: amount(100),
+                },
+                Movement::Void {
+                    from: "alice",
+                    held: amount(100),
+                },
+                pay("alice", "shop", 100),
+            ],
+        );
+        assert_eq!(plans[1], Some(PostingPlan::Release));
+        assert!(matches!(plans[2], Some(PostingPlan::Post { .. })));
+        assert_eq!(states["alice"].pending_minor, 0);
+    }
+
+    #[test]
+    fn releasing_more_than_is_pending_is_a_bug_not_a_plan() {
+        let mut states = states();
+        let plans = plan_in_order(
+            &mut states,
+            [Movement::Void {
+                from: "alice",
+                held: amount(1),
+            }],
+        );
+        assert_eq!(plans, [None]);
+        assert_eq!(states["alice"].pending_minor, 0);
     }
 }

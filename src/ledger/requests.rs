@@ -1,11 +1,13 @@
 //! Validated requests to change the ledger. Once built they are valid: the service
 //! never re-checks their shape, only what needs the database (existence, currency).
 
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sea_orm::ActiveEnum;
 
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{Fingerprint, IdempotencyKey, Operation};
-use crate::ids::AccountId;
+use crate::ids::{AccountId, PaymentId};
 use crate::ledger::money::{Currency, PositiveAmount, parse_decimal, to_minor_units};
 use crate::ledger::posting::BalanceRule;
 
@@ -110,6 +112,29 @@ pub struct NewPayment {
     pub amount: PositiveAmount,
     pub currency: Currency,
     pub description: Option<String>,
+    /// Set for a hold (`pending: true`).
+    pub hold: Option<HoldRequest>,
+}
+
+/// A hold's terms as the client gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldRequest {
+    /// `holdExpiresAt`; the service fills in the default (`HOLD_TTL`) when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl HoldRequest {
+    /// `pending` and `holdExpiresAt` as given: a hold when `pending`; an expiry without
+    /// it is refused rather than ignored.
+    pub fn parse(pending: bool, expires_at: Option<DateTime<Utc>>) -> AppResult<Option<Self>> {
+        match (pending, expires_at) {
+            (true, expires_at) => Ok(Some(Self { expires_at })),
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(AppError::bad_input(
+                "holdExpiresAt is only allowed with pending: true",
+            )),
+        }
+    }
 }
 
 impl NewPayment {
@@ -139,18 +164,141 @@ impl NewPayment {
             amount,
             currency,
             description,
+            hold: None,
+        })
+    }
+
+    pub fn with_hold(self, hold: Option<HoldRequest>) -> Self {
+        Self { hold, ..self }
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        let from = self.from.to_string();
+        let to = self.to.to_string();
+        let amount = self.amount.minor().to_string();
+        let mut fields = vec![
+            Some(from.as_str()),
+            Some(to.as_str()),
+            Some(amount.as_str()),
+            Some(self.currency.code()),
+            self.description.as_deref(),
+        ];
+        // Appended only for holds, so a plain payment's fingerprint is what it always was
+        // and keys stored before holds existed still replay.
+        let expiry = self
+            .hold
+            .map(|hold| hold.expires_at.map(|at| at.timestamp_micros().to_string()));
+        if let Some(expiry) = &expiry {
+            fields.push(Some("pending"));
+            fields.push(expiry.as_deref());
+        }
+        Fingerprint::of(Operation::CreatePayment, &fields)
+    }
+}
+
+/// An amount given for a payment whose currency is known only once the payment is
+/// read: kept as a decimal until then, and fingerprinted in its normal form, so "1.5"
+/// and "1.50" are one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingAmount(Decimal);
+
+impl PendingAmount {
+    pub fn parse(text: &str) -> AppResult<Self> {
+        Ok(Self(parse_decimal(text)?))
+    }
+
+    /// The amount in `currency`'s minor units: more than zero, at its scale.
+    pub fn in_currency(self, currency: Currency) -> AppResult<PositiveAmount> {
+        let minor = to_minor_units(self.0, currency)?;
+        PositiveAmount::from_minor(minor).ok_or_else(|| {
+            AppError::bad_input(format!("amount must be greater than zero, got {}", self.0))
+        })
+    }
+
+    fn fingerprint_text(self) -> String {
+        self.0.normalize().to_string()
+    }
+}
+
+/// `capturePayment`: all (no amount) or part of a hold.
+#[derive(Debug, Clone)]
+pub struct NewCapture {
+    pub idempotency_key: IdempotencyKey,
+    pub payment: PaymentId,
+    pub amount: Option<PendingAmount>,
+}
+
+impl NewCapture {
+    pub fn parse(idempotency_key: &str, payment: &str, amount: Option<&str>) -> AppResult<Self> {
+        Ok(Self {
+            idempotency_key: IdempotencyKey::parse(idempotency_key)?,
+            payment: PaymentId::parse(payment)?,
+            amount: amount.map(PendingAmount::parse).transpose()?,
         })
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
+        let amount = self.amount.map(PendingAmount::fingerprint_text);
         Fingerprint::of(
-            Operation::CreatePayment,
+            Operation::CapturePayment,
+            &[Some(&self.payment.to_string()), amount.as_deref()],
+        )
+    }
+}
+
+/// `voidPayment`.
+#[derive(Debug, Clone)]
+pub struct NewVoid {
+    pub idempotency_key: IdempotencyKey,
+    pub payment: PaymentId,
+}
+
+impl NewVoid {
+    pub fn parse(idempotency_key: &str, payment: &str) -> AppResult<Self> {
+        Ok(Self {
+            idempotency_key: IdempotencyKey::parse(idempotency_key)?,
+            payment: PaymentId::parse(payment)?,
+        })
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(Operation::VoidPayment, &[Some(&self.payment.to_string())])
+    }
+}
+
+/// `refundPayment`: all that is left (no amount) or part of a posted payment.
+#[derive(Debug, Clone)]
+pub struct NewRefund {
+    pub idempotency_key: IdempotencyKey,
+    pub payment: PaymentId,
+    pub amount: Option<PendingAmount>,
+    /// Kept as the refund's description.
+    pub reason: Option<String>,
+}
+
+impl NewRefund {
+    pub fn parse(
+        idempotency_key: &str,
+        payment: &str,
+        amount: Option<&str>,
+        reason: Option<String>,
+    ) -> AppResult<Self> {
+        Ok(Self {
+            idempotency_key: IdempotencyKey::parse(idempotency_key)?,
+            payment: PaymentId::parse(payment)?,
+            amount: amount.map(PendingAmount::parse).transpose()?,
+            reason: parse_text("reason", reason, DESCRIPTION_LENGTH_MAX)?,
+        })
+    }
+
+    pub fn fingerprint(&self) -> Fingerprint {
+        let amount = self.amount.map(PendingAmount::fingerprint_text);
+        Fingerprint::of(
+            Operation::RefundPayment,
             &[
-                Some(&self.from.to_string()),
-                Some(&self.to.to_string()),
-                Some(&self.amount.minor().to_string()),
-                Some(self.currency.code()),
-                self.description.as_deref(),
+                Some(&self.payment.to_string()),
+                amount.as_deref(),
+                self.reason.as_deref(),
             ],
         )
     }
@@ -182,6 +330,47 @@ mod tests {
         let c = NewPayment::parse("k", &from, &to, "10.51", "USD", None).unwrap();
         assert_eq!(a.fingerprint(), b.fingerprint());
         assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+
+    #[test]
+    fn a_plain_payment_keeps_its_fingerprint_and_a_hold_has_its_own() {
+        let from = AccountId::generate().to_string();
+        let to = AccountId::generate().to_string();
+        let plain = NewPayment::parse("k", &from, &to, "10", "USD", None).unwrap();
+        let expected = Fingerprint::of(
+            Operation::CreatePayment,
+            &[Some(&from), Some(&to), Some("1000"), Some("USD"), None],
+        );
+        assert_eq!(plain.fingerprint(), expected);
+        let hold = plain
+            .clone()
+            .with_hold(HoldRequest::parse(true, None).unwrap());
+        let dated = plain.clone().with_hold(
+            HoldRequest::parse(true, DateTime::from_timestamp(1_900_000_000, 0)).unwrap(),
+        );
+        assert_ne!(hold.fingerprint(), plain.fingerprint());
+        assert_ne!(hold.fingerprint(), dated.fingerprint());
+        assert!(HoldRequest::parse(false, DateTime::from_timestamp(1, 0)).is_err());
+    }
+
+    #[test]
+    fn capture_amounts_are_checked_against_the_currency_and_normalized() {
+        let payment = PaymentId::generate().to_string();
+        let a = NewCapture::parse("k", &payment, Some("1.5")).unwrap();
+        let b = NewCapture::parse("k", &payment, Some("1.50")).unwrap();
+        let all = NewCapture::parse("k", &payment, None).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), all.fingerprint());
+        let usd = Currency::parse("USD").unwrap();
+        let jpy = Currency::parse("JPY").unwrap();
+        assert_eq!(a.amount.unwrap().in_currency(usd).unwrap().minor(), 150);
+        assert!(a.amount.unwrap().in_currency(jpy).is_err());
+        for bad in ["0", "-1"] {
+            let capture = NewCapture::parse("k", &payment, Some(bad)).unwrap();
+            assert!(capture.amount.unwrap().in_currency(usd).is_err());
+        }
+        assert!(NewCapture::parse("k", "acc_nope", None).is_err());
+        assert!(NewRefund::parse("k", &payment, None, Some("\u{7}".into())).is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use chrono::Utc;
 use payments_ledger::entity::ledger_entry::EntryDirection;
-use payments_ledger::entity::payment::PaymentStatus;
+use payments_ledger::entity::payment::StoredStatus;
 use payments_ledger::entity::{account, ledger_entry, payment};
 use payments_ledger::ledger::audit::find_violations;
 use sea_orm::sea_query::{Expr, ExprTrait};
@@ -370,7 +370,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
     assert!(
         invariants
             .iter()
-            .any(|invariant| invariant.starts_with("every entry belongs")),
+            .any(|invariant| invariant.starts_with("a payment that posted")),
         "{violations:?}"
     );
     // Written by another transaction than its payment, it also sits elsewhere in the
@@ -401,7 +401,7 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
         to_account_id: Set(destination_2),
         amount_minor: Set(1),
         currency: Set("USD".to_owned()),
-        status: Set(PaymentStatus::Declined),
+        status: Set(StoredStatus::Declined),
         decline_reason: Set(Some("INSUFFICIENT_FUNDS".to_owned())),
         description: Set(None),
         created_at: Set(Utc::now()),

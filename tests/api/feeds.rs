@@ -407,7 +407,7 @@ async fn feeds_refuse_bad_arguments(backend: Backend) {
             json!({}),
         ),
         // Not a status.
-        ("{ payments(status: PENDING) { nodes { id } } }", json!({})),
+        ("{ payments(status: SETTLED) { nodes { id } } }", json!({})),
         // Not an account of this client's.
         (
             "{ payments(accountId: \"acc_0193a4c2e8b07c3d9e1f2a3b4c5d6e7f\") { nodes { id } } }",

@@ -442,7 +442,10 @@ impl TestApp {
     /// the test can corrupt rows on purpose and show what else catches it.
     pub async fn drop_guards(&self) {
         let backend = self.db.get_database_backend();
-        for (trigger, table) in migration::GUARD_TRIGGERS {
+        for (trigger, table) in migration::GUARD_TRIGGERS
+            .into_iter()
+            .chain(migration::HOLD_GUARD_TRIGGERS)
+        {
             let statement = match backend {
                 sea_orm::DbBackend::Postgres => {
                     format!("DROP TRIGGER IF EXISTS {trigger} ON {table}")
@@ -549,6 +552,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261124_000002_feeds.rs"),
         include_str!("../../migration/src/m20261125_000001_guards.rs"),
         include_str!("../../migration/src/m20261125_000002_api_keys.rs"),
+        include_str!("../../migration/src/m20261126_000001_holds_refunds.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

@@ -17,6 +17,7 @@ mod group_commit;
 mod http;
 mod idempotency;
 mod keys;
+mod lifecycle;
 mod link;
 mod loaders;
 mod loadgen;

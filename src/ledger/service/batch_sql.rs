@@ -4,7 +4,7 @@
 //! arrays (`unnest`), so its text never changes with the batch size and stays prepared.
 //! SQLite runs in-process, so it takes the same steps row by row through sea-orm.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
@@ -15,14 +15,196 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::db::Backend;
-use crate::entity::{account, idempotency_key, ledger_entry, payment};
+use crate::entity::payment_settlement::SettlementKind;
+use crate::entity::{
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_settlement,
+};
 
-/// An account whose balance a batch moved from `locked_version` to `version`.
+/// An account a batch changed: its balance (from `locked_version` to `version`), its
+/// holds (from `locked_hold_seq` to `hold_seq`), or both.
 pub struct AccountMove {
     pub id: Uuid,
     pub locked_version: i64,
     pub balance_minor: i64,
     pub version: i64,
+    pub locked_hold_seq: i64,
+    pub pending_minor: i64,
+    pub hold_seq: i64,
+}
+
+/// What a batch does to holds besides its payments, entries and account moves.
+#[derive(Default)]
+pub struct HoldWrites {
+    pub settlements: Vec<payment_settlement::Model>,
+    /// Holds placed.
+    pub placed: Vec<live_hold::Model>,
+    /// Holds that leave because they were settled (payment ids).
+    pub settled: Vec<Uuid>,
+    /// Accounts whose expired holds leave, and the moment that decides "expired".
+    pub expired_on: Vec<Uuid>,
+    pub expired_at: Option<DateTime<Utc>>,
+}
+
+impl HoldWrites {
+    fn is_empty(&self) -> bool {
+        self.settlements.is_empty()
+            && self.placed.is_empty()
+            && self.settled.is_empty()
+            && self.expired_on.is_empty()
+    }
+}
+
+/// Live holds on an account at a batch's decision time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LivePending {
+    pub sum_minor: i64,
+    pub next_expiry: Option<DateTime<Utc>>,
+    /// Whether expired holds are still in `live_holds` (and in `pending_minor`).
+    pub has_expired: bool,
+}
+
+/// What a batch reads after its locks, beyond the account rows: the decision time
+/// (PostgreSQL's clock, so every instance judges expiry by one clock), live pending
+/// amounts, the holds it settles, and what the payments it refunds have posted and
+/// given back so far.
+#[derive(Debug, Clone)]
+pub struct BatchContext {
+    pub now: DateTime<Utc>,
+    pub pending: HashMap<Uuid, LivePending>,
+    /// Live holds by payment id: their expiry.
+    pub live_holds: HashMap<Uuid, DateTime<Utc>>,
+    /// Posted refunds so far, by refunded payment.
+    pub refunded: HashMap<Uuid, i64>,
+    /// Captured amounts, by hold.
+    pub captured: HashMap<Uuid, i64>,
+}
+
+/// Reads the batch context for `held_accounts` (locked, with holds), `holds` (to
+/// settle) and `originals` (to refund); one statement on PostgreSQL.
+pub async fn batch_context(
+    transaction: &DatabaseTransaction,
+    backend: Backend,
+    held_accounts: &[Uuid],
+    holds: &[Uuid],
+    originals: &[Uuid],
+) -> Result<BatchContext, DbErr> {
+    let mut context = BatchContext {
+        now: crate::entity::stored_now(),
+        pending: HashMap::new(),
+        live_holds: HashMap::new(),
+        refunded: HashMap::new(),
+        captured: HashMap::new(),
+    };
+    match backend {
+        Backend::Postgres => {
+            let statement = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH clock AS MATERIALIZED (SELECT clock_timestamp() AS now)
+                 SELECT 'pending' AS kind, hold.account_id AS id,
+                        (COALESCE(SUM(hold.amount_minor) FILTER (WHERE hold.expires_at > clock.now), 0))::int8 AS amount,
+                        MIN(hold.expires_at) FILTER (WHERE hold.expires_at > clock.now) AS at,
+                        COUNT(*) FILTER (WHERE hold.expires_at <= clock.now) > 0 AS flag
+                 FROM live_holds AS hold CROSS JOIN clock
+                 WHERE hold.account_id = ANY($1::uuid[])
+                 GROUP BY hold.account_id
+                 UNION ALL
+                 SELECT 'live', payment_id, amount_minor, expires_at, true
+                 FROM live_holds WHERE payment_id = ANY($2::uuid[])
+                 UNION ALL
+                 SELECT 'refunded', refund_of, SUM(amount_minor)::int8, NULL::timestamptz, true
+                 FROM payments WHERE refund_of = ANY($3::uuid[]) AND status = 'POSTED'
+                 GROUP BY refund_of
+                 UNION ALL
+                 SELECT 'captured', payment_id, amount_minor, NULL::timestamptz, true
+                 FROM payment_settlements WHERE payment_id = ANY($3::uuid[]) AND kind = 'CAPTURE'
+                 UNION ALL
+                 SELECT 'clock', NULL::uuid, 0::int8, now, true FROM clock",
+                [
+                    Value::from(held_accounts.to_vec()),
+                    Value::from(holds.to_vec()),
+                    Value::from(originals.to_vec()),
+                ],
+            );
+            for row in transaction.query_all_raw(statement).await? {
+                let kind: String = row.try_get("", "kind")?;
+                let id: Option<Uuid> = row.try_get("", "id")?;
+                let amount: i64 = row.try_get("", "amount")?;
+                let at: Option<DateTime<Utc>> = row.try_get("", "at")?;
+                let flag: bool = row.try_get("", "flag")?;
+                match (kind.as_str(), id, at) {
+                    ("clock", _, Some(now)) => context.now = now,
+                    ("pending", Some(account), next_expiry) => {
+                        context.pending.insert(
+                            account,
+                            LivePending {
+                                sum_minor: amount,
+                                next_expiry,
+                                has_expired: flag,
+                            },
+                        );
+                    }
+                    ("live", Some(hold), Some(expires_at)) => {
+                        context.live_holds.insert(hold, expires_at);
+                    }
+                    ("refunded", Some(original), _) => {
+                        context.refunded.insert(original, amount);
+                    }
+                    ("captured", Some(hold), _) => {
+                        context.captured.insert(hold, amount);
+                    }
+                    _ => return Err(DbErr::Custom(format!("an unexpected context row {kind}"))),
+                }
+            }
+        }
+        Backend::Sqlite => {
+            let now = context.now;
+            for hold in live_hold::Entity::find()
+                .filter(live_hold::Column::AccountId.is_in(held_accounts.iter().copied()))
+                .all(transaction)
+                .await?
+            {
+                let pending = context.pending.entry(hold.account_id).or_default();
+                if crate::ledger::lifecycle::is_live(hold.expires_at, now) {
+                    pending.sum_minor += hold.amount_minor;
+                    pending.next_expiry = Some(
+                        pending
+                            .next_expiry
+                            .map_or(hold.expires_at, |next| next.min(hold.expires_at)),
+                    );
+                } else {
+                    pending.has_expired = true;
+                }
+            }
+            for hold in live_hold::Entity::find()
+                .filter(live_hold::Column::PaymentId.is_in(holds.iter().copied()))
+                .all(transaction)
+                .await?
+            {
+                context.live_holds.insert(hold.payment_id, hold.expires_at);
+            }
+            for refund in payment::Entity::find()
+                .filter(payment::Column::RefundOf.is_in(originals.iter().copied()))
+                .filter(payment::Column::Status.eq(payment::StoredStatus::Posted))
+                .all(transaction)
+                .await?
+            {
+                if let Some(original) = refund.refund_of {
+                    *context.refunded.entry(original).or_default() += refund.amount_minor;
+                }
+            }
+            for settlement in payment_settlement::Entity::find()
+                .filter(payment_settlement::Column::PaymentId.is_in(originals.iter().copied()))
+                .filter(payment_settlement::Column::Kind.eq(SettlementKind::Capture))
+                .all(transaction)
+                .await?
+            {
+                context
+                    .captured
+                    .insert(settlement.payment_id, settlement.amount_minor);
+            }
+        }
+    }
+    Ok(context)
 }
 
 /// An account a batch needs, and the client whose payment names it.
@@ -46,7 +228,7 @@ pub async fn lock_accounts(
             let statement = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT id, client_id, currency, balance_rule, credit_limit_minor, external_ref,
-                        balance_minor, version, created_at, feed_seq
+                        balance_minor, version, pending_minor, hold_seq, created_at, feed_seq
                  FROM accounts
                  WHERE id = ANY($1::uuid[])
                    AND (id, client_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
@@ -155,21 +337,31 @@ pub async fn next_feed_seq<E: EntityTrait>(
         .ok_or_else(|| DbErr::Custom("no feed_seq came back".to_owned()))
 }
 
-/// Inserts the payments, moves the accounts (each only from the version it was locked
-/// at) and appends the entries, setting the rows' `feed_seq`. Returns how many accounts
-/// moved: anything but `moves.len()` means a lock did not hold.
+/// Inserts the payments, moves the accounts (each only from the version and hold_seq it
+/// was locked at), appends the entries and makes the hold changes, setting the rows'
+/// `feed_seq`. Returns how many accounts moved: anything but `moves.len()` means a lock
+/// did not hold.
 pub async fn write_postings(
     transaction: &DatabaseTransaction,
     backend: Backend,
     payments: &mut [payment::Model],
     moves: &[AccountMove],
     entries: &mut [ledger_entry::Model],
+    holds: &HoldWrites,
 ) -> Result<u64, DbErr> {
     match backend {
         // The column defaults set it; the statement reports which it was.
         Backend::Postgres => {
-            let (moved, feed_seq) =
-                write_postings_postgres(transaction, payments, moves, entries).await?;
+            let plain = holds.is_empty()
+                && payments
+                    .iter()
+                    .all(|row| row.hold_expires_at.is_none() && row.refund_of.is_none())
+                && moves.iter().all(|row| row.hold_seq == row.locked_hold_seq);
+            let (moved, feed_seq) = if plain {
+                write_postings_postgres(transaction, payments, moves, entries).await?
+            } else {
+                write_lifecycle_postgres(transaction, payments, moves, entries, holds).await?
+            };
             set_feed_seq(payments, entries, feed_seq);
             Ok(moved)
         }
@@ -180,7 +372,7 @@ pub async fn write_postings(
                 next_feed_seq::<payment::Entity>(transaction, payment::Column::ClientId, clients)
                     .await?;
             set_feed_seq(payments, entries, feed_seq);
-            write_postings_portable(transaction, payments, moves, entries).await
+            write_postings_portable(transaction, payments, moves, entries, holds).await
         }
     }
 }
@@ -194,14 +386,13 @@ fn set_feed_seq(payments: &mut [payment::Model], entries: &mut [ledger_entry::Mo
     }
 }
 
-/// Returns the moved count and the transaction's `feed_seq`, which the column defaults
-/// gave the new rows.
-async fn write_postings_postgres(
-    transaction: &DatabaseTransaction,
+/// $1..$27 of both posting statements: the payments ($1..$13), the account moves
+/// ($14..$17) and the entries ($18..$27).
+fn posting_values(
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
-) -> Result<(u64, i64), DbErr> {
+) -> Vec<Value> {
     let uuids = |values: Vec<Uuid>| Value::from(values);
     let bigints = |values: Vec<i64>| Value::from(values);
     let texts = |values: Vec<String>| Value::from(values);
@@ -220,7 +411,7 @@ async fn write_postings_postgres(
     };
     let (decline_reasons, has_decline_reason) = nullable(|row| &row.decline_reason);
     let (descriptions, has_description) = nullable(|row| &row.description);
-    let values = vec![
+    vec![
         // $1..$13: the payments
         uuids(of_payments(|row| row.id)),
         uuids(of_payments(|row| row.client_id)),
@@ -256,9 +447,35 @@ async fn write_postings_postgres(
         bigints(entries.iter().map(|row| row.balance_after_minor).collect()),
         bigints(entries.iter().map(|row| row.account_version).collect()),
         times(entries.iter().map(|row| row.created_at).collect()),
-    ];
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
+    ]
+}
+
+/// The moved count and the transaction's `feed_seq` (which the column defaults gave
+/// the new rows) that both posting statements return.
+async fn run_posting_statement(
+    transaction: &DatabaseTransaction,
+    sql: &str,
+    values: Vec<Value>,
+) -> Result<(u64, i64), DbErr> {
+    let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
+    let row = transaction
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::Custom("the posting statement returned no row".to_owned()))?;
+    let moved: i64 = row.try_get("", "moved")?;
+    let feed_seq: i64 = row.try_get("", "feed_seq")?;
+    Ok((u64::try_from(moved).unwrap_or(0), feed_seq))
+}
+
+/// Payments that neither hold nor refund, in one statement.
+async fn write_postings_postgres(
+    transaction: &DatabaseTransaction,
+    payments: &[payment::Model],
+    moves: &[AccountMove],
+    entries: &[ledger_entry::Model],
+) -> Result<(u64, i64), DbErr> {
+    run_posting_statement(
+        transaction,
         "WITH new_payments AS (
            INSERT INTO payments
              (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
@@ -292,15 +509,171 @@ async fn write_postings_postgres(
                                 $27::timestamptz[])
          )
          SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
+        posting_values(payments, moves, entries),
+    )
+    .await
+}
+
+/// Any batch with holds, settlements or refunds, in one statement: the plain one's
+/// parts with the hold columns, plus settlements, placed holds and released ones.
+async fn write_lifecycle_postgres(
+    transaction: &DatabaseTransaction,
+    payments: &[payment::Model],
+    moves: &[AccountMove],
+    entries: &[ledger_entry::Model],
+    holds: &HoldWrites,
+) -> Result<(u64, i64), DbErr> {
+    let mut values = posting_values(payments, moves, entries);
+    let hold_expiries: Vec<DateTime<Utc>> = payments
+        .iter()
+        .map(|row| row.hold_expires_at.unwrap_or(row.created_at))
+        .collect();
+    let settlements = &holds.settlements;
+    let placed = &holds.placed;
+    values.extend([
+        // $28..$31: the payments' hold expiry and refunded payment
+        Value::from(hold_expiries),
+        Value::from(
+            payments
+                .iter()
+                .map(|row| row.hold_expires_at.is_some())
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            payments
+                .iter()
+                .map(|row| row.refund_of.unwrap_or(row.id))
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            payments
+                .iter()
+                .map(|row| row.refund_of.is_some())
+                .collect::<Vec<_>>(),
+        ),
+        // $32..$34: the moves' holds
+        Value::from(
+            moves
+                .iter()
+                .map(|row| row.pending_minor)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            moves
+                .iter()
+                .map(|row| row.locked_hold_seq)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(moves.iter().map(|row| row.hold_seq).collect::<Vec<_>>()),
+        // $35..$40: the settlements
+        Value::from(settlements.iter().map(|row| row.id).collect::<Vec<_>>()),
+        Value::from(
+            settlements
+                .iter()
+                .map(|row| row.client_id)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            settlements
+                .iter()
+                .map(|row| row.payment_id)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            settlements
+                .iter()
+                .map(|row| row.kind.to_value())
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            settlements
+                .iter()
+                .map(|row| row.amount_minor)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(
+            settlements
+                .iter()
+                .map(|row| row.created_at)
+                .collect::<Vec<_>>(),
+        ),
+        // $41..$45: the holds placed
+        Value::from(placed.iter().map(|row| row.payment_id).collect::<Vec<_>>()),
+        Value::from(placed.iter().map(|row| row.client_id).collect::<Vec<_>>()),
+        Value::from(placed.iter().map(|row| row.account_id).collect::<Vec<_>>()),
+        Value::from(
+            placed
+                .iter()
+                .map(|row| row.amount_minor)
+                .collect::<Vec<_>>(),
+        ),
+        Value::from(placed.iter().map(|row| row.expires_at).collect::<Vec<_>>()),
+        // $46..$48: the holds released: settled, and expired on these accounts
+        Value::from(holds.settled.clone()),
+        Value::from(holds.expired_on.clone()),
+        Value::from(holds.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
+    ]);
+    run_posting_statement(
+        transaction,
+        "WITH new_payments AS (
+           INSERT INTO payments
+             (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
+              currency, status, decline_reason, description, created_at, hold_expires_at,
+              refund_of)
+           SELECT id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
+                  currency, status,
+                  CASE WHEN has_decline_reason THEN decline_reason END,
+                  CASE WHEN has_description THEN description END,
+                  created_at,
+                  CASE WHEN has_hold THEN hold_expires_at END,
+                  CASE WHEN has_refund THEN refund_of END
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],
+                       $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[],
+                       $13::timestamptz[], $28::timestamptz[], $29::bool[], $30::uuid[],
+                       $31::bool[])
+             AS p(id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
+                  currency, status, decline_reason, has_decline_reason, description,
+                  has_description, created_at, hold_expires_at, has_hold, refund_of, has_refund)
+         ),
+         moved AS (
+           UPDATE accounts AS a
+           SET balance_minor = m.balance_minor, version = m.version,
+               pending_minor = m.pending_minor, hold_seq = m.hold_seq
+           FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[], $32::int8[],
+                       $33::int8[], $34::int8[])
+             AS m(id, balance_minor, locked_version, version, pending_minor, locked_hold_seq,
+                  hold_seq)
+           WHERE a.id = m.id AND a.version = m.locked_version
+             AND a.hold_seq = m.locked_hold_seq
+           RETURNING a.id
+         ),
+         new_entries AS (
+           INSERT INTO ledger_entries
+             (id, client_id, account_id, payment_id, currency, direction, amount_minor,
+              balance_after_minor, account_version, created_at)
+           SELECT * FROM unnest($18::uuid[], $19::uuid[], $20::uuid[], $21::uuid[], $22::text[],
+                                $23::text[], $24::int8[], $25::int8[], $26::int8[],
+                                $27::timestamptz[])
+         ),
+         new_settlements AS (
+           INSERT INTO payment_settlements (id, client_id, payment_id, kind, amount_minor, created_at)
+           SELECT * FROM unnest($35::uuid[], $36::uuid[], $37::uuid[], $38::text[], $39::int8[],
+                                $40::timestamptz[])
+         ),
+         placed AS (
+           INSERT INTO live_holds (payment_id, client_id, account_id, amount_minor, expires_at)
+           SELECT * FROM unnest($41::uuid[], $42::uuid[], $43::uuid[], $44::int8[],
+                                $45::timestamptz[])
+         ),
+         released AS (
+           DELETE FROM live_holds
+           WHERE payment_id = ANY($46::uuid[])
+              OR (account_id = ANY($47::uuid[]) AND expires_at <= $48::timestamptz)
+         )
+         SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
         values,
-    );
-    let row = transaction
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| DbErr::Custom("the posting statement returned no row".to_owned()))?;
-    let moved: i64 = row.try_get("", "moved")?;
-    let feed_seq: i64 = row.try_get("", "feed_seq")?;
-    Ok((u64::try_from(moved).unwrap_or(0), feed_seq))
+    )
+    .await
 }
 
 async fn write_postings_portable(
@@ -308,14 +681,50 @@ async fn write_postings_portable(
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
+    holds: &HoldWrites,
 ) -> Result<u64, DbErr> {
     if !payments.is_empty() {
         payment::Entity::insert_many(payments.iter().cloned().map(payment::ActiveModel::from))
             .exec_without_returning(transaction)
             .await?;
     }
-    // Entries before moves: the database accepts a move only over entries it can see
-    // (the guards migration).
+    // Settlements and entries before moves: the database accepts a move only over
+    // entries it can see, of payments that posted (the guards migrations).
+    if !holds.settlements.is_empty() {
+        payment_settlement::Entity::insert_many(
+            holds
+                .settlements
+                .iter()
+                .cloned()
+                .map(payment_settlement::ActiveModel::from),
+        )
+        .exec_without_returning(transaction)
+        .await?;
+    }
+    if !holds.settled.is_empty() {
+        live_hold::Entity::delete_many()
+            .filter(live_hold::Column::PaymentId.is_in(holds.settled.iter().copied()))
+            .exec(transaction)
+            .await?;
+    }
+    if let (false, Some(expired_at)) = (holds.expired_on.is_empty(), holds.expired_at) {
+        live_hold::Entity::delete_many()
+            .filter(live_hold::Column::AccountId.is_in(holds.expired_on.iter().copied()))
+            .filter(live_hold::Column::ExpiresAt.lte(expired_at))
+            .exec(transaction)
+            .await?;
+    }
+    if !holds.placed.is_empty() {
+        live_hold::Entity::insert_many(
+            holds
+                .placed
+                .iter()
+                .cloned()
+                .map(live_hold::ActiveModel::from),
+        )
+        .exec_without_returning(transaction)
+        .await?;
+    }
     if !entries.is_empty() {
         ledger_entry::Entity::insert_many(
             entries.iter().cloned().map(ledger_entry::ActiveModel::from),
@@ -331,8 +740,14 @@ async fn write_postings_portable(
                 Expr::value(account_move.balance_minor),
             )
             .col_expr(account::Column::Version, Expr::value(account_move.version))
+            .col_expr(
+                account::Column::PendingMinor,
+                Expr::value(account_move.pending_minor),
+            )
+            .col_expr(account::Column::HoldSeq, Expr::value(account_move.hold_seq))
             .filter(account::Column::Id.eq(account_move.id))
             .filter(account::Column::Version.eq(account_move.locked_version))
+            .filter(account::Column::HoldSeq.eq(account_move.locked_hold_seq))
             .exec(transaction)
             .await?
             .rows_affected;

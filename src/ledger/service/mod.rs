@@ -25,17 +25,18 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use self::payment_batch::{PaymentBatches, PaymentJob};
+use self::payment_batch::{PaymentBatches, PaymentJob, Work};
 use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
 use crate::config::WriteIsolation;
 use crate::db::Backend;
+use crate::entity::payment::StoredStatus;
 use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, PaymentId};
-use crate::ledger::posting::PaymentStatus;
-use crate::ledger::requests::{NewAccount, NewPayment};
+use crate::ledger::lifecycle;
+use crate::ledger::requests::{NewAccount, NewCapture, NewPayment, NewRefund, NewVoid};
 use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 
 /// The result of a creating mutation: the object, and whether it existed already.
@@ -53,6 +54,8 @@ pub struct WriteSettings {
     pub batch_max: usize,
     /// How many payment transactions run at once (SQLite: 1).
     pub batches_in_flight: usize,
+    /// How long a hold lives when its request names no `holdExpiresAt`.
+    pub hold_ttl: chrono::Duration,
 }
 
 /// One request's use of an idempotency key: whose, for what, and what it would create.
@@ -71,6 +74,7 @@ pub struct Ledger(Arc<LedgerParts>);
 
 pub struct LedgerParts {
     db: DatabaseConnection,
+    hold_ttl: chrono::Duration,
     writer: Arc<Writer>,
     payments: PaymentBatches,
     caches: Arc<Caches>,
@@ -109,6 +113,7 @@ impl Ledger {
         );
         Self(Arc::new(LedgerParts {
             db,
+            hold_ttl: settings.hold_ttl,
             writer,
             payments,
             caches,
@@ -120,43 +125,288 @@ impl Ledger {
         &self.db
     }
 
+    /// A payment, or with `request.hold` a hold.
     #[tracing::instrument(skip_all, fields(client = %client.0, from = %request.from, to = %request.to))]
     pub async fn create_payment(
         &self,
         client: ClientId,
         request: NewPayment,
     ) -> AppResult<Created<payment::Model>> {
+        let hold_expires_at = request
+            .hold
+            .map(|hold| {
+                lifecycle::hold_expiry(hold.expires_at, crate::entity::stored_now(), self.hold_ttl)
+            })
+            .transpose()?;
         let fingerprint = request.fingerprint();
-        let payment_id = PaymentId::generate();
         let idempotency_key = request.idempotency_key.clone();
+        let job = self.job(
+            client,
+            idempotency_key,
+            idempotency::Operation::CreatePayment,
+            fingerprint,
+            PaymentId::generate().0,
+            Work::Pay {
+                request,
+                hold_expires_at,
+            },
+        );
+        self.move_money(job, |id| async move {
+            Ok(self.payments_by_ids(client, &[id]).await?.remove(&id))
+        })
+        .await
+    }
+
+    /// Captures all or part of a live hold; answers the hold's payment.
+    #[tracing::instrument(skip_all, fields(client = %client.0, payment = %request.payment))]
+    pub async fn capture_payment(
+        &self,
+        client: ClientId,
+        request: NewCapture,
+    ) -> AppResult<Created<payment::Model>> {
+        let fingerprint = request.fingerprint();
+        let prepare = async {
+            let hold = self.hold_of(client, request.payment).await?;
+            let currency = crate::ledger::money::Currency::from_stored(&hold.currency)?;
+            let held = hold.amount_minor;
+            let amount = match request.amount {
+                Some(amount) => amount.in_currency(currency)?,
+                None => crate::ledger::money::PositiveAmount::from_minor(held)
+                    .ok_or_else(|| AppError::internal(anyhow::anyhow!("a hold of nothing")))?,
+            };
+            if amount.minor() > held {
+                return Err(AppError::CaptureExceedsHold(format!(
+                    "the capture of {} is more than the hold of {}",
+                    crate::ledger::money::from_minor_units(amount.minor(), currency),
+                    crate::ledger::money::from_minor_units(held, currency)
+                )));
+            }
+            Ok(Work::Capture { hold, amount })
+        };
+        self.settle(
+            client,
+            request.idempotency_key,
+            idempotency::Operation::CapturePayment,
+            fingerprint,
+            prepare,
+        )
+        .await
+    }
+
+    /// Releases a live hold whole; answers the hold's payment.
+    #[tracing::instrument(skip_all, fields(client = %client.0, payment = %request.payment))]
+    pub async fn void_payment(
+        &self,
+        client: ClientId,
+        request: NewVoid,
+    ) -> AppResult<Created<payment::Model>> {
+        let fingerprint = request.fingerprint();
+        let prepare = async {
+            let hold = self.hold_of(client, request.payment).await?;
+            Ok(Work::Void { hold })
+        };
+        self.settle(
+            client,
+            request.idempotency_key,
+            idempotency::Operation::VoidPayment,
+            fingerprint,
+            prepare,
+        )
+        .await
+    }
+
+    /// Gives back all or part of a posted payment as a new payment the other way.
+    #[tracing::instrument(skip_all, fields(client = %client.0, payment = %request.payment))]
+    pub async fn refund_payment(
+        &self,
+        client: ClientId,
+        request: NewRefund,
+    ) -> AppResult<Created<payment::Model>> {
+        let fingerprint = request.fingerprint();
+        let refund_id = PaymentId::generate().0;
+        let original_id = request.payment;
+        let prepare = async {
+            let original = self.payment_of(client, original_id).await?;
+            if original.refund_of.is_some() {
+                return Err(AppError::bad_input(format!(
+                    "payment {original_id} is a refund; refunds are not refunded (make a payment instead)"
+                )));
+            }
+            if original.status == StoredStatus::Declined {
+                return Err(AppError::RefundExceedsPayment(format!(
+                    "payment {original_id} was declined and posted nothing to refund"
+                )));
+            }
+            let currency = crate::ledger::money::Currency::from_stored(&original.currency)?;
+            let amount = request
+                .amount
+                .map(|amount| amount.in_currency(currency))
+                .transpose()?;
+            Ok(Work::Refund {
+                original,
+                amount,
+                reason: request.reason.clone(),
+            })
+        };
         let key = KeyUse {
             client,
-            key: &idempotency_key,
-            operation: idempotency::Operation::CreatePayment,
+            key: &request.idempotency_key,
+            operation: idempotency::Operation::RefundPayment,
             fingerprint: &fingerprint,
-            resource_id: payment_id.0,
-        };
-        let job = PaymentJob {
-            client,
-            request,
-            fingerprint: fingerprint.clone(),
-            payment_id,
-            span: tracing::Span::current(),
+            resource_id: refund_id,
         };
         let created = self
             .create_once(
                 key,
                 |id| async move { Ok(self.payments_by_ids(client, &[id]).await?.remove(&id)) },
-                self.payments.commit(job),
+                async {
+                    let work = prepare.await.map_err(WriteError::Invalid)?;
+                    let job = self.job(
+                        client,
+                        request.idempotency_key.clone(),
+                        idempotency::Operation::RefundPayment,
+                        fingerprint.clone(),
+                        refund_id,
+                        work,
+                    );
+                    self.payments.commit(job).await
+                },
             )
             .await;
-        self.metrics.payment(match &created {
+        self.count_payment(&created);
+        created
+    }
+
+    fn job(
+        &self,
+        client: ClientId,
+        idempotency_key: IdempotencyKey,
+        operation: idempotency::Operation,
+        fingerprint: Fingerprint,
+        resource_id: Uuid,
+        work: Work,
+    ) -> PaymentJob {
+        PaymentJob {
+            client,
+            idempotency_key,
+            operation,
+            fingerprint,
+            resource_id,
+            work,
+            span: tracing::Span::current(),
+        }
+    }
+
+    /// Runs a payment job through `create_once` and counts its outcome.
+    async fn move_money<Load, LoadFuture>(
+        &self,
+        job: PaymentJob,
+        load: Load,
+    ) -> AppResult<Created<payment::Model>>
+    where
+        Load: Fn(Uuid) -> LoadFuture,
+        LoadFuture: Future<Output = AppResult<Option<payment::Model>>>,
+    {
+        let key = KeyUse {
+            client: job.client,
+            key: &job.idempotency_key.clone(),
+            operation: job.operation,
+            fingerprint: &job.fingerprint.clone(),
+            resource_id: job.resource_id,
+        };
+        let created = self.create_once(key, load, self.payments.commit(job)).await;
+        self.count_payment(&created);
+        created
+    }
+
+    /// A capture or void: `prepare` reads and checks the hold (its failures answer
+    /// through `create_once`, so a reused key still says IDEMPOTENCY_KEY_REUSED); the
+    /// key names the settlement, and a replay answers the hold it settled.
+    async fn settle(
+        &self,
+        client: ClientId,
+        idempotency_key: IdempotencyKey,
+        operation: idempotency::Operation,
+        fingerprint: Fingerprint,
+        prepare: impl Future<Output = AppResult<Work>>,
+    ) -> AppResult<Created<payment::Model>> {
+        let settlement_id = Uuid::now_v7();
+        let key = KeyUse {
+            client,
+            key: &idempotency_key,
+            operation,
+            fingerprint: &fingerprint,
+            resource_id: settlement_id,
+        };
+        let load = |id: Uuid| async move { self.payment_settled_by(client, id).await };
+        let execute = async {
+            let work = prepare.await.map_err(WriteError::Invalid)?;
+            let job = self.job(
+                client,
+                idempotency_key.clone(),
+                operation,
+                fingerprint.clone(),
+                settlement_id,
+                work,
+            );
+            self.payments.commit(job).await
+        };
+        self.create_once(key, load, execute).await
+    }
+
+    /// The caller's payment, or NOT_FOUND.
+    async fn payment_of(&self, client: ClientId, id: PaymentId) -> AppResult<payment::Model> {
+        self.payments_by_ids(client, &[id.0])
+            .await?
+            .remove(&id.0)
+            .ok_or_else(|| AppError::not_found(format!("payment {id} not found")))
+    }
+
+    /// The caller's payment if it was stored as a hold; PAYMENT_NOT_PENDING for any
+    /// other payment (whether the hold is still live is for its batch to say).
+    async fn hold_of(&self, client: ClientId, id: PaymentId) -> AppResult<payment::Model> {
+        let payment = self.payment_of(client, id).await?;
+        if payment.status != StoredStatus::Pending {
+            return Err(AppError::PaymentNotPending(format!(
+                "payment {id} is not a hold: it was {}",
+                match payment.status {
+                    StoredStatus::Declined => "declined",
+                    _ => "posted when it was made",
+                }
+            )));
+        }
+        Ok(payment)
+    }
+
+    /// The hold a settlement settled.
+    async fn payment_settled_by(
+        &self,
+        client: ClientId,
+        settlement_id: Uuid,
+    ) -> AppResult<Option<payment::Model>> {
+        use sea_orm::{ColumnTrait, QueryFilter};
+        let settlement = crate::entity::payment_settlement::Entity::find()
+            .filter(crate::entity::payment_settlement::Column::Id.eq(settlement_id))
+            .filter(crate::entity::payment_settlement::Column::ClientId.eq(client.0))
+            .one(&self.db)
+            .await?;
+        let Some(settlement) = settlement else {
+            return Ok(None);
+        };
+        Ok(self
+            .payments_by_ids(client, &[settlement.payment_id])
+            .await?
+            .remove(&settlement.payment_id))
+    }
+
+    fn count_payment(&self, created: &AppResult<Created<payment::Model>>) {
+        self.metrics.payment(match created {
             Ok(created) if created.replayed => PaymentOutcome::Replayed,
-            Ok(created) if created.value.status == PaymentStatus::Posted => PaymentOutcome::Posted,
+            Ok(created) if created.value.status == StoredStatus::Posted => PaymentOutcome::Posted,
+            Ok(created) if created.value.status == StoredStatus::Pending => PaymentOutcome::Held,
             Ok(_) => PaymentOutcome::Declined,
             Err(_) => PaymentOutcome::Rejected,
         });
-        created
     }
 
     #[tracing::instrument(skip_all, fields(client = %client.0))]
@@ -274,6 +524,8 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         external_ref: request.external_ref.clone(),
         balance_minor: 0,
         version: 0,
+        pending_minor: 0,
+        hold_seq: 0,
         created_at: crate::entity::stored_now(),
         // Set in the inserting transaction (`insert_account`).
         feed_seq: 0,

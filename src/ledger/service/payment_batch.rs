@@ -1,39 +1,73 @@
-//! Group commit for payments: a batch of queued payments in one transaction.
+//! Group commit for money movements: a batch of queued payments, holds, captures, voids
+//! and refunds in one transaction.
 //!
-//! Lock every account of the batch in id order, check each payment against its
-//! accounts, claim the valid payments' keys, decide them in queue order against the
-//! balances the earlier ones left, write everything with one statement, commit. Each
-//! payment keeps its own outcome; docs/consistency.md ("Group commit") argues why no
-//! guarantee is weaker than with one transaction per payment.
+//! Lock every account of the batch in id order, check each job against its accounts,
+//! read what holds and refunds need (`batch_sql::batch_context`, only when the batch has
+//! any), decide the jobs in queue order against the states the earlier ones left, claim
+//! the keys of those that can be carried out, write everything with one statement,
+//! commit. Each job keeps its own outcome; docs/consistency.md ("Group commit") argues
+//! why no guarantee is weaker than with one transaction per job.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::batch_sql::{self, AccountClaim, AccountMove};
+use super::batch_sql::{self, AccountClaim, AccountMove, BatchContext, HoldWrites};
 use super::commit_queue::{CommitQueue, Queued};
 use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
 use crate::db::Backend;
-use crate::entity::{account, idempotency_key, ledger_entry, payment};
+use crate::entity::payment::StoredStatus;
+use crate::entity::payment_settlement::SettlementKind;
+use crate::entity::{
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_settlement,
+};
 use crate::error::{AppError, AppResult};
-use crate::idempotency::{self, Fingerprint};
-use crate::ids::{ClientId, LedgerEntryId, PaymentId};
-use crate::ledger::posting::{AccountState, EntryPlan, PaymentStatus, PostingPlan, plan_in_order};
+use crate::idempotency::{self, Fingerprint, IdempotencyKey};
+use crate::ids::{ClientId, LedgerEntryId};
+use crate::ledger::lifecycle;
+use crate::ledger::money::PositiveAmount;
+use crate::ledger::posting::{AccountState, EntryPlan, Movement, PostingPlan, plan_in_order};
 use crate::ledger::requests::NewPayment;
 use crate::metrics::Metrics;
 
-/// A payment waiting for its batch, with everything decided before the database.
+/// What a job does.
+pub(super) enum Work {
+    /// A payment, or with `hold_expires_at` a hold.
+    Pay {
+        request: NewPayment,
+        hold_expires_at: Option<DateTime<Utc>>,
+    },
+    /// Captures `amount` of a hold (the stored payment, checked to be the caller's).
+    Capture {
+        hold: payment::Model,
+        amount: PositiveAmount,
+    },
+    Void {
+        hold: payment::Model,
+    },
+    /// Gives back `amount` (or all that is left) of a posted payment.
+    Refund {
+        original: payment::Model,
+        amount: Option<PositiveAmount>,
+        reason: Option<String>,
+    },
+}
+
+/// A movement waiting for its batch, with everything decided before the database.
 pub(super) struct PaymentJob {
     pub(super) client: ClientId,
-    pub(super) request: NewPayment,
+    pub(super) idempotency_key: IdempotencyKey,
+    pub(super) operation: idempotency::Operation,
     pub(super) fingerprint: Fingerprint,
-    pub(super) payment_id: PaymentId,
-    /// The request's span, so what the batch logs about this payment carries the
-    /// request's id.
+    /// What the job creates: the payment (or refund), or the settlement of a hold.
+    pub(super) resource_id: Uuid,
+    pub(super) work: Work,
+    /// The request's span, so what the batch logs about this job carries the request's
+    /// id.
     pub(super) span: tracing::Span,
 }
 
@@ -41,22 +75,43 @@ impl PaymentJob {
     fn key_record(&self) -> idempotency_key::Model {
         idempotency::record(
             self.client,
-            &self.request.idempotency_key,
-            idempotency::Operation::CreatePayment,
+            &self.idempotency_key,
+            self.operation,
             &self.fingerprint,
-            self.payment_id.0,
+            self.resource_id,
         )
+    }
+
+    /// The accounts the job changes, payer first.
+    fn accounts(&self) -> [Uuid; 2] {
+        match &self.work {
+            Work::Pay { request, .. } => [request.from.0, request.to.0],
+            Work::Capture { hold, .. } | Work::Void { hold } => {
+                [hold.from_account_id, hold.to_account_id]
+            }
+            Work::Refund { original, .. } => [original.to_account_id, original.from_account_id],
+        }
     }
 }
 
-/// What a batch did for one of its payments: the committed payment, or why not.
+/// What deciding a job came to, before anything is written.
+#[derive(Debug, Clone, Copy)]
+struct Decision {
+    plan: PostingPlan,
+    /// What a capture or refund moves (a payment's own amount otherwise).
+    amount_minor: i64,
+}
+
+/// What a batch did for one of its jobs: the committed payment (for a capture or void,
+/// the hold's), or why not.
 pub(super) type CommitResult = Result<payment::Model, WriteError>;
 
-/// A committed batch: each payment's outcome, the payments it wrote with their entries
-/// (for L1), and the accounts' new balances (for the write-through).
+/// A committed batch: each job's outcome, the payments it wrote with their entries and
+/// the settlements (for L1), and the accounts' new balances (for the write-through).
 struct CommittedBatch {
     outcomes: Vec<CommitResult>,
     decided: Vec<(payment::Model, Vec<ledger_entry::Model>)>,
+    settlements: Vec<(payment_settlement::Model, Vec<ledger_entry::Model>)>,
     balances: Vec<(Uuid, VersionedBalance)>,
 }
 
@@ -176,8 +231,8 @@ impl Batcher {
         let mut claims: Vec<AccountClaim> = jobs
             .iter()
             .flat_map(|job| {
-                [job.request.from, job.request.to].map(|account| AccountClaim {
-                    id: account.0,
+                job.accounts().map(|account| AccountClaim {
+                    id: account,
                     client: job.client.0,
                 })
             })
@@ -193,13 +248,17 @@ impl Batcher {
         for (payment, entries) in committed.decided {
             self.caches.remember_payment(&payment, entries).await;
         }
+        for (settlement, entries) in committed.settlements {
+            self.caches.remember_settlement(&settlement, entries).await;
+        }
         self.caches.write_through(&committed.balances).await;
         Ok(committed.outcomes)
     }
 
-    /// One attempt at a batch: lock every account in id order, check each payment
-    /// against its accounts, claim the keys of the valid ones, decide them in queue
-    /// order, write everything with one statement, commit.
+    /// One attempt at a batch: lock every account in id order, check each job against
+    /// its accounts, read the context holds and refunds need, decide the jobs in queue
+    /// order, claim the keys of those that can be carried out, write everything with one
+    /// statement, commit.
     async fn attempt(
         &self,
         jobs: &[&PaymentJob],
@@ -215,84 +274,131 @@ impl Batcher {
                 .collect();
 
         let mut outcomes: Vec<Option<CommitResult>> = jobs.iter().map(|_| None).collect();
-        let mut claims: Vec<usize> = Vec::with_capacity(jobs.len());
+        let mut candidates: Vec<usize> = Vec::with_capacity(jobs.len());
         let mut keys_in_batch = HashSet::with_capacity(jobs.len());
         for (index, job) in jobs.iter().enumerate() {
             if let Err(error) = check_accounts(job, &locked) {
                 outcomes[index] = Some(Err(WriteError::Invalid(error)));
-            } else if !keys_in_batch.insert((job.client, job.request.idempotency_key.as_str())) {
+            } else if !keys_in_batch.insert((job.client, job.idempotency_key.as_str())) {
                 // The same key twice in one batch: the first claims it, the second
                 // replays it once the batch has committed.
                 outcomes[index] = Some(Err(WriteError::KeyTaken));
             } else {
-                claims.push(index);
+                candidates.push(index);
+            }
+        }
+        let context = read_context(&transaction, backend, jobs, &candidates, &locked).await?;
+
+        // Decide first, so a job that cannot be carried out (a hold already settled, a
+        // refund that does not fit) claims no key and stores nothing.
+        let (decisions, _) = decide(jobs, &candidates, &locked, context.as_ref());
+        let mut to_claim = Vec::with_capacity(candidates.len());
+        for (index, decision) in decisions {
+            match decision {
+                Ok(_) => to_claim.push(index),
+                Err(error) => outcomes[index] = Some(Err(WriteError::Invalid(error))),
             }
         }
         // Keys are inserted in one global order, so two batches holding some of the
         // same keys wait for each other in one direction only.
-        claims.sort_by(|&a, &b| {
-            (jobs[a].client.0, jobs[a].request.idempotency_key.as_str())
-                .cmp(&(jobs[b].client.0, jobs[b].request.idempotency_key.as_str()))
+        to_claim.sort_by(|&a, &b| {
+            (jobs[a].client.0, jobs[a].idempotency_key.as_str())
+                .cmp(&(jobs[b].client.0, jobs[b].idempotency_key.as_str()))
         });
-        let records: Vec<idempotency_key::Model> = claims
+        let records: Vec<idempotency_key::Model> = to_claim
             .iter()
             .map(|&index| jobs[index].key_record())
             .collect();
         let owned = batch_sql::claim_keys(&transaction, backend, &records).await?;
-        let mut to_post = Vec::with_capacity(claims.len());
-        for (index, job) in jobs.iter().enumerate() {
-            if outcomes[index].is_none() {
-                if owned.contains(&job.payment_id.0) {
-                    to_post.push(index);
-                } else {
-                    outcomes[index] = Some(Err(WriteError::KeyTaken));
+        let mut claimed = Vec::with_capacity(to_claim.len());
+        for index in to_claim {
+            if owned.contains(&jobs[index].resource_id) {
+                claimed.push(index);
+            } else {
+                outcomes[index] = Some(Err(WriteError::KeyTaken));
+            }
+        }
+        claimed.sort_unstable();
+        // Decided again without the jobs whose key someone else owns: what they would
+        // have done must not count. Leaving jobs out only leaves more to the others,
+        // except when a payment left out changes whether an earlier refund posts; then
+        // the batch is run one job at a time instead.
+        let (decisions, states) = decide(jobs, &claimed, &locked, context.as_ref());
+        let now = crate::entity::stored_now();
+        let mut payments = Vec::with_capacity(claimed.len());
+        let mut entries = Vec::with_capacity(claimed.len() * 2);
+        let mut holds = HoldWrites::default();
+        let mut answers = Vec::with_capacity(claimed.len());
+        for (index, decision) in decisions {
+            let Ok(decision) = decision else {
+                return Err(WriteError::Tangled);
+            };
+            let job = jobs[index];
+            match &job.work {
+                Work::Pay { .. } | Work::Refund { .. } => {
+                    let payment = payment_row(job, &decision, now)?;
+                    if let PostingPlan::Post { debit, credit } = decision.plan {
+                        entries.extend(entry_rows(&payment, [debit, credit]));
+                    }
+                    if let (PostingPlan::Hold, Some(expires_at)) =
+                        (decision.plan, payment.hold_expires_at)
+                    {
+                        holds.placed.push(live_hold::Model {
+                            payment_id: payment.id,
+                            client_id: payment.client_id,
+                            account_id: payment.from_account_id,
+                            amount_minor: payment.amount_minor,
+                            expires_at,
+                        });
+                    }
+                    answers.push((index, payment.clone()));
+                    payments.push(payment);
+                }
+                Work::Capture { hold, .. } | Work::Void { hold } => {
+                    let (kind, amount_minor) = match decision.plan {
+                        PostingPlan::Post { debit, credit } => {
+                            // A capture's entries are the hold's, written now.
+                            entries.extend(entry_rows(hold, [debit, credit]).map(|row| {
+                                ledger_entry::Model {
+                                    created_at: now,
+                                    ..row
+                                }
+                            }));
+                            (SettlementKind::Capture, decision.amount_minor)
+                        }
+                        _ => (SettlementKind::Void, 0),
+                    };
+                    holds.settled.push(hold.id);
+                    holds.settlements.push(payment_settlement::Model {
+                        id: job.resource_id,
+                        client_id: job.client.0,
+                        payment_id: hold.id,
+                        kind,
+                        amount_minor,
+                        created_at: now,
+                    });
+                    answers.push((index, hold.clone()));
                 }
             }
         }
-
-        let mut states: HashMap<Uuid, AccountState> = locked
-            .values()
-            .map(|row| (row.id, account_state(row)))
-            .collect();
-        let plans = plan_in_order(
-            &mut states,
-            to_post.iter().map(|&index| {
-                let request = &jobs[index].request;
-                (request.from.0, request.to.0, request.amount)
-            }),
-        );
-        let now = crate::entity::stored_now();
-        let mut payments = Vec::with_capacity(to_post.len());
-        let mut entries = Vec::with_capacity(to_post.len() * 2);
-        for (&index, plan) in to_post.iter().zip(plans) {
-            let plan = plan.ok_or_else(|| {
-                AppError::internal(anyhow::anyhow!("a checked payment has no locked accounts"))
-            })?;
-            let payment = payment_row(jobs[index], &plan, now);
-            if let PostingPlan::Post { debit, credit } = plan {
-                entries.extend(entry_rows(&payment, [debit, credit]));
-            }
-            payments.push(payment);
+        let moves = account_moves(&locked, &states, &holds, context.as_ref());
+        if let Some(context) = &context {
+            holds.expired_on = context
+                .pending
+                .iter()
+                .filter(|(_, pending)| pending.has_expired)
+                .map(|(account, _)| *account)
+                .collect();
+            holds.expired_at = Some(context.now);
         }
-        let moves: Vec<AccountMove> = states
-            .iter()
-            .filter_map(|(id, state)| {
-                let locked_version = locked.get(id)?.version;
-                (state.version != locked_version).then_some(AccountMove {
-                    id: *id,
-                    locked_version,
-                    balance_minor: state.balance_minor,
-                    version: state.version,
-                })
-            })
-            .collect();
-        if !payments.is_empty() {
+        if !payments.is_empty() || !moves.is_empty() || !holds.settlements.is_empty() {
             let moved = batch_sql::write_postings(
                 &transaction,
                 backend,
                 &mut payments,
                 &moves,
                 &mut entries,
+                &holds,
             )
             .await?;
             // The version conditions can only fail if a row lock did not hold: a bug,
@@ -307,34 +413,38 @@ impl Batcher {
             }
         }
         write::commit(transaction).await?;
-        let balances = moves
-            .iter()
-            .map(|row| {
-                (
-                    row.id,
-                    VersionedBalance {
-                        balance_minor: row.balance_minor,
-                        version: row.version,
-                    },
-                )
-            })
-            .collect();
+        let balances = new_balances(&moves, &holds, context.as_ref());
+        let feed_seq_of: HashMap<Uuid, i64> =
+            payments.iter().map(|row| (row.id, row.feed_seq)).collect();
         let mut entries_of: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
         for entry in entries {
             entries_of.entry(entry.payment_id).or_default().push(entry);
         }
         let mut decided = Vec::with_capacity(payments.len());
-        for (&index, payment) in to_post.iter().zip(payments) {
-            outcomes[index] = Some(Ok(payment.clone()));
-            let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
-            decided.push((payment, payment_entries));
+        for (index, mut payment) in answers {
+            if let Some(&feed_seq) = feed_seq_of.get(&payment.id) {
+                payment.feed_seq = feed_seq;
+                let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
+                decided.push((payment.clone(), payment_entries));
+            }
+            outcomes[index] = Some(Ok(payment));
         }
+        let settlements = holds
+            .settlements
+            .into_iter()
+            .map(|settlement| {
+                let settled = entries_of
+                    .remove(&settlement.payment_id)
+                    .unwrap_or_default();
+                (settlement, settled)
+            })
+            .collect();
         let outcomes = outcomes
             .into_iter()
             .map(|outcome| {
                 outcome.unwrap_or_else(|| {
                     Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
-                        "a payment in a batch got no outcome"
+                        "a job in a batch got no outcome"
                     ))))
                 })
             })
@@ -342,51 +452,360 @@ impl Batcher {
         Ok(CommittedBatch {
             outcomes,
             decided,
+            settlements,
             balances,
         })
     }
 }
 
-/// A payment's own check against its locked accounts: both exist, are the caller's,
-/// and hold the payment's currency. Accounts never change owner or currency, so a
-/// payment that fails here fails the same way every time.
+/// Each decided job (an index into the batch) and what deciding it came to.
+type Decisions = Vec<(usize, AppResult<Decision>)>;
+
+/// Reads the batch context when the batch needs one: when it settles or refunds, or a
+/// locked account has holds. A batch of plain payments between accounts without holds
+/// reads nothing more.
+async fn read_context(
+    transaction: &sea_orm::DatabaseTransaction,
+    backend: Backend,
+    jobs: &[&PaymentJob],
+    candidates: &[usize],
+    locked: &HashMap<Uuid, account::Model>,
+) -> Result<Option<BatchContext>, WriteError> {
+    let mut held_accounts: Vec<Uuid> = locked
+        .values()
+        .filter(|row| row.pending_minor > 0)
+        .map(|row| row.id)
+        .collect();
+    held_accounts.sort_unstable();
+    let mut holds = Vec::new();
+    let mut originals = Vec::new();
+    for &index in candidates {
+        match &jobs[index].work {
+            Work::Capture { hold, .. } | Work::Void { hold } => holds.push(hold.id),
+            Work::Refund { original, .. } => originals.push(original.id),
+            Work::Pay { .. } => {}
+        }
+    }
+    if held_accounts.is_empty() && holds.is_empty() && originals.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        batch_sql::batch_context(transaction, backend, &held_accounts, &holds, &originals).await?,
+    ))
+}
+
+/// Decides `selected` jobs (indexes into `jobs`, in queue order) one after another
+/// against the locked states: each sees what the earlier ones left, holds they settled
+/// and refunds they posted included. Returns each job's decision (or why it cannot be
+/// carried out) and the accounts' states after all of them.
+fn decide(
+    jobs: &[&PaymentJob],
+    selected: &[usize],
+    locked: &HashMap<Uuid, account::Model>,
+    context: Option<&BatchContext>,
+) -> (Decisions, HashMap<Uuid, AccountState>) {
+    let mut states: HashMap<Uuid, AccountState> = locked
+        .values()
+        .map(|row| (row.id, account_state(row, context)))
+        .collect();
+    let mut live_holds = context
+        .map(|context| context.live_holds.clone())
+        .unwrap_or_default();
+    let mut refunded = context
+        .map(|context| context.refunded.clone())
+        .unwrap_or_default();
+    let now = context.map(|context| context.now);
+    let mut decisions = Vec::with_capacity(selected.len());
+    for &index in selected {
+        let job = jobs[index];
+        let decided = decide_one(
+            job,
+            &mut states,
+            &mut live_holds,
+            &mut refunded,
+            now,
+            context,
+        );
+        decisions.push((index, decided));
+    }
+    (decisions, states)
+}
+
+fn decide_one(
+    job: &PaymentJob,
+    states: &mut HashMap<Uuid, AccountState>,
+    live_holds: &mut HashMap<Uuid, DateTime<Utc>>,
+    refunded: &mut HashMap<Uuid, i64>,
+    now: Option<DateTime<Utc>>,
+    context: Option<&BatchContext>,
+) -> AppResult<Decision> {
+    let unplanned = || AppError::internal(anyhow::anyhow!("a checked job has no locked accounts"));
+    let plan_of = |states: &mut HashMap<Uuid, AccountState>, movement| {
+        plan_in_order(states, [movement])
+            .pop()
+            .flatten()
+            .ok_or_else(unplanned)
+    };
+    match &job.work {
+        Work::Pay {
+            request,
+            hold_expires_at,
+        } => {
+            let (from, to, amount) = (request.from.0, request.to.0, request.amount);
+            let movement = match hold_expires_at {
+                Some(_) => Movement::Hold { from, to, amount },
+                None => Movement::Pay { from, to, amount },
+            };
+            Ok(Decision {
+                plan: plan_of(states, movement)?,
+                amount_minor: amount.minor(),
+            })
+        }
+        Work::Capture { hold, amount } => {
+            let held = take_live_hold(hold, live_holds, now)?;
+            let plan = plan_of(
+                states,
+                Movement::Capture {
+                    from: hold.from_account_id,
+                    to: hold.to_account_id,
+                    held,
+                    amount: *amount,
+                },
+            )?;
+            if let PostingPlan::Decline(reason) = plan {
+                // Put back: nothing happened to the hold.
+                live_holds.insert(hold.id, hold.hold_expires_at.unwrap_or_default());
+                return Err(AppError::bad_input(format!(
+                    "the capture cannot post: {}",
+                    reason.as_str()
+                )));
+            }
+            Ok(Decision {
+                plan,
+                amount_minor: amount.minor(),
+            })
+        }
+        Work::Void { hold } => {
+            let held = take_live_hold(hold, live_holds, now)?;
+            Ok(Decision {
+                plan: plan_of(
+                    states,
+                    Movement::Void {
+                        from: hold.from_account_id,
+                        held,
+                    },
+                )?,
+                amount_minor: 0,
+            })
+        }
+        Work::Refund {
+            original, amount, ..
+        } => {
+            let captured = context.and_then(|context| context.captured.get(&original.id).copied());
+            let posted = lifecycle::posted_amount(original.status, original.amount_minor, captured);
+            let given = refunded.get(&original.id).copied().unwrap_or(0);
+            let amount_minor =
+                lifecycle::refund_amount(posted, given, amount.map(PositiveAmount::minor))?;
+            let amount = PositiveAmount::from_minor(amount_minor).ok_or_else(unplanned)?;
+            let plan = plan_of(
+                states,
+                Movement::Pay {
+                    from: original.to_account_id,
+                    to: original.from_account_id,
+                    amount,
+                },
+            )?;
+            if matches!(plan, PostingPlan::Post { .. }) {
+                *refunded.entry(original.id).or_default() += amount_minor;
+            }
+            Ok(Decision { plan, amount_minor })
+        }
+    }
+}
+
+/// Takes a hold out of the live set for settling: it must be there and not have expired
+/// at the decision time.
+fn take_live_hold(
+    hold: &payment::Model,
+    live_holds: &mut HashMap<Uuid, DateTime<Utc>>,
+    now: Option<DateTime<Utc>>,
+) -> AppResult<PositiveAmount> {
+    let live = match (live_holds.get(&hold.id), now) {
+        (Some(&expires_at), Some(now)) => lifecycle::is_live(expires_at, now),
+        _ => false,
+    };
+    if !live {
+        return Err(AppError::PaymentNotPending(format!(
+            "payment {} is not a live hold: it was captured, voided or declined, or it expired",
+            crate::ids::PaymentId(hold.id)
+        )));
+    }
+    live_holds.remove(&hold.id);
+    PositiveAmount::from_minor(hold.amount_minor)
+        .ok_or_else(|| AppError::internal(anyhow::anyhow!("a hold of nothing")))
+}
+
+/// The accounts the batch changed: balance and version, pending, or holds (placed,
+/// settled, or expired ones released).
+fn account_moves(
+    locked: &HashMap<Uuid, account::Model>,
+    states: &HashMap<Uuid, AccountState>,
+    holds: &HoldWrites,
+    context: Option<&BatchContext>,
+) -> Vec<AccountMove> {
+    let mut holds_changed: HashSet<Uuid> = holds.placed.iter().map(|row| row.account_id).collect();
+    if let Some(context) = context {
+        holds_changed.extend(
+            context
+                .pending
+                .iter()
+                .filter(|(_, pending)| pending.has_expired)
+                .map(|(account, _)| *account),
+        );
+    }
+    // A settled hold changes its payer's pending (a void) or version (a capture), so
+    // the payer moves without being named here.
+    let mut moves: Vec<AccountMove> = states
+        .iter()
+        .filter_map(|(id, state)| {
+            let row = locked.get(id)?;
+            let holds_moved =
+                holds_changed.contains(id) || state.pending_minor != row.pending_minor;
+            (state.version != row.version || holds_moved).then_some(AccountMove {
+                id: *id,
+                locked_version: row.version,
+                balance_minor: state.balance_minor,
+                version: state.version,
+                locked_hold_seq: row.hold_seq,
+                pending_minor: state.pending_minor,
+                hold_seq: row.hold_seq + i64::from(holds_moved),
+            })
+        })
+        .collect();
+    moves.sort_by_key(|row| row.id);
+    moves
+}
+
+/// The new balances of the moved accounts for the caches: pending as decided, and until
+/// when it holds (the earliest expiry among the holds it counts, or earlier).
+fn new_balances(
+    moves: &[AccountMove],
+    holds: &HoldWrites,
+    context: Option<&BatchContext>,
+) -> Vec<(Uuid, VersionedBalance)> {
+    moves
+        .iter()
+        .map(|row| {
+            let known = context
+                .and_then(|context| context.pending.get(&row.id))
+                .and_then(|pending| pending.next_expiry);
+            let placed = holds
+                .placed
+                .iter()
+                .filter(|hold| hold.account_id == row.id)
+                .map(|hold| hold.expires_at);
+            let pending_until = known.into_iter().chain(placed).min();
+            (
+                row.id,
+                VersionedBalance {
+                    balance_minor: row.balance_minor,
+                    version: row.version,
+                    hold_seq: row.hold_seq,
+                    pending_minor: row.pending_minor,
+                    pending_until: pending_until.filter(|_| row.pending_minor > 0),
+                },
+            )
+        })
+        .collect()
+}
+
+/// A job's own check against its locked accounts: both exist and are the caller's, and
+/// a new payment's currency is theirs. Accounts never change owner or currency, so a
+/// job that fails here fails the same way every time. (Captures, voids and refunds
+/// name accounts of a payment already checked to be the caller's.)
 fn check_accounts(job: &PaymentJob, locked: &HashMap<Uuid, account::Model>) -> AppResult<()> {
-    for id in [job.request.from, job.request.to] {
+    for id in job.accounts() {
         let account = locked
-            .get(&id.0)
+            .get(&id)
             .filter(|account| account.client_id == job.client.0)
-            .ok_or_else(|| AppError::not_found(format!("account {id} not found")))?;
-        if account.currency != job.request.currency.code() {
+            .ok_or_else(|| {
+                AppError::not_found(format!("account {} not found", crate::ids::AccountId(id)))
+            })?;
+        if let Work::Pay { request, .. } = &job.work
+            && account.currency != request.currency.code()
+        {
             return Err(AppError::CurrencyMismatch(format!(
-                "payment is in {} but account {id} holds {}",
-                job.request.currency, account.currency
+                "payment is in {} but account {} holds {}",
+                request.currency,
+                crate::ids::AccountId(id),
+                account.currency
             )));
         }
     }
     Ok(())
 }
 
-fn payment_row(job: &PaymentJob, plan: &PostingPlan, now: chrono::DateTime<Utc>) -> payment::Model {
-    let (status, decline_reason) = match plan {
-        PostingPlan::Post { .. } => (PaymentStatus::Posted, None),
-        PostingPlan::Decline(reason) => (PaymentStatus::Declined, Some(reason.as_str().to_owned())),
+/// The payment a payment, hold or refund job writes.
+fn payment_row(
+    job: &PaymentJob,
+    decision: &Decision,
+    now: DateTime<Utc>,
+) -> AppResult<payment::Model> {
+    let (status, decline_reason) = match decision.plan {
+        PostingPlan::Post { .. } => (StoredStatus::Posted, None),
+        PostingPlan::Hold => (StoredStatus::Pending, None),
+        PostingPlan::Decline(reason) => (StoredStatus::Declined, Some(reason.as_str().to_owned())),
+        PostingPlan::Release => {
+            return Err(AppError::internal(anyhow::anyhow!(
+                "a payment was planned as a release"
+            )));
+        }
     };
-    let request = &job.request;
-    payment::Model {
-        id: job.payment_id.0,
+    let row = payment::Model {
+        id: job.resource_id,
         client_id: job.client.0,
-        idempotency_key: request.idempotency_key.as_str().to_owned(),
-        from_account_id: request.from.0,
-        to_account_id: request.to.0,
-        amount_minor: request.amount.minor(),
-        currency: request.currency.code().to_owned(),
+        idempotency_key: job.idempotency_key.as_str().to_owned(),
+        from_account_id: Uuid::nil(),
+        to_account_id: Uuid::nil(),
+        amount_minor: decision.amount_minor,
+        currency: String::new(),
         status,
         decline_reason,
-        description: request.description.clone(),
+        description: None,
         created_at: now,
+        hold_expires_at: None,
+        refund_of: None,
         // Set when the batch is written (`batch_sql::write_postings`).
         feed_seq: 0,
-    }
+    };
+    Ok(match &job.work {
+        Work::Pay {
+            request,
+            hold_expires_at,
+        } => payment::Model {
+            from_account_id: request.from.0,
+            to_account_id: request.to.0,
+            currency: request.currency.code().to_owned(),
+            description: request.description.clone(),
+            hold_expires_at: *hold_expires_at,
+            ..row
+        },
+        Work::Refund {
+            original, reason, ..
+        } => payment::Model {
+            from_account_id: original.to_account_id,
+            to_account_id: original.from_account_id,
+            currency: original.currency.clone(),
+            description: reason.clone(),
+            refund_of: Some(original.id),
+            ..row
+        },
+        Work::Capture { .. } | Work::Void { .. } => {
+            return Err(AppError::internal(anyhow::anyhow!(
+                "a settlement was asked for a payment row"
+            )));
+        }
+    })
 }
 
 /// The two entries of a posting: the debit on the source, the credit on the destination.
@@ -413,12 +832,18 @@ fn entry_rows(
     })
 }
 
-fn account_state(account: &account::Model) -> AccountState {
+/// An account's state for deciding: pending as live at the decision time when the
+/// batch read its holds (an account it did not read has none).
+fn account_state(account: &account::Model, context: Option<&BatchContext>) -> AccountState {
+    let pending_minor = context
+        .and_then(|context| context.pending.get(&account.id))
+        .map_or(account.pending_minor, |pending| pending.sum_minor);
     AccountState {
         rule: account.balance_rule,
         credit_limit_minor: account.credit_limit_minor,
         balance_minor: account.balance_minor,
         version: account.version,
+        pending_minor,
     }
 }
 

@@ -12,11 +12,12 @@ use uuid::Uuid;
 use super::Ledger;
 use crate::cache::{Immutable, VersionedBalance};
 use crate::db::Backend;
-use crate::entity::{account, ledger_entry, payment};
+use crate::entity::{account, ledger_entry, payment, payment_settlement};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
-use crate::ledger::posting::{EntryDirection, PaymentStatus};
+use crate::ledger::lifecycle::PaymentStatus;
+use crate::ledger::posting::EntryDirection;
 use crate::pagination::{FeedKey, Page, PageRequest, fetch_page};
 
 impl Ledger {
@@ -34,18 +35,78 @@ impl Ledger {
         Ok(rows)
     }
 
+    /// Account rows read for another purpose refresh L1 balances when they hold no
+    /// holds: a row's `pending_minor` may count expired holds, so the balance of an
+    /// account with holds comes only from `load_balances`.
     async fn observe_balances(&self, rows: &[account::Model]) {
-        for row in rows {
+        for row in rows.iter().filter(|row| row.pending_minor == 0) {
             self.caches
                 .put_l1_balance(
                     row.id,
-                    VersionedBalance {
-                        balance_minor: row.balance_minor,
-                        version: row.version,
-                    },
+                    VersionedBalance::posted(row.balance_minor, row.version, row.hold_seq),
                 )
                 .await;
         }
+    }
+
+    /// The caller's balances from the database now: posted, version, and what live
+    /// holds keep pending, all read by one statement (one snapshot), so a copy never
+    /// pairs a balance with holds from another moment.
+    async fn load_balances(
+        &self,
+        client: ClientId,
+        ids: Vec<Uuid>,
+    ) -> AppResult<Vec<(Uuid, VersionedBalance)>> {
+        let now = crate::entity::stored_now();
+        // sea-query reads `?` as a placeholder except on PostgreSQL, where it is an
+        // operator.
+        let placeholder = match Backend::of(&self.db) {
+            Backend::Postgres => "$1",
+            Backend::Sqlite => "?",
+        };
+        let live = |aggregate: &str| {
+            Expr::cust_with_values(
+                format!(
+                    "CASE WHEN accounts.pending_minor = 0 THEN NULL ELSE \
+                     (SELECT {aggregate} FROM live_holds AS hold \
+                      WHERE hold.account_id = accounts.id AND hold.expires_at > {placeholder}) END"
+                ),
+                [now],
+            )
+        };
+        let rows: Vec<BalanceRow> = account::Entity::find()
+            .select_only()
+            .columns([
+                account::Column::Id,
+                account::Column::BalanceMinor,
+                account::Column::Version,
+                account::Column::HoldSeq,
+            ])
+            // A sum is NUMERIC on PostgreSQL.
+            .expr(live("CAST(COALESCE(SUM(hold.amount_minor), 0) AS BIGINT)"))
+            .expr(live("MIN(hold.expires_at)"))
+            .filter(account::Column::ClientId.eq(client.0))
+            .filter(account::Column::Id.is_in(ids))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, balance_minor, version, hold_seq, pending_minor, pending_until)| {
+                    (
+                        id,
+                        VersionedBalance {
+                            balance_minor,
+                            version,
+                            hold_seq,
+                            pending_minor: pending_minor.unwrap_or(0),
+                            pending_until,
+                        },
+                    )
+                },
+            )
+            .collect())
     }
 
     /// Account settings (everything but the balance, which never comes from here), from
@@ -88,32 +149,7 @@ impl Ledger {
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
         self.caches
-            .balances(ids, |missing| async move {
-                let rows: Vec<(Uuid, i64, i64)> = account::Entity::find()
-                    .select_only()
-                    .columns([
-                        account::Column::Id,
-                        account::Column::BalanceMinor,
-                        account::Column::Version,
-                    ])
-                    .filter(account::Column::ClientId.eq(client.0))
-                    .filter(account::Column::Id.is_in(missing))
-                    .into_tuple()
-                    .all(&self.db)
-                    .await?;
-                Ok(rows
-                    .into_iter()
-                    .map(|(id, balance_minor, version)| {
-                        (
-                            id,
-                            VersionedBalance {
-                                balance_minor,
-                                version,
-                            },
-                        )
-                    })
-                    .collect())
-            })
+            .balances(ids, |missing| self.load_balances(client, missing))
             .await
     }
 
@@ -123,19 +159,50 @@ impl Ledger {
         client: ClientId,
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
-        let rows = self.accounts_by_ids(client, ids).await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| {
-                (
-                    row.id,
-                    VersionedBalance {
-                        balance_minor: row.balance_minor,
-                        version: row.version,
-                    },
+        let loaded = self.load_balances(client, ids.to_vec()).await?;
+        for (account, balance) in &loaded {
+            self.caches.put_l1_balance(*account, *balance).await;
+        }
+        Ok(loaded.into_iter().collect())
+    }
+
+    /// The settlements of holds, by hold id: through L1, which keeps them (they never
+    /// change); a hold without one is read again next time.
+    pub async fn settlements_by_payment_ids(
+        &self,
+        client: ClientId,
+        payment_ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, payment_settlement::Model>> {
+        self.owned_objects(client, payment_ids, |missing| async move {
+            let rows = self
+                .owned_rows::<payment_settlement::Entity>(
+                    client,
+                    payment_settlement::Column::PaymentId,
+                    missing,
                 )
-            })
-            .collect())
+                .await?;
+            Ok(rows.into_iter().map(|row| (row.payment_id, row)).collect())
+        })
+        .await
+    }
+
+    /// The refunds of payments, oldest first, by refunded payment.
+    pub async fn refunds_of(
+        &self,
+        client: ClientId,
+        payment_ids: &[Uuid],
+    ) -> AppResult<HashMap<Uuid, Vec<payment::Model>>> {
+        let mut rows = self
+            .owned_rows::<payment::Entity>(client, payment::Column::RefundOf, payment_ids.to_vec())
+            .await?;
+        rows.sort_by_key(|row| (row.created_at, row.id));
+        let mut grouped: HashMap<Uuid, Vec<payment::Model>> = HashMap::new();
+        for row in rows {
+            if let Some(original) = row.refund_of {
+                grouped.entry(original).or_default().push(row);
+            }
+        }
+        Ok(grouped)
     }
 
     pub async fn payments_by_ids(
@@ -155,8 +222,8 @@ impl Ledger {
             .await
     }
 
-    /// Entries of several payments, debit before credit within each. Only call with
-    /// ids of payments that exist: an unknown id is remembered as "no entries".
+    /// Entries of several payments, debit before credit within each; a payment without
+    /// entries is missing from the map.
     pub async fn entries_by_payment_ids(
         &self,
         client: ClientId,
@@ -171,8 +238,9 @@ impl Ledger {
                 )
                 .await?;
             rows.sort_by_key(|row| row.direction != EntryDirection::Debit);
-            let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> =
-                missing.into_iter().map(|id| (id, Vec::new())).collect();
+            // Only lists with entries come back (and are cached): an empty list may be a
+            // hold's, which a capture fills later.
+            let mut grouped: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
             for row in rows {
                 grouped.entry(row.payment_id).or_default().push(row);
             }
@@ -302,7 +370,7 @@ impl Ledger {
             .filter(payment::Column::ClientId.eq(client.0))
             .filter(self.settled(payment::Column::FeedSeq));
         if let Some(status) = filter.status {
-            select = select.filter(payment::Column::Status.eq(status));
+            select = select.filter(status_condition(status));
         }
         if let Some(since) = filter.since {
             select = select.filter(payment::Column::CreatedAt.gte(since));
@@ -383,6 +451,42 @@ impl Ledger {
     }
 }
 
+/// An account's id, balance, version, hold_seq, live pending and when that next
+/// changes, as `load_balances` reads them.
+type BalanceRow = (Uuid, i64, i64, i64, Option<i64>, Option<DateTime<Utc>>);
+
+/// The payments whose status (`lifecycle::status`) is `status` now.
+fn status_condition(status: PaymentStatus) -> Condition {
+    use crate::entity::payment::StoredStatus;
+    let stored = |stored: StoredStatus| payment::Column::Status.eq(stored);
+    let settled = |kind: &str| {
+        Expr::cust(format!(
+            "payments.id IN (SELECT payment_id FROM payment_settlements WHERE kind = '{kind}')"
+        ))
+    };
+    let unsettled = Expr::cust("payments.id NOT IN (SELECT payment_id FROM payment_settlements)");
+    let now = crate::entity::stored_now();
+    match status {
+        PaymentStatus::Declined => Condition::all().add(stored(StoredStatus::Declined)),
+        PaymentStatus::Posted => Condition::any().add(stored(StoredStatus::Posted)).add(
+            Condition::all()
+                .add(stored(StoredStatus::Pending))
+                .add(settled("CAPTURE")),
+        ),
+        PaymentStatus::Voided => Condition::all()
+            .add(stored(StoredStatus::Pending))
+            .add(settled("VOID")),
+        PaymentStatus::Pending => Condition::all()
+            .add(stored(StoredStatus::Pending))
+            .add(payment::Column::HoldExpiresAt.gt(now))
+            .add(unsettled),
+        PaymentStatus::Expired => Condition::all()
+            .add(stored(StoredStatus::Pending))
+            .add(payment::Column::HoldExpiresAt.lte(now))
+            .add(unsettled),
+    }
+}
+
 /// Which of a client's payments a list shows; every field narrows it.
 #[derive(Debug, Clone, Default)]
 pub struct PaymentFilter {
@@ -427,6 +531,24 @@ macro_rules! tenant_entity {
 tenant_entity!(account);
 tenant_entity!(payment);
 tenant_entity!(ledger_entry);
+
+impl TenantEntity for payment_settlement::Entity {
+    fn id_column() -> Self::Column {
+        payment_settlement::Column::PaymentId
+    }
+    fn client_column() -> Self::Column {
+        payment_settlement::Column::ClientId
+    }
+    fn id_of(row: &payment_settlement::Model) -> Uuid {
+        row.payment_id
+    }
+}
+
+impl Owned for payment_settlement::Model {
+    fn belongs_to(&self, client: ClientId) -> bool {
+        self.client_id == client.0
+    }
+}
 
 /// Whether a value read by id may be shown to `client`: a cache is shared by every
 /// tenant, so each value is checked again on the way out.

@@ -37,6 +37,10 @@ pub(super) enum WriteError {
     /// A database error inside an attempt; `Writer::run` retries the retryable ones
     /// and turns the rest into `Failed` or `Blocked`, so it never leaves the write path.
     Db(DbErr),
+    /// A batch whose jobs depend on one another in a way a key owned by another request
+    /// changed (see `payment_batch`): nothing was written; its jobs run again one per
+    /// transaction.
+    Tangled,
     /// The COMMIT was sent and its answer lost with the connection: the attempt may
     /// have committed. `Writer::run` runs the write again, whose key claim finds out.
     CommitUnanswered(DbErr),
@@ -60,6 +64,9 @@ impl WriteError {
         match self {
             Self::KeyTaken => AppError::internal(anyhow::anyhow!(
                 "an idempotency key was taken where no key was claimed"
+            )),
+            Self::Tangled => AppError::internal(anyhow::anyhow!(
+                "a batch of one job depended on another job"
             )),
             Self::Invalid(error) | Self::Failed(error) => error,
             Self::Blocked => AppError::RetryLater,
