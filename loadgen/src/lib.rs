@@ -1,8 +1,10 @@
 //! The load generator (`loadgen`): concurrent payments with duplicate resends, same-key races,
-//! client timeouts with retries that reuse the key, a hot account and reads, followed by
-//! a verifier. It talks to any running server over HTTP, so it convinces anyone that
+//! client timeouts with retries that reuse the key, a hot account, reads, and (with
+//! `--lifecycle`) holds that are captured, voided, raced or left to expire, and refunds
+//! that race each other, followed by a verifier. It talks to any running server over HTTP, so it convinces anyone that
 //! exactly-once holds under pressure, and measures how fast it does.
 
+mod lifecycle;
 mod report;
 mod verify;
 
@@ -15,7 +17,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use ledger_client::{
-    AccountInput, LedgerClient, PaymentInput, account_id_of, error_code, payment_of,
+    AccountInput, LedgerClient, PaymentInput, TransitionInput, account_id_of, error_code,
+    payment_of,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -69,6 +72,13 @@ pub struct Options {
     /// RETRY_LATER, OUTCOME_UNKNOWN, TIMEOUT and INTERNAL.
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
+    /// Share of new payments that start a payment's lifecycle instead (0 to 1): a hold
+    /// (some expiring within seconds) that is captured whole or in part, voided,
+    /// raced by concurrent captures and voids, or left alone; and refunds of posted
+    /// payments, some racing each other. Duplicates (`--duplicate-rate`) resend
+    /// transitions too.
+    #[arg(long, default_value_t = 0.0)]
+    pub lifecycle: f64,
     /// Share of operations that read a balance instead of paying (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
@@ -116,6 +126,10 @@ struct Counts {
     posted: u64,
     declined: u64,
     replayed: u64,
+    held: u64,
+    captured: u64,
+    voided: u64,
+    refunded: u64,
     gave_up: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -135,6 +149,10 @@ struct Shared {
     /// as it arrives, so the log survives a run that ends early.
     acknowledged_log: Mutex<Option<std::fs::File>>,
     resend_queue: Mutex<VecDeque<PaymentInput>>,
+    /// Acknowledged captures, voids and refunds, to resend later with the same key.
+    transition_queue: Mutex<VecDeque<TransitionInput>>,
+    /// Holds, settlements and refunds as acknowledged, for the verifier.
+    lifecycle: Mutex<lifecycle::Tracked>,
     violations: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
@@ -255,6 +273,10 @@ impl Shared {
 
     /// Records an acknowledgement and checks it names the key's one payment.
     fn acknowledge(&self, input: &PaymentInput, outcome: &Outcome) {
+        self.acknowledge_key(&input.idempotency_key, outcome);
+    }
+
+    fn acknowledge_key(&self, key: &str, outcome: &Outcome) {
         let Outcome::Acknowledged {
             id,
             status,
@@ -268,28 +290,28 @@ impl Shared {
             match (replayed, status.as_str()) {
                 (true, _) => counts.replayed += 1,
                 (false, "POSTED") => counts.posted += 1,
+                (false, "PENDING") => counts.held += 1,
                 (false, _) => counts.declined += 1,
             }
         }
         let mut acknowledged = lock(&self.acknowledged);
-        match acknowledged.get(&input.idempotency_key) {
+        match acknowledged.get(key) {
             Some(first) if first != id => {
                 let first = first.clone();
                 drop(acknowledged);
                 self.violation(format!(
-                    "key {} answered with payment {first} and later with {id}",
-                    input.idempotency_key
+                    "key {key} answered with payment {first} and later with {id}"
                 ));
             }
             Some(_) => {}
             None => {
                 if let Some(log) = lock(&self.acknowledged_log).as_mut() {
                     use std::io::Write as _;
-                    if let Err(error) = writeln!(log, "{}\t{id}", input.idempotency_key) {
+                    if let Err(error) = writeln!(log, "{key}\t{id}") {
                         self.violation(format!("cannot write the acknowledged log: {error}"));
                     }
                 }
-                acknowledged.insert(input.idempotency_key.clone(), id.clone());
+                acknowledged.insert(key.to_owned(), id.clone());
             }
         }
     }
@@ -349,6 +371,13 @@ impl Shared {
                 continue;
             }
             if rng.random_bool(self.options.duplicate_rate.clamp(0.0, 1.0)) {
+                if rng.random_bool(0.5) {
+                    let queued = lock(&self.transition_queue).pop_front();
+                    if let Some(transition) = queued {
+                        self.resend_transition(&transition).await;
+                        continue;
+                    }
+                }
                 let queued = lock(&self.resend_queue).pop_front();
                 if let Some(input) = queued {
                     let outcome = self.pay(&input).await;
@@ -357,6 +386,11 @@ impl Shared {
                 }
             }
             sequence += 1;
+            if rng.random_bool(self.options.lifecycle.clamp(0.0, 1.0)) {
+                self.lifecycle(&mut rng, &format!("{run}-w{worker}"), sequence)
+                    .await;
+                continue;
+            }
             let input = self.new_payment(&mut rng, &format!("{run}-w{worker}"), sequence);
             let senders = if rng.random_bool(self.options.race_rate.clamp(0.0, 1.0)) {
                 rng.random_range(2..=3)
@@ -383,8 +417,16 @@ impl Shared {
         let counts = lock(&self.counts);
         let seconds = self.started.elapsed().as_secs_f64();
         let errors: u64 = counts.errors.values().sum();
+        let lifecycle = if self.options.lifecycle > 0.0 {
+            format!(
+                "  held {}  captured {}  voided {}  refunded {}",
+                counts.held, counts.captured, counts.voided, counts.refunded
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{seconds:>6.1}s  requests {} ({:.0}/s)  posted {}  declined {}  replayed {}  reads {}  errors {}",
+            "{seconds:>6.1}s  requests {} ({:.0}/s)  posted {}  declined {}  replayed {}  reads {}  errors {}{lifecycle}",
             counts.requests,
             counts.requests as f64 / seconds.max(0.001),
             counts.posted,
@@ -448,6 +490,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         acknowledged: Mutex::default(),
         acknowledged_log: Mutex::default(),
         resend_queue: Mutex::default(),
+        transition_queue: Mutex::default(),
+        lifecycle: Mutex::default(),
         violations: Mutex::default(),
         stop: AtomicBool::new(false),
     };
@@ -513,5 +557,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         None => None,
     };
     verify::verify(&shared, &initial, entries_seen, payments_seen).await?;
+    lifecycle::verify(&shared).await?;
     Ok(Report::new(&shared, elapsed))
 }

@@ -9,7 +9,10 @@ use loadgen::Options;
 use crate::helpers::{Backend, TestApp, spawn_app};
 use crate::on_both_backends;
 
-on_both_backends!(loadgen_with_duplicates_and_races_finds_no_violation);
+on_both_backends!(
+    loadgen_with_duplicates_and_races_finds_no_violation,
+    loadgen_lifecycle_mix_finds_no_violation
+);
 
 /// loadgen's options against `app`, with duplicates and races, its database audit on,
 /// and `more` flags.
@@ -132,4 +135,44 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
         "{stdout}"
     );
     std::fs::remove_file(&log).ok();
+}
+
+/// Holds, captures, voids, expiries and racing refunds, with duplicates and races.
+async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let options = loadgen_options(
+        &app,
+        &[
+            "--concurrency",
+            "12",
+            "--requests",
+            "400",
+            "--accounts",
+            "6",
+            "--initial-balance",
+            "200.00",
+            "--hot-share",
+            "0.3",
+            "--lifecycle",
+            "0.6",
+        ],
+    );
+    let report = loadgen::run(options).await.expect("loadgen runs");
+    assert!(report.violations.is_empty(), "{report}");
+    for (what, count) in [
+        ("held", report.held),
+        ("captured", report.captured),
+        ("voided", report.voided),
+        ("refunded", report.refunded),
+    ] {
+        assert!(count > 0, "the mix {what} something: {report}");
+    }
+    assert!(
+        report.errors.contains_key("PAYMENT_NOT_PENDING"),
+        "racing settlements lost: {report}"
+    );
+    assert_eq!(report.gave_up, 0, "{report}");
+    app.assert_ledger_sound().await;
 }

@@ -293,10 +293,14 @@ impl Batcher {
         // refund that does not fit) claims no key and stores nothing.
         let (decisions, _) = decide(jobs, &candidates, &locked, context.as_ref());
         let mut to_claim = Vec::with_capacity(candidates.len());
+        let mut refused = Vec::new();
         for (index, decision) in decisions {
             match decision {
                 Ok(_) => to_claim.push(index),
-                Err(error) => outcomes[index] = Some(Err(WriteError::Invalid(error))),
+                Err(error) => {
+                    refused.push(index);
+                    outcomes[index] = Some(Err(WriteError::Invalid(error)));
+                }
             }
         }
         // Keys are inserted in one global order, so two batches holding some of the
@@ -320,9 +324,21 @@ impl Batcher {
         }
         claimed.sort_unstable();
         // Decided again without the jobs whose key someone else owns: what they would
-        // have done must not count. Leaving jobs out only leaves more to the others,
-        // except when a payment left out changes whether an earlier refund posts; then
-        // the batch is run one job at a time instead.
+        // have done must not count. Every claimed job must still be carried out and
+        // every refused one still refused; when leaving a job out changed that (a hold
+        // it would have settled is free again, a refund it made room for), the batch
+        // runs one job at a time instead.
+        if claimed.len() < records.len() && !refused.is_empty() {
+            let mut again: Vec<usize> = claimed.iter().chain(&refused).copied().collect();
+            again.sort_unstable();
+            let (decisions, _) = decide(jobs, &again, &locked, context.as_ref());
+            let changed = decisions
+                .iter()
+                .any(|(index, decision)| decision.is_ok() == refused.contains(index));
+            if changed {
+                return Err(WriteError::Tangled);
+            }
+        }
         let (decisions, states) = decide(jobs, &claimed, &locked, context.as_ref());
         let now = crate::entity::stored_now();
         let mut payments = Vec::with_capacity(claimed.len());
