@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kill -9 test, repeatable: the release server on PostgreSQL, loadgen paying with
-# duplicates and races and logging every acknowledged payment as it arrives, and the
+# duplicates and races, holds, captures, voids, expiries and refunds (--lifecycle), and
+# logging every acknowledged payment as it arrives, and the
 # server killed with SIGKILL and restarted KILLS times during the run. Afterwards
 # `payments-ledger verify --acknowledged` checks from the database that every
 # invariant holds and that every acknowledged key has exactly its payment; loadgen's
@@ -50,7 +51,7 @@ KEY=$(DATABASE_URL="$DB_URL" "$SERVER_BIN" client create chaos | tail -n 1)
 start_server
 
 "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency 16 \
-  --duration "${RUN_SECONDS}s" --accounts 50 --duplicate-rate 0.2 --race-rate 0.05 \
+  --duration "${RUN_SECONDS}s" --accounts 50 --duplicate-rate 0.2 --race-rate 0.05 --lifecycle 0.3 \
   --retries 30 --acknowledged-log "$WORK/acknowledged.log" --quiet >"$WORK/loadgen.out" 2>&1 &
 LOADGEN_PID=$!
 for kill in $(seq 1 "$KILLS"); do

@@ -3,8 +3,8 @@
 # driven by loadgen at 1, 16 and 64 concurrent clients, next to pgbench's built-in
 # TPC-B-like transaction on the same PostgreSQL at the same client counts, plus a run
 # with half of all payments on one hot account, and a row at 16 clients with group commit
-# off (one transaction per payment, 16 at once) as its baseline. Prints one markdown
-# table.
+# off (one transaction per payment, 16 at once) as its baseline, and a row of holds each
+# captured at once (hold+capture pairs: two writes each). Prints one markdown table.
 #
 #   bash bench/writes.sh
 #   BASELINE_BIN=/path/to/older/payments-ledger bash bench/writes.sh
@@ -88,13 +88,15 @@ stop_server() {
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-# Runs loadgen while sampling the server's RSS; prints "payments/s p99_ms max_rss_mib violations".
+# Runs loadgen (with any further flags) while sampling the server's RSS; prints
+# "payments/s p99_ms max_rss_mib violations".
 run_loadgen() {
   local clients=$1 hot=$2
+  shift 2
   local out peak
   out=$(mktemp)
   "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency "$clients" \
-    --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json >"$out" &
+    --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json "$@" >"$out" &
   peak=$(peak_rss_while $!)
   python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.1f %.2f %s %d" % (r["payments_per_second"], r["payment_latency_ms"]["p99"], sys.argv[2], len(r["violations"])))' "$out" "$peak"
   rm -f "$out"
@@ -119,7 +121,8 @@ done
 declare -A BASELINE_RATE
 row() {
   local build=$1 isolation=$2 grouping=$3 clients=$4 hot=$5 payments p99 rss violations ratio versus="" id
-  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" "$hot")"
+  shift 5
+  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" "$hot" "$@")"
   ratio=$(python3 -c "print('%.2f' % ($payments / ${TPS[$clients]}))")
   id="$isolation/$grouping/$clients/$hot"
   if [ "$build" = baseline ]; then
@@ -147,4 +150,9 @@ for isolation in serializable read-committed; do
     row "$build" "$isolation" off 16 0
     stop_server
   done
+  # Holds, each captured as soon as it is acknowledged: payments/s counts pairs (a
+  # baseline build from before holds cannot run it).
+  start_server this "$isolation"
+  row this "$isolation" "on, hold+capture pairs" 16 0 --hold-and-capture
+  stop_server
 done

@@ -79,6 +79,10 @@ pub struct Options {
     /// transitions too.
     #[arg(long, default_value_t = 0.0)]
     pub lifecycle: f64,
+    /// Every new payment is a hold, captured whole as soon as it is acknowledged: the
+    /// write benchmark's hold+capture row (payments/s counts pairs).
+    #[arg(long)]
+    pub hold_and_capture: bool,
     /// Share of operations that read a balance instead of paying (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
@@ -386,6 +390,11 @@ impl Shared {
                 }
             }
             sequence += 1;
+            if self.options.hold_and_capture {
+                self.hold_and_capture(&mut rng, &format!("{run}-w{worker}"), sequence)
+                    .await;
+                continue;
+            }
             if rng.random_bool(self.options.lifecycle.clamp(0.0, 1.0)) {
                 self.lifecycle(&mut rng, &format!("{run}-w{worker}"), sequence)
                     .await;

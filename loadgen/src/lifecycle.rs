@@ -113,6 +113,37 @@ impl Shared {
         }
     }
 
+    /// A hold, then its capture whole (`--hold-and-capture`).
+    pub(super) async fn hold_and_capture(&self, rng: &mut StdRng, run: &str, sequence: u64) {
+        let mut input = self.new_payment(rng, run, sequence);
+        input.pending = true;
+        let outcome = self.pay(&input).await;
+        self.acknowledge(&input, &outcome);
+        let Outcome::Acknowledged { id, status, .. } = outcome else {
+            return;
+        };
+        if status != "PENDING" {
+            return;
+        }
+        let amount = Decimal::from_str(&input.amount).unwrap_or_default();
+        lock(&self.lifecycle).holds.insert(
+            id.clone(),
+            Hold {
+                from: input.from_account_id.clone(),
+                amount,
+                expires_at: None,
+            },
+        );
+        let capture = TransitionInput {
+            kind: TransitionKind::Capture,
+            idempotency_key: format!("{}-capture", input.idempotency_key),
+            payment_id: id,
+            amount: None,
+        };
+        let answer = self.send_transition(&capture).await;
+        self.record_settlement(&capture, &answer, amount);
+    }
+
     /// Settles a hold (or not); returns what a capture posted.
     async fn settle(
         &self,
@@ -403,7 +434,7 @@ const PAYMENT_STATE: &str = "status postedAmount refundedAmount holdExpiresAt";
 /// it, no payment's refunds exceed what it posted, and each account's pending is the
 /// sum of its holds still PENDING, within its balance rule.
 pub(super) async fn verify(shared: &Shared) -> anyhow::Result<()> {
-    if shared.options.lifecycle <= 0.0 {
+    if shared.options.lifecycle <= 0.0 && !shared.options.hold_and_capture {
         return Ok(());
     }
     let (holds, settled, unknown, refunds, posted) = {

@@ -37,7 +37,7 @@ pub(super) async fn strong_balances(
     shared: &Shared,
 ) -> anyhow::Result<HashMap<String, AccountState>> {
     let mut states = HashMap::new();
-    let pending = if shared.options.lifecycle > 0.0 {
+    let pending = if shared.options.lifecycle > 0.0 || shared.options.hold_and_capture {
         "pending"
     } else {
         ""

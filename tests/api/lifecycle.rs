@@ -9,7 +9,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, error_code, spawn_app};
+use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -24,7 +24,8 @@ on_both_backends!(
     transitions_replay_and_refuse_reused_keys,
     another_clients_payment_is_not_found,
     bad_transitions_change_nothing,
-    the_database_and_the_audit_guard_holds_and_refunds
+    the_database_and_the_audit_guard_holds_and_refunds,
+    another_instance_sees_holds_within_the_cache_bound
 );
 
 const PAYMENT_FIELDS: &str = "id status amount postedAmount holdExpiresAt settledAt declineReason
@@ -790,4 +791,60 @@ async fn the_database_and_the_audit_guard_holds_and_refunds(backend: Backend) {
         .await
         .unwrap();
     assert_audit_finds(&app, "a refund gives back part").await;
+}
+
+/// A hold placed and voided through one instance shows in the other's CACHED balance
+/// (pending and available) within the same bound as a payment (tests/api/cache.rs).
+async fn another_instance_sees_holds_within_the_cache_bound(backend: Backend) {
+    let options = AppOptions {
+        redis: true,
+        ..AppOptions::default()
+    };
+    let Some(app) = spawn_app_with(backend, options).await else {
+        return;
+    };
+    let replica = app.spawn_replica().await;
+    let (payer, payee) = payer_and_payee(&app).await;
+    let cached_on_replica = || async {
+        let response = app
+            .graphql_at(
+                &replica.address,
+                "query($id: ID!) { account(id: $id) { balance { amount pending available } } }",
+                json!({ "id": payer }),
+            )
+            .await;
+        let balance = &response["data"]["account"]["balance"];
+        (
+            balance["pending"].as_str().unwrap_or_default().to_owned(),
+            balance["available"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(
+        cached_on_replica().await,
+        ("0.00".to_owned(), "100.00".to_owned())
+    );
+    let bound = Duration::from_millis(
+        payments_ledger::config::CacheConfig::default().l1_balance_ttl_ms
+            + payments_ledger::config::CacheConfig::default().l2_balance_ttl_ms,
+    );
+    let held = hold(&app, "hold-1", &payer, &payee, "30.00").await;
+    let id = held["payment"]["id"].as_str().unwrap().to_owned();
+    for (step, expected) in [("hold", ("30.00", "70.00")), ("void", ("0.00", "100.00"))] {
+        if step == "void" {
+            void(&app, "void-1", &id).await;
+        }
+        let started = std::time::Instant::now();
+        loop {
+            let seen = cached_on_replica().await;
+            if (seen.0.as_str(), seen.1.as_str()) == expected {
+                break;
+            }
+            assert!(
+                started.elapsed() < bound,
+                "after the {step} the replica still reads {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    app.assert_ledger_sound().await;
 }
