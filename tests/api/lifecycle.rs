@@ -675,6 +675,38 @@ async fn run(app: &TestApp, sql: &str, values: &[Uuid]) -> Result<u64, sea_orm::
         .map(|done| done.rows_affected())
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Same,
+    Back,
+}
+
+/// Inserts by hand a refund of `original` of one unit more than it, going `direction`.
+async fn refund_by_hand(
+    app: &TestApp,
+    original: Uuid,
+    direction: Direction,
+    status: &str,
+) -> Result<u64, sea_orm::DbErr> {
+    let accounts = match direction {
+        Direction::Same => "from_account_id, to_account_id",
+        Direction::Back => "to_account_id, from_account_id",
+    };
+    let decline_reason = if status == "DECLINED" {
+        "'INSUFFICIENT_FUNDS'"
+    } else {
+        "NULL"
+    };
+    let sql = format!(
+        "INSERT INTO payments (id, client_id, idempotency_key, from_account_id, to_account_id, \
+         amount_minor, currency, status, decline_reason, created_at, refund_of, feed_seq) \
+         SELECT ?, client_id, '{}', {accounts}, amount_minor + 1, currency, '{status}', \
+         {decline_reason}, created_at, id, 0 FROM payments WHERE id = ?",
+        Uuid::new_v4()
+    );
+    run(app, &sql, &[Uuid::now_v7(), original]).await
+}
+
 async fn assert_audit_finds(app: &TestApp, invariant: &str) {
     let violations = find_violations(&app.db).await.unwrap();
     assert!(
@@ -767,27 +799,28 @@ async fn the_database_and_the_audit_guard_holds_and_refunds(backend: Backend) {
     .await
     .unwrap();
     assert_audit_finds(&app, "an unsettled hold that has not expired is live").await;
-    // A refund of more than the payment posted, written by hand.
-    app.db
-        .execute_raw(sea_orm::Statement::from_sql_and_values(
-            app.db.get_database_backend(),
-            match backend {
-                Backend::Postgres => {
-                    "INSERT INTO payments (id, client_id, idempotency_key, from_account_id, \
-                     to_account_id, amount_minor, currency, status, created_at, refund_of) \
-                     SELECT $1, client_id, 'refund-by-hand', to_account_id, from_account_id, \
-                     1001, currency, 'POSTED', created_at, id FROM payments WHERE id = $2"
-                }
-                Backend::Sqlite => {
-                    "INSERT INTO payments (id, client_id, idempotency_key, from_account_id, \
-                     to_account_id, amount_minor, currency, status, created_at, refund_of, \
-                     feed_seq) \
-                     SELECT ?, client_id, 'refund-by-hand', to_account_id, from_account_id, \
-                     1001, currency, 'POSTED', created_at, id, 0 FROM payments WHERE id = ?"
-                }
-            },
-            [Uuid::now_v7().into(), paid_id.into()],
-        ))
+    // A refund going the same way as its payment: PostgreSQL's guard refuses it (its
+    // trigger is back for this).
+    if backend == Backend::Postgres {
+        app.db
+            .execute_unprepared(
+                "CREATE TRIGGER payments_posted_with_entries AFTER INSERT ON payments \
+                 REFERENCING NEW TABLE AS new_payments \
+                 FOR EACH STATEMENT EXECUTE FUNCTION ledger_guard_payments()",
+            )
+            .await
+            .unwrap();
+        let refused = refund_by_hand(&app, paid_id, Direction::Same, "DECLINED")
+            .await
+            .expect_err("a refund the same way as its payment is refused");
+        assert!(refused.to_string().contains("refund"), "{refused}");
+        app.db
+            .execute_unprepared("DROP TRIGGER payments_posted_with_entries ON payments")
+            .await
+            .unwrap();
+    }
+    // A POSTED refund of more than the payment posted.
+    refund_by_hand(&app, paid_id, Direction::Back, "POSTED")
         .await
         .unwrap();
     assert_audit_finds(&app, "a refund gives back part").await;

@@ -36,6 +36,7 @@ use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, PaymentId};
 use crate::ledger::lifecycle;
+use crate::ledger::money::{Currency, PositiveAmount, from_minor_units};
 use crate::ledger::requests::{NewAccount, NewCapture, NewPayment, NewRefund, NewVoid};
 use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 
@@ -56,6 +57,34 @@ pub struct WriteSettings {
     pub batches_in_flight: usize,
     /// How long a hold lives when its request names no `holdExpiresAt`.
     pub hold_ttl: chrono::Duration,
+}
+
+/// A money movement's request: whose, its key and fingerprint, and what it creates (the
+/// payment or refund, or the settlement of a hold).
+struct Movement {
+    client: ClientId,
+    idempotency_key: IdempotencyKey,
+    operation: idempotency::Operation,
+    fingerprint: Fingerprint,
+    resource_id: Uuid,
+}
+
+impl Movement {
+    /// A capture or void: what it creates is the hold's settlement.
+    fn settling(
+        client: ClientId,
+        idempotency_key: &IdempotencyKey,
+        operation: idempotency::Operation,
+        fingerprint: Fingerprint,
+    ) -> Self {
+        Self {
+            client,
+            idempotency_key: idempotency_key.clone(),
+            operation,
+            fingerprint,
+            resource_id: Uuid::now_v7(),
+        }
+    }
 }
 
 /// One request's use of an idempotency key: whose, for what, and what it would create.
@@ -132,29 +161,32 @@ impl Ledger {
         client: ClientId,
         request: NewPayment,
     ) -> AppResult<Created<payment::Model>> {
-        let hold_expires_at = request
-            .hold
-            .map(|hold| {
-                lifecycle::hold_expiry(hold.expires_at, crate::entity::stored_now(), self.hold_ttl)
-            })
-            .transpose()?;
         let fingerprint = request.fingerprint();
         let idempotency_key = request.idempotency_key.clone();
-        let job = self.job(
-            client,
-            idempotency_key,
-            idempotency::Operation::CreatePayment,
-            fingerprint,
-            PaymentId::generate().0,
-            Work::Pay {
+        let hold_ttl = self.hold_ttl;
+        // Inside the key's judgement: a retry of a hold made long ago replays, whatever
+        // the clock says of its holdExpiresAt now.
+        let prepare = async move {
+            let hold_expires_at = request
+                .hold
+                .map(|hold| {
+                    lifecycle::hold_expiry(hold.expires_at, crate::entity::stored_now(), hold_ttl)
+                })
+                .transpose()?;
+            Ok(Work::Pay {
                 request,
                 hold_expires_at,
-            },
-        );
-        self.move_money(job, |id| async move {
-            Ok(self.payments_by_ids(client, &[id]).await?.remove(&id))
-        })
-        .await
+            })
+        };
+        let movement = Movement {
+            client,
+            idempotency_key,
+            operation: idempotency::Operation::CreatePayment,
+            fingerprint,
+            resource_id: PaymentId::generate().0,
+        };
+        self.move_money(movement, |id| self.payment_by_id(client, id), prepare)
+            .await
     }
 
     /// Captures all or part of a live hold; answers the hold's payment.
@@ -164,33 +196,32 @@ impl Ledger {
         client: ClientId,
         request: NewCapture,
     ) -> AppResult<Created<payment::Model>> {
-        let fingerprint = request.fingerprint();
         let prepare = async {
             let hold = self.hold_of(client, request.payment).await?;
-            let currency = crate::ledger::money::Currency::from_stored(&hold.currency)?;
+            let currency = Currency::from_stored(&hold.currency)?;
             let held = hold.amount_minor;
             let amount = match request.amount {
                 Some(amount) => amount.in_currency(currency)?,
-                None => crate::ledger::money::PositiveAmount::from_minor(held)
+                None => PositiveAmount::from_minor(held)
                     .ok_or_else(|| AppError::internal(anyhow::anyhow!("a hold of nothing")))?,
             };
             if amount.minor() > held {
                 return Err(AppError::CaptureExceedsHold(format!(
                     "the capture of {} is more than the hold of {}",
-                    crate::ledger::money::from_minor_units(amount.minor(), currency),
-                    crate::ledger::money::from_minor_units(held, currency)
+                    from_minor_units(amount.minor(), currency),
+                    from_minor_units(held, currency)
                 )));
             }
             Ok(Work::Capture { hold, amount })
         };
-        self.settle(
+        let movement = Movement::settling(
             client,
-            request.idempotency_key,
+            &request.idempotency_key,
             idempotency::Operation::CapturePayment,
-            fingerprint,
-            prepare,
-        )
-        .await
+            request.fingerprint(),
+        );
+        self.move_money(movement, |id| self.payment_settled_by(client, id), prepare)
+            .await
     }
 
     /// Releases a live hold whole; answers the hold's payment.
@@ -200,19 +231,18 @@ impl Ledger {
         client: ClientId,
         request: NewVoid,
     ) -> AppResult<Created<payment::Model>> {
-        let fingerprint = request.fingerprint();
         let prepare = async {
             let hold = self.hold_of(client, request.payment).await?;
             Ok(Work::Void { hold })
         };
-        self.settle(
+        let movement = Movement::settling(
             client,
-            request.idempotency_key,
+            &request.idempotency_key,
             idempotency::Operation::VoidPayment,
-            fingerprint,
-            prepare,
-        )
-        .await
+            request.fingerprint(),
+        );
+        self.move_money(movement, |id| self.payment_settled_by(client, id), prepare)
+            .await
     }
 
     /// Gives back all or part of a posted payment as a new payment the other way.
@@ -222,8 +252,6 @@ impl Ledger {
         client: ClientId,
         request: NewRefund,
     ) -> AppResult<Created<payment::Model>> {
-        let fingerprint = request.fingerprint();
-        let refund_id = PaymentId::generate().0;
         let original_id = request.payment;
         let prepare = async {
             let original = self.payment_of(client, original_id).await?;
@@ -237,7 +265,7 @@ impl Ledger {
                     "payment {original_id} was declined and posted nothing to refund"
                 )));
             }
-            let currency = crate::ledger::money::Currency::from_stored(&original.currency)?;
+            let currency = Currency::from_stored(&original.currency)?;
             let amount = request
                 .amount
                 .map(|amount| amount.in_currency(currency))
@@ -248,110 +276,79 @@ impl Ledger {
                 reason: request.reason.clone(),
             })
         };
-        let key = KeyUse {
+        let movement = Movement {
             client,
-            key: &request.idempotency_key,
+            idempotency_key: request.idempotency_key.clone(),
             operation: idempotency::Operation::RefundPayment,
-            fingerprint: &fingerprint,
-            resource_id: refund_id,
+            fingerprint: request.fingerprint(),
+            resource_id: PaymentId::generate().0,
         };
-        let created = self
-            .create_once(
-                key,
-                |id| async move { Ok(self.payments_by_ids(client, &[id]).await?.remove(&id)) },
-                async {
-                    let work = prepare.await.map_err(WriteError::Invalid)?;
-                    let job = self.job(
-                        client,
-                        request.idempotency_key.clone(),
-                        idempotency::Operation::RefundPayment,
-                        fingerprint.clone(),
-                        refund_id,
-                        work,
-                    );
-                    self.payments.commit(job).await
-                },
-            )
-            .await;
-        self.count_payment(&created);
-        created
+        self.move_money(movement, |id| self.payment_by_id(client, id), prepare)
+            .await
     }
 
-    fn job(
-        &self,
-        client: ClientId,
-        idempotency_key: IdempotencyKey,
-        operation: idempotency::Operation,
-        fingerprint: Fingerprint,
-        resource_id: Uuid,
-        work: Work,
-    ) -> PaymentJob {
-        PaymentJob {
-            client,
-            idempotency_key,
-            operation,
-            fingerprint,
-            resource_id,
-            work,
-            span: tracing::Span::current(),
-        }
-    }
-
-    /// Runs a payment job through `create_once` and counts its outcome.
+    /// The shape every money movement shares: `prepare` reads and checks what needs no
+    /// lock (its refusals go through `create_once` as `Invalid`, so a key that names an
+    /// earlier request still replays or says IDEMPOTENCY_KEY_REUSED), then the job goes
+    /// through group commit. Payments and refunds are counted by outcome.
     async fn move_money<Load, LoadFuture>(
         &self,
-        job: PaymentJob,
+        movement: Movement,
         load: Load,
+        prepare: impl Future<Output = AppResult<Work>>,
     ) -> AppResult<Created<payment::Model>>
     where
         Load: Fn(Uuid) -> LoadFuture,
         LoadFuture: Future<Output = AppResult<Option<payment::Model>>>,
     {
-        let key = KeyUse {
-            client: job.client,
-            key: &job.idempotency_key.clone(),
-            operation: job.operation,
-            fingerprint: &job.fingerprint.clone(),
-            resource_id: job.resource_id,
-        };
-        let created = self.create_once(key, load, self.payments.commit(job)).await;
-        self.count_payment(&created);
-        created
-    }
-
-    /// A capture or void: `prepare` reads and checks the hold (its failures answer
-    /// through `create_once`, so a reused key still says IDEMPOTENCY_KEY_REUSED); the
-    /// key names the settlement, and a replay answers the hold it settled.
-    async fn settle(
-        &self,
-        client: ClientId,
-        idempotency_key: IdempotencyKey,
-        operation: idempotency::Operation,
-        fingerprint: Fingerprint,
-        prepare: impl Future<Output = AppResult<Work>>,
-    ) -> AppResult<Created<payment::Model>> {
-        let settlement_id = Uuid::now_v7();
+        let Movement {
+            client,
+            idempotency_key,
+            operation,
+            fingerprint,
+            resource_id,
+        } = movement;
         let key = KeyUse {
             client,
             key: &idempotency_key,
             operation,
             fingerprint: &fingerprint,
-            resource_id: settlement_id,
+            resource_id,
         };
-        let load = |id: Uuid| async move { self.payment_settled_by(client, id).await };
         let execute = async {
             let work = prepare.await.map_err(WriteError::Invalid)?;
-            let job = self.job(
-                client,
-                idempotency_key.clone(),
-                operation,
-                fingerprint.clone(),
-                settlement_id,
-                work,
-            );
-            self.payments.commit(job).await
+            self.payments
+                .commit(PaymentJob {
+                    client,
+                    idempotency_key: idempotency_key.clone(),
+                    operation,
+                    fingerprint: fingerprint.clone(),
+                    resource_id,
+                    work,
+                    span: tracing::Span::current(),
+                })
+                .await
         };
-        self.create_once(key, load, execute).await
+        let created = self.create_once(key, load, execute).await;
+        if matches!(
+            operation,
+            idempotency::Operation::CreatePayment | idempotency::Operation::RefundPayment
+        ) {
+            self.metrics.payment(match &created {
+                Ok(created) if created.replayed => PaymentOutcome::Replayed,
+                Ok(created) => match created.value.status {
+                    StoredStatus::Posted => PaymentOutcome::Posted,
+                    StoredStatus::Pending => PaymentOutcome::Held,
+                    StoredStatus::Declined => PaymentOutcome::Declined,
+                },
+                Err(_) => PaymentOutcome::Rejected,
+            });
+        }
+        created
+    }
+
+    async fn payment_by_id(&self, client: ClientId, id: Uuid) -> AppResult<Option<payment::Model>> {
+        Ok(self.payments_by_ids(client, &[id]).await?.remove(&id))
     }
 
     /// The caller's payment, or NOT_FOUND.
@@ -397,16 +394,6 @@ impl Ledger {
             .payments_by_ids(client, &[settlement.payment_id])
             .await?
             .remove(&settlement.payment_id))
-    }
-
-    fn count_payment(&self, created: &AppResult<Created<payment::Model>>) {
-        self.metrics.payment(match created {
-            Ok(created) if created.replayed => PaymentOutcome::Replayed,
-            Ok(created) if created.value.status == StoredStatus::Posted => PaymentOutcome::Posted,
-            Ok(created) if created.value.status == StoredStatus::Pending => PaymentOutcome::Held,
-            Ok(_) => PaymentOutcome::Declined,
-            Err(_) => PaymentOutcome::Rejected,
-        });
     }
 
     #[tracing::instrument(skip_all, fields(client = %client.0))]
