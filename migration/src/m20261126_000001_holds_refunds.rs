@@ -142,15 +142,15 @@ fn guard_function(name: &str, checks: &[String]) -> String {
     )
 }
 
-/// Accounts among `{accounts}` (a query of account ids) whose pending is not the sum of
-/// their live holds.
+/// Accounts among `{accounts}` (a query of account ids, one column) whose pending is
+/// not the sum of their live holds. Scalar subqueries, one index lookup per account, as
+/// in the guards migration: a join or `IN` may be planned over all accounts.
 fn pending_off(accounts: &str) -> String {
     format!(
-        "SELECT account.id FROM accounts AS account
-         WHERE account.id IN ({accounts})
-           AND account.pending_minor <> (SELECT COALESCE(SUM(hold.amount_minor), 0)
-                                         FROM live_holds AS hold
-                                         WHERE hold.account_id = account.id)"
+        "SELECT touched.id FROM (SELECT DISTINCT * FROM ({accounts}) AS listed) AS touched(id)
+         WHERE (SELECT account.pending_minor FROM accounts AS account WHERE account.id = touched.id)
+               <> (SELECT COALESCE(SUM(hold.amount_minor), 0) FROM live_holds AS hold
+                   WHERE hold.account_id = touched.id)"
     )
 }
 
