@@ -222,8 +222,15 @@ impl Shared {
         }
     }
 
-    /// Sends one payment until it has an outcome, retrying with the same key.
-    async fn pay(&self, input: &PaymentInput) -> Outcome {
+    /// Sends a write until it has an answer, retrying it (same key) after a client-side
+    /// timeout, a transport error, or a code that means "nothing happened" or "outcome
+    /// unknown"; every other response, an error code included, is the answer. `None`
+    /// once the retries are spent.
+    async fn send_write<Send, Sent>(&self, send: Send) -> Option<Value>
+    where
+        Send: Fn() -> Sent,
+        Sent: Future<Output = Result<Value, reqwest::Error>>,
+    {
         for attempt in 0..=self.options.retries {
             if attempt > 0 {
                 let backoff = Duration::from_millis(10 << attempt.min(6));
@@ -231,12 +238,7 @@ impl Shared {
             }
             lock(&self.counts).requests += 1;
             let sent = Instant::now();
-            // Only id and status are checked, so the answer leaves out the details.
-            let answer = tokio::time::timeout(
-                self.options.timeout,
-                self.client.create_payment(input, false),
-            )
-            .await;
+            let answer = tokio::time::timeout(self.options.timeout, send()).await;
             lock(&self.write_latency).saturating_record(sent.elapsed().as_micros() as u64);
             let response = match answer {
                 Err(_) => {
@@ -251,28 +253,43 @@ impl Shared {
             };
             if let Some(code) = error_code(&response) {
                 self.error(code);
-                match code {
-                    // Nothing happened, or the outcome is unknown: the same key tells.
-                    "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL" => continue,
-                    _ => return Outcome::Failed,
+                if matches!(
+                    code,
+                    "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL"
+                ) {
+                    continue;
                 }
             }
-            let payment = payment_of(&response);
-            let (Some(id), Some(status)) = (payment["id"].as_str(), payment["status"].as_str())
-            else {
-                self.error("MALFORMED_RESPONSE");
-                return Outcome::Failed;
-            };
-            return Outcome::Acknowledged {
-                id: id.to_owned(),
-                status: status.to_owned(),
-                replayed: response["data"]["createPayment"]["replayed"]
-                    .as_bool()
-                    .unwrap_or(false),
-            };
+            return Some(response);
         }
         lock(&self.counts).gave_up += 1;
-        Outcome::Failed
+        None
+    }
+
+    /// Sends one payment until it has an outcome, retrying with the same key.
+    async fn pay(&self, input: &PaymentInput) -> Outcome {
+        // Only id and status are checked, so the answer leaves out the details.
+        let Some(response) = self
+            .send_write(|| self.client.create_payment(input, false))
+            .await
+        else {
+            return Outcome::Failed;
+        };
+        if error_code(&response).is_some() {
+            return Outcome::Failed;
+        }
+        let payment = payment_of(&response);
+        let (Some(id), Some(status)) = (payment["id"].as_str(), payment["status"].as_str()) else {
+            self.error("MALFORMED_RESPONSE");
+            return Outcome::Failed;
+        };
+        Outcome::Acknowledged {
+            id: id.to_owned(),
+            status: status.to_owned(),
+            replayed: response["data"]["createPayment"]["replayed"]
+                .as_bool()
+                .unwrap_or(false),
+        }
     }
 
     /// Records an acknowledgement and checks it names the key's one payment.

@@ -117,6 +117,12 @@ impl fmt::Display for Report {
         writeln!(f, "  declined         {}", self.declined)?;
         writeln!(f, "  replayed         {}", self.replayed)?;
         writeln!(f, "  gave up          {}", self.gave_up)?;
+        if self.held > 0 {
+            writeln!(f, "  held             {}", self.held)?;
+            writeln!(f, "  captured         {}", self.captured)?;
+            writeln!(f, "  voided           {}", self.voided)?;
+            writeln!(f, "  refunded         {}", self.refunded)?;
+        }
         writeln!(f, "reads              {}", self.reads)?;
         for (code, count) in &self.errors {
             writeln!(f, "error {code:<12} {count}")?;

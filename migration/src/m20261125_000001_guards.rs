@@ -131,6 +131,41 @@ fn not_double_entry(payment: &str) -> String {
     )
 }
 
+/// The function behind `ledger_entries_double_entry`: every new entry sits on an account
+/// that moved over it, and `not_double_entry` (SQL naming `touched.payment_id`) is false
+/// for each payment the statement added entries to.
+pub(crate) fn entries_guard(not_double_entry: &str) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION ledger_guard_entries() RETURNS trigger AS $$
+         DECLARE lonely uuid;
+         BEGIN
+           SELECT entry.id INTO lonely
+           FROM new_entries AS entry
+           WHERE NOT COALESCE((
+             SELECT account.version >= entry.account_version
+                    AND account.currency = entry.currency
+                    AND account.client_id = entry.client_id
+             FROM accounts AS account
+             WHERE account.id = entry.account_id), false)
+           LIMIT 1;
+           IF FOUND THEN
+             RAISE EXCEPTION 'ledger guard: entry % is not on an account that moved over it', lonely
+               USING ERRCODE = 'integrity_constraint_violation';
+           END IF;
+           SELECT payment_id INTO lonely
+           FROM (SELECT DISTINCT payment_id FROM new_entries) AS touched
+           WHERE {}
+           LIMIT 1;
+           IF FOUND THEN
+             RAISE EXCEPTION 'ledger guard: payment % is not one POSTED payment with its two entries', lonely
+               USING ERRCODE = 'integrity_constraint_violation';
+           END IF;
+           RETURN NULL;
+         END $$ LANGUAGE plpgsql",
+    not_double_entry
+)
+}
+
 fn postgres_statements() -> Vec<String> {
     let identity = |row: &str| {
         IDENTITY_COLUMNS
@@ -186,35 +221,7 @@ fn postgres_statements() -> Vec<String> {
          REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows \
          FOR EACH STATEMENT EXECUTE FUNCTION ledger_guard_account_moves()"
             .to_owned(),
-        format!(
-            "CREATE OR REPLACE FUNCTION ledger_guard_entries() RETURNS trigger AS $$
-             DECLARE lonely uuid;
-             BEGIN
-               SELECT entry.id INTO lonely
-               FROM new_entries AS entry
-               WHERE NOT COALESCE((
-                 SELECT account.version >= entry.account_version
-                        AND account.currency = entry.currency
-                        AND account.client_id = entry.client_id
-                 FROM accounts AS account
-                 WHERE account.id = entry.account_id), false)
-               LIMIT 1;
-               IF FOUND THEN
-                 RAISE EXCEPTION 'ledger guard: entry % is not on an account that moved over it', lonely
-                   USING ERRCODE = 'integrity_constraint_violation';
-               END IF;
-               SELECT payment_id INTO lonely
-               FROM (SELECT DISTINCT payment_id FROM new_entries) AS touched
-               WHERE {}
-               LIMIT 1;
-               IF FOUND THEN
-                 RAISE EXCEPTION 'ledger guard: payment % is not one POSTED payment with its two entries', lonely
-                   USING ERRCODE = 'integrity_constraint_violation';
-               END IF;
-               RETURN NULL;
-             END $$ LANGUAGE plpgsql",
-            not_double_entry("touched.payment_id")
-        ),
+        entries_guard(&not_double_entry("touched.payment_id")),
         "CREATE TRIGGER ledger_entries_double_entry AFTER INSERT ON ledger_entries \
          REFERENCING NEW TABLE AS new_entries \
          FOR EACH STATEMENT EXECUTE FUNCTION ledger_guard_entries()"

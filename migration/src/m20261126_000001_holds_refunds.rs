@@ -24,7 +24,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
 
-use crate::m20261125_000001_guards::Move;
+use crate::m20261125_000001_guards::{Move, entries_guard};
 
 pub struct Migration;
 
@@ -188,35 +188,7 @@ fn postgres_statements() -> Vec<String> {
          FOR EACH STATEMENT EXECUTE FUNCTION ledger_guard_refuse('holds leave one by one, when settled or expired')"
             .to_owned(),
         // Entries: the guards migration's function with captured holds counted as posted.
-        format!(
-            "CREATE OR REPLACE FUNCTION ledger_guard_entries() RETURNS trigger AS $$
-             DECLARE lonely uuid;
-             BEGIN
-               SELECT entry.id INTO lonely
-               FROM new_entries AS entry
-               WHERE NOT COALESCE((
-                 SELECT account.version >= entry.account_version
-                        AND account.currency = entry.currency
-                        AND account.client_id = entry.client_id
-                 FROM accounts AS account
-                 WHERE account.id = entry.account_id), false)
-               LIMIT 1;
-               IF FOUND THEN
-                 RAISE EXCEPTION 'ledger guard: entry % is not on an account that moved over it', lonely
-                   USING ERRCODE = 'integrity_constraint_violation';
-               END IF;
-               SELECT payment_id INTO lonely
-               FROM (SELECT DISTINCT payment_id FROM new_entries) AS touched
-               WHERE {}
-               LIMIT 1;
-               IF FOUND THEN
-                 RAISE EXCEPTION 'ledger guard: payment % is not one posted payment with its two entries', lonely
-                   USING ERRCODE = 'integrity_constraint_violation';
-               END IF;
-               RETURN NULL;
-             END $$ LANGUAGE plpgsql",
-            not_double_entry("touched.payment_id")
-        ),
+        entries_guard(&not_double_entry("touched.payment_id")),
         // One query for the three rules of new payments, so a batch of plain payments
         // pays for one scan of its rows, as before holds.
         format!(

@@ -443,8 +443,7 @@ impl Immutable for Arc<Vec<ledger_entry::Model>> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_older_version_never_replaces_a_newer_one_in_l1() {
+    fn l1_only() -> Caches {
         let settings = CacheSettings {
             l1_balance_capacity: 100,
             l1_object_capacity: 100,
@@ -454,7 +453,12 @@ mod tests {
             redis_timeout: Duration::from_millis(100),
             namespace: "test".to_owned(),
         };
-        let caches = Caches::new(&settings, Arc::new(Metrics::new())).unwrap();
+        Caches::new(&settings, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_older_version_never_replaces_a_newer_one_in_l1() {
+        let caches = l1_only();
         let account = Uuid::now_v7();
         let put = |version, hold_seq| {
             caches.put_l1_balance(
@@ -477,16 +481,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_copy_counting_an_expired_hold_is_not_served() {
-        let settings = CacheSettings {
-            l1_balance_capacity: 100,
-            l1_object_capacity: 100,
-            l1_balance_ttl: Duration::from_secs(60),
-            l2_balance_ttl: Duration::from_secs(60),
-            redis_url: None,
-            redis_timeout: Duration::from_millis(100),
-            namespace: "test".to_owned(),
-        };
-        let caches = Caches::new(&settings, Arc::new(Metrics::new())).unwrap();
+        let caches = l1_only();
         let account = Uuid::now_v7();
         let held = |until| VersionedBalance {
             pending_minor: 500,

@@ -164,6 +164,35 @@ async fn assert_balance(
     }
 }
 
+/// The id of the payment a `createPayment` response answers with.
+fn paid_id_of(response: &Value) -> String {
+    response["data"]["createPayment"]["payment"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a payment: {response}"))
+        .to_owned()
+}
+
+/// A payer with 100.00 and a payee, a hold of 20.00 and a payment of 10.00 between them.
+struct HeldAndPaid {
+    payer: String,
+    payee: String,
+    hold: String,
+    paid: String,
+}
+
+async fn held_and_paid(app: &TestApp) -> HeldAndPaid {
+    let (payer, payee) = payer_and_payee(app).await;
+    let held = hold(app, "hold-1", &payer, &payee, "20.00").await;
+    let hold = held["payment"]["id"].as_str().unwrap().to_owned();
+    let paid = app.pay("pay-1", &payer, &payee, "10.00", "USD").await;
+    HeldAndPaid {
+        paid: paid_id_of(&paid),
+        payer,
+        payee,
+        hold,
+    }
+}
+
 /// A funded NON_NEGATIVE payer with 100.00 and an empty NON_NEGATIVE payee.
 async fn payer_and_payee(app: &TestApp) -> (String, String) {
     let payer = app.create_account("USD", "NON_NEGATIVE", None).await;
@@ -363,10 +392,7 @@ async fn racing_refunds_never_exceed_the_payment(backend: Backend) {
     };
     let (payer, payee) = payer_and_payee(&app).await;
     let paid = app.pay("pay-1", &payer, &payee, "10.00", "USD").await;
-    let id = paid["data"]["createPayment"]["payment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = paid_id_of(&paid);
     let keys: Vec<String> = (0..20).map(|_| key()).collect();
     let answers = join_all(keys.iter().map(|key| refund(&app, key, &id, Some("1.00")))).await;
     let posted = answers
@@ -410,10 +436,7 @@ async fn a_refund_is_declined_by_the_payees_rule(backend: Backend) {
     };
     let (payer, payee) = payer_and_payee(&app).await;
     let paid = app.pay("pay-1", &payer, &payee, "40.00", "USD").await;
-    let id = paid["data"]["createPayment"]["payment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = paid_id_of(&paid);
     // The payee spends what it was paid; giving it back no longer fits its rule.
     let elsewhere = app.create_account("USD", "NON_NEGATIVE", None).await;
     let spent = app.pay("pay-2", &payee, &elsewhere, "40.00", "USD").await;
@@ -499,14 +522,12 @@ async fn another_clients_payment_is_not_found(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let (payer, payee) = payer_and_payee(&app).await;
-    let held = hold(&app, "hold-1", &payer, &payee, "20.00").await;
-    let id = held["payment"]["id"].as_str().unwrap().to_owned();
-    let paid = app.pay("pay-1", &payer, &payee, "10.00", "USD").await;
-    let paid_id = paid["data"]["createPayment"]["payment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let HeldAndPaid {
+        payer,
+        hold: id,
+        paid: paid_id,
+        ..
+    } = held_and_paid(&app).await;
     let intruder = app.other_client_key().await;
     for (mutation, input) in [
         (
@@ -537,14 +558,12 @@ async fn bad_transitions_change_nothing(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let (payer, payee) = payer_and_payee(&app).await;
-    let held = hold(&app, "hold-1", &payer, &payee, "20.00").await;
-    let id = held["payment"]["id"].as_str().unwrap().to_owned();
-    let paid = app.pay("pay-1", &payer, &payee, "10.00", "USD").await;
-    let paid_id = paid["data"]["createPayment"]["payment"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let HeldAndPaid {
+        payer,
+        payee,
+        hold: id,
+        paid: paid_id,
+    } = held_and_paid(&app).await;
     let account_id = payer.clone();
     let cases: Vec<(&str, Value, &str)> = vec![
         (
@@ -721,15 +740,13 @@ async fn the_database_and_the_audit_guard_holds_and_refunds(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let (payer, payee) = payer_and_payee(&app).await;
-    let held = hold(&app, "hold-1", &payer, &payee, "20.00").await;
-    let hold_id = uuid_of(held["payment"]["id"].as_str().unwrap());
-    let paid = app.pay("pay-1", &payer, &payee, "10.00", "USD").await;
-    let paid_id = uuid_of(
-        paid["data"]["createPayment"]["payment"]["id"]
-            .as_str()
-            .unwrap(),
-    );
+    let HeldAndPaid {
+        payer,
+        payee,
+        hold: hold_id,
+        paid: paid_id,
+    } = held_and_paid(&app).await;
+    let (hold_id, paid_id) = (uuid_of(&hold_id), uuid_of(&paid_id));
     let other = hold(&app, "hold-2", &payer, &payee, "5.00").await;
     let other_payment = other["payment"]["id"].as_str().unwrap().to_owned();
     void(&app, "void-2", &other_payment).await;

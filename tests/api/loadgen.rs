@@ -34,19 +34,27 @@ fn loadgen_options(app: &TestApp, more: &[&str]) -> Options {
     Options::parse_from(base.iter().chain(more))
 }
 
+/// `loadgen_options` for 400 operations by 12 clients over 6 accounts.
+fn busy_options(app: &TestApp, more: &[&str]) -> Options {
+    let busy = [
+        "--concurrency",
+        "12",
+        "--requests",
+        "400",
+        "--accounts",
+        "6",
+    ];
+    let all: Vec<&str> = busy.iter().chain(more).copied().collect();
+    loadgen_options(app, &all)
+}
+
 async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let options = loadgen_options(
+    let options = busy_options(
         &app,
         &[
-            "--concurrency",
-            "12",
-            "--requests",
-            "400",
-            "--accounts",
-            "6",
             "--initial-balance",
             "20.00",
             "--hot-share",
@@ -142,15 +150,9 @@ async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let options = loadgen_options(
+    let options = busy_options(
         &app,
         &[
-            "--concurrency",
-            "12",
-            "--requests",
-            "400",
-            "--accounts",
-            "6",
             "--initial-balance",
             "200.00",
             "--hot-share",

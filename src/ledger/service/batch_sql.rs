@@ -393,61 +393,50 @@ fn posting_values(
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
 ) -> Vec<Value> {
-    let uuids = |values: Vec<Uuid>| Value::from(values);
-    let bigints = |values: Vec<i64>| Value::from(values);
-    let texts = |values: Vec<String>| Value::from(values);
-    let times = |values: Vec<DateTime<Utc>>| Value::from(values);
-    let of_payments = |field: fn(&payment::Model) -> Uuid| payments.iter().map(field).collect();
-    let of_entries = |field: fn(&ledger_entry::Model) -> Uuid| entries.iter().map(field).collect();
-    // Arrays cannot carry NULLs through sea-query, so nullable text travels as text plus
-    // a presence flag.
-    let nullable = |field: fn(&payment::Model) -> &Option<String>| {
-        let present: Vec<bool> = payments.iter().map(|row| field(row).is_some()).collect();
-        let text: Vec<String> = payments
-            .iter()
-            .map(|row| field(row).clone().unwrap_or_default())
-            .collect();
-        (texts(text), Value::from(present))
-    };
-    let (decline_reasons, has_decline_reason) = nullable(|row| &row.decline_reason);
-    let (descriptions, has_description) = nullable(|row| &row.description);
     vec![
         // $1..$13: the payments
-        uuids(of_payments(|row| row.id)),
-        uuids(of_payments(|row| row.client_id)),
-        texts(
-            payments
-                .iter()
-                .map(|row| row.idempotency_key.clone())
-                .collect(),
-        ),
-        uuids(of_payments(|row| row.from_account_id)),
-        uuids(of_payments(|row| row.to_account_id)),
-        bigints(payments.iter().map(|row| row.amount_minor).collect()),
-        texts(payments.iter().map(|row| row.currency.clone()).collect()),
-        texts(payments.iter().map(|row| row.status.to_value()).collect()),
-        decline_reasons,
-        has_decline_reason,
-        descriptions,
-        has_description,
-        times(payments.iter().map(|row| row.created_at).collect()),
+        array(payments, |row| row.id),
+        array(payments, |row| row.client_id),
+        array(payments, |row| row.idempotency_key.clone()),
+        array(payments, |row| row.from_account_id),
+        array(payments, |row| row.to_account_id),
+        array(payments, |row| row.amount_minor),
+        array(payments, |row| row.currency.clone()),
+        array(payments, |row| row.status.to_value()),
+        array(payments, |row| {
+            row.decline_reason.clone().unwrap_or_default()
+        }),
+        array(payments, |row| row.decline_reason.is_some()),
+        array(payments, |row| row.description.clone().unwrap_or_default()),
+        array(payments, |row| row.description.is_some()),
+        array(payments, |row| row.created_at),
         // $14..$17: the account moves
-        uuids(moves.iter().map(|row| row.id).collect()),
-        bigints(moves.iter().map(|row| row.balance_minor).collect()),
-        bigints(moves.iter().map(|row| row.locked_version).collect()),
-        bigints(moves.iter().map(|row| row.version).collect()),
+        array(moves, |row| row.id),
+        array(moves, |row| row.balance_minor),
+        array(moves, |row| row.locked_version),
+        array(moves, |row| row.version),
         // $18..$27: the entries
-        uuids(of_entries(|row| row.id)),
-        uuids(of_entries(|row| row.client_id)),
-        uuids(of_entries(|row| row.account_id)),
-        uuids(of_entries(|row| row.payment_id)),
-        texts(entries.iter().map(|row| row.currency.clone()).collect()),
-        texts(entries.iter().map(|row| row.direction.to_value()).collect()),
-        bigints(entries.iter().map(|row| row.amount_minor).collect()),
-        bigints(entries.iter().map(|row| row.balance_after_minor).collect()),
-        bigints(entries.iter().map(|row| row.account_version).collect()),
-        times(entries.iter().map(|row| row.created_at).collect()),
+        array(entries, |row| row.id),
+        array(entries, |row| row.client_id),
+        array(entries, |row| row.account_id),
+        array(entries, |row| row.payment_id),
+        array(entries, |row| row.currency.clone()),
+        array(entries, |row| row.direction.to_value()),
+        array(entries, |row| row.amount_minor),
+        array(entries, |row| row.balance_after_minor),
+        array(entries, |row| row.account_version),
+        array(entries, |row| row.created_at),
     ]
+}
+
+/// One array parameter: `field` of every row. Arrays cannot carry NULLs through
+/// sea-query, so a nullable column travels as a value (any, when absent) plus a
+/// presence flag, and the statement turns the pair back into a NULL.
+fn array<Row, Item>(rows: &[Row], field: impl Fn(&Row) -> Item) -> Value
+where
+    Value: From<Vec<Item>>,
+{
+    Value::from(rows.iter().map(field).collect::<Vec<_>>())
 }
 
 /// The moved count and the transaction's `feed_seq` (which the column defaults gave
@@ -524,90 +513,32 @@ async fn write_lifecycle_postgres(
     holds: &HoldWrites,
 ) -> Result<(u64, i64), DbErr> {
     let mut values = posting_values(payments, moves, entries);
-    let hold_expiries: Vec<DateTime<Utc>> = payments
-        .iter()
-        .map(|row| row.hold_expires_at.unwrap_or(row.created_at))
-        .collect();
-    let settlements = &holds.settlements;
-    let placed = &holds.placed;
+    let (settlements, placed) = (&holds.settlements, &holds.placed);
     values.extend([
         // $28..$31: the payments' hold expiry and refunded payment
-        Value::from(hold_expiries),
-        Value::from(
-            payments
-                .iter()
-                .map(|row| row.hold_expires_at.is_some())
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            payments
-                .iter()
-                .map(|row| row.refund_of.unwrap_or(row.id))
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            payments
-                .iter()
-                .map(|row| row.refund_of.is_some())
-                .collect::<Vec<_>>(),
-        ),
+        array(payments, |row| {
+            row.hold_expires_at.unwrap_or(row.created_at)
+        }),
+        array(payments, |row| row.hold_expires_at.is_some()),
+        array(payments, |row| row.refund_of.unwrap_or(row.id)),
+        array(payments, |row| row.refund_of.is_some()),
         // $32..$34: the moves' holds
-        Value::from(
-            moves
-                .iter()
-                .map(|row| row.pending_minor)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            moves
-                .iter()
-                .map(|row| row.locked_hold_seq)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(moves.iter().map(|row| row.hold_seq).collect::<Vec<_>>()),
+        array(moves, |row| row.pending_minor),
+        array(moves, |row| row.locked_hold_seq),
+        array(moves, |row| row.hold_seq),
         // $35..$40: the settlements
-        Value::from(settlements.iter().map(|row| row.id).collect::<Vec<_>>()),
-        Value::from(
-            settlements
-                .iter()
-                .map(|row| row.client_id)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            settlements
-                .iter()
-                .map(|row| row.payment_id)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            settlements
-                .iter()
-                .map(|row| row.kind.to_value())
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            settlements
-                .iter()
-                .map(|row| row.amount_minor)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(
-            settlements
-                .iter()
-                .map(|row| row.created_at)
-                .collect::<Vec<_>>(),
-        ),
+        array(settlements, |row| row.id),
+        array(settlements, |row| row.client_id),
+        array(settlements, |row| row.payment_id),
+        array(settlements, |row| row.kind.to_value()),
+        array(settlements, |row| row.amount_minor),
+        array(settlements, |row| row.created_at),
         // $41..$45: the holds placed
-        Value::from(placed.iter().map(|row| row.payment_id).collect::<Vec<_>>()),
-        Value::from(placed.iter().map(|row| row.client_id).collect::<Vec<_>>()),
-        Value::from(placed.iter().map(|row| row.account_id).collect::<Vec<_>>()),
-        Value::from(
-            placed
-                .iter()
-                .map(|row| row.amount_minor)
-                .collect::<Vec<_>>(),
-        ),
-        Value::from(placed.iter().map(|row| row.expires_at).collect::<Vec<_>>()),
+        array(placed, |row| row.payment_id),
+        array(placed, |row| row.client_id),
+        array(placed, |row| row.account_id),
+        array(placed, |row| row.amount_minor),
+        array(placed, |row| row.expires_at),
         // $46..$48: the holds released: settled, and expired on these accounts
         Value::from(holds.settled.clone()),
         Value::from(holds.expired_on.clone()),
