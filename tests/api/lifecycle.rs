@@ -25,7 +25,8 @@ on_both_backends!(
     another_clients_payment_is_not_found,
     bad_transitions_change_nothing,
     the_database_and_the_audit_guard_holds_and_refunds,
-    another_instance_sees_holds_within_the_cache_bound
+    another_instance_sees_holds_within_the_cache_bound,
+    a_capture_lands_after_every_feed_cursor
 );
 
 const PAYMENT_FIELDS: &str = "id status amount postedAmount holdExpiresAt settledAt declineReason
@@ -897,4 +898,43 @@ async fn another_instance_sees_holds_within_the_cache_bound(backend: Backend) {
         }
     }
     app.assert_ledger_sound().await;
+}
+
+/// A capture writes its entries after the hold was made: a poller of the client's entry
+/// feed that had read everything before the capture sees both entries after its cursor.
+async fn a_capture_lands_after_every_feed_cursor(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (payer, payee) = payer_and_payee(&app).await;
+    let held = hold(&app, "hold-1", &payer, &payee, "30.00").await;
+    let id = held["payment"]["id"].as_str().unwrap().to_owned();
+    app.pay("pay-1", &payer, &payee, "1.00", "USD").await;
+    app.settle_feeds().await;
+    let page = |after: Option<String>| {
+        app.graphql(
+            "query($after: String) { ledgerEntries(first: 100, after: $after) {
+               nodes { payment { id } amount } pageInfo { endCursor } } }",
+            json!({ "after": after }),
+        )
+    };
+    let before = page(None).await;
+    let cursor = before["data"]["ledgerEntries"]["pageInfo"]["endCursor"]
+        .as_str()
+        .map(str::to_owned);
+    assert!(cursor.is_some(), "{before}");
+    capture(&app, "capture-1", &id, Some("12.00")).await;
+    app.settle_feeds().await;
+    let after = page(cursor).await;
+    let nodes = after["data"]["ledgerEntries"]["nodes"].as_array().unwrap();
+    let captured: Vec<&Value> = nodes
+        .iter()
+        .filter(|node| node["payment"]["id"] == id.as_str())
+        .collect();
+    assert_eq!(
+        captured.len(),
+        2,
+        "the capture's entries after the cursor: {after}"
+    );
+    assert!(captured.iter().all(|node| node["amount"] == "12.00"));
 }

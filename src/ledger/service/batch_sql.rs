@@ -365,12 +365,28 @@ pub async fn write_postings(
             set_feed_seq(payments, entries, feed_seq);
             Ok(moved)
         }
-        // Inserted as given.
+        // Inserted as given. A capture writes entries without a payment, so the next
+        // position follows both the payments and the entries of the batch's clients.
         Backend::Sqlite => {
-            let clients = payments.iter().map(|row| row.client_id);
-            let feed_seq =
-                next_feed_seq::<payment::Entity>(transaction, payment::Column::ClientId, clients)
-                    .await?;
+            let clients: Vec<Uuid> = payments
+                .iter()
+                .map(|row| row.client_id)
+                .chain(entries.iter().map(|row| row.client_id))
+                .collect();
+            let feed_seq = next_feed_seq::<payment::Entity>(
+                transaction,
+                payment::Column::ClientId,
+                clients.iter().copied(),
+            )
+            .await?
+            .max(
+                next_feed_seq::<ledger_entry::Entity>(
+                    transaction,
+                    ledger_entry::Column::ClientId,
+                    clients,
+                )
+                .await?,
+            );
             set_feed_seq(payments, entries, feed_seq);
             write_postings_portable(transaction, payments, moves, entries, holds).await
         }
