@@ -292,6 +292,14 @@ mod tests {
         }
     }
 
+    fn hold<K>(from: K, to: K, minor: i64) -> Movement<K> {
+        Movement::Hold {
+            from,
+            to,
+            amount: amount(minor),
+        }
+    }
+
     fn pay<K>(from: K, to: K, minor: i64) -> Movement<K> {
         Movement::Pay {
             from,
@@ -469,11 +477,7 @@ mod tests {
             [
                 pay("alice", "nobody", 1),
                 pay("alice", "alice", 1),
-                Movement::Hold {
-                    from: "alice",
-                    to: "alice",
-                    amount: amount(1),
-                },
+                hold("alice", "alice", 1),
             ],
         );
         assert_eq!(plans, [None, None, None]);
@@ -491,14 +495,14 @@ mod tests {
     #[test]
     fn holds_count_against_later_payments_and_holds() {
         let mut states = states();
-        let hold = |minor| Movement::Hold {
-            from: "alice",
-            to: "shop",
-            amount: amount(minor),
-        };
         let plans = plan_in_order(
             &mut states,
-            [hold(70), pay("alice", "shop", 40), hold(31), hold(30)],
+            [
+                hold("alice", "shop", 70),
+                pay("alice", "shop", 40),
+                hold("alice", "shop", 31),
+                hold("alice", "shop", 30),
+            ],
         );
         assert_eq!(
             plans[..],
@@ -523,11 +527,7 @@ mod tests {
         let plans = plan_in_order(
             &mut states,
             [
-                Movement::Hold {
-                    from: "card",
-                    to: "shop",
-                    amount: amount(30),
-                },
+                hold("card", "shop", 30),
                 pay("card", "shop", 21),
                 pay("card", "shop", 20),
             ],
@@ -549,11 +549,7 @@ mod tests {
         let plans = plan_in_order(
             &mut states,
             [
-                Movement::Hold {
-                    from: "alice",
-                    to: "shop",
-                    amount: amount(80),
-                },
+                hold("alice", "shop", 80),
                 Movement::Capture {
                     from: "alice",
                     to: "shop",
@@ -583,11 +579,7 @@ mod tests {
         let plans = plan_in_order(
             &mut states,
             [
-                Movement::Hold {
-                    from: "alice",
-                    to: "shop",
-                    amount: amount(100),
-                },
+                hold("alice", "shop", 100),
                 Movement::Void {
                     from: "alice",
                     held: amount(100),
