@@ -938,3 +938,66 @@ async fn a_capture_lands_after_every_feed_cursor(backend: Backend) {
     );
     assert!(captured.iter().all(|node| node["amount"] == "12.00"));
 }
+
+/// A batch whose jobs depend on each other through a key another request owns: a
+/// capture whose key names an earlier payment would have settled the hold first in the
+/// batch, so a void of the same hold behind it looked refused. The batch runs one job
+/// at a time instead: the capture is IDEMPOTENCY_KEY_REUSED and the void voids.
+/// PostgreSQL only: a row lock held by the test makes the two share one batch (on a
+/// machine too slow for the timing they may not, and then the answers are the same).
+/// Without the rerun, the void answered PAYMENT_NOT_PENDING while the hold stayed live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_freed_by_a_taken_key_is_decided_again() {
+    let options = AppOptions {
+        lock_timeout_ms: Some(10_000),
+        ..AppOptions::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Postgres, options).await else {
+        return;
+    };
+    let (payer, payee) = payer_and_payee(&app).await;
+    let held = hold(&app, "hold-1", &payer, &payee, "20.00").await;
+    let id = held["payment"]["id"].as_str().unwrap().to_owned();
+    // Through another instance, so this one has not seen the key and must ask the
+    // database (in the batch).
+    let replica = app.spawn_replica().await;
+    let taken = app
+        .pay_at(&replica.address, "taken-key", &payer, &payee, "1.00", "USD")
+        .await;
+    assert_eq!(
+        taken["data"]["createPayment"]["payment"]["status"],
+        "POSTED"
+    );
+
+    // A payment on the payer waits for the lock and keeps the batch slot busy, so the
+    // capture and the void queue up behind it and go in the next batch together.
+    let session = crate::stalls::hold_row_lock(&app, &payer).await;
+    let waiting = app.pay("waiting", &payer, &payee, "1.00", "USD");
+    let queued = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let capture = capture(&app, "taken-key", &id, None);
+        let void = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            void(&app, "void-1", &id).await
+        };
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            session.rollback().await.unwrap();
+        };
+        let (captured, voided, ()) = tokio::join!(capture, void, release);
+        (captured, voided)
+    };
+    let (paid, (captured, voided)) = tokio::join!(waiting, queued);
+    assert_eq!(
+        paid["data"]["createPayment"]["payment"]["status"], "POSTED",
+        "{paid}"
+    );
+    assert_eq!(
+        error_code(&captured),
+        Some("IDEMPOTENCY_KEY_REUSED"),
+        "{captured}"
+    );
+    assert_eq!(voided["payment"]["status"], "VOIDED", "{voided}");
+    assert_balance(&app, &payer, "98.00", "0.00", "98.00").await;
+    app.assert_ledger_sound().await;
+}
