@@ -26,7 +26,8 @@ on_both_backends!(
     bad_transitions_change_nothing,
     the_database_and_the_audit_guard_holds_and_refunds,
     another_instance_sees_holds_within_the_cache_bound,
-    a_capture_lands_after_every_feed_cursor
+    a_capture_lands_after_every_feed_cursor,
+    payments_are_listed_by_their_status_now
 );
 
 const PAYMENT_FIELDS: &str = "id status amount postedAmount holdExpiresAt settledAt declineReason
@@ -1000,4 +1001,54 @@ async fn a_job_freed_by_a_taken_key_is_decided_again() {
     assert_eq!(voided["payment"]["status"], "VOIDED", "{voided}");
     assert_balance(&app, &payer, "98.00", "0.00", "98.00").await;
     app.assert_ledger_sound().await;
+}
+
+/// `payments(status:)` lists each payment under the status it has now.
+async fn payments_are_listed_by_their_status_now(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let (payer, payee) = payer_and_payee(&app).await;
+    let id_of = |payload: &Value| payload["payment"]["id"].as_str().unwrap().to_owned();
+    let captured = id_of(&hold(&app, "hold-1", &payer, &payee, "1.00").await);
+    capture(&app, "capture-1", &captured, None).await;
+    let voided = id_of(&hold(&app, "hold-2", &payer, &payee, "1.00").await);
+    void(&app, "void-2", &voided).await;
+    let pending = id_of(&hold(&app, "hold-3", &payer, &payee, "1.00").await);
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(700)).to_rfc3339();
+    let expired = id_of(&hold_until(&app, "hold-4", &payer, &payee, "1.00", Some(soon)).await);
+    let declined = id_of(&hold(&app, "hold-5", &payer, &payee, "1000.00").await);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    app.settle_feeds().await;
+    for (status, expected) in [
+        ("POSTED", &captured),
+        ("VOIDED", &voided),
+        ("PENDING", &pending),
+        ("EXPIRED", &expired),
+        ("DECLINED", &declined),
+    ] {
+        let response = app
+            .graphql(
+                "query($status: PaymentStatus, $account: ID) {
+                   all: payments(status: $status, first: 50) { nodes { id status } }
+                   mine: payments(status: $status, accountId: $account, first: 50) { nodes { id } } }",
+                json!({ "status": status, "account": payer }),
+            )
+            .await;
+        let ids = |list: &str| -> Vec<String> {
+            response["data"][list]["nodes"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{response}"))
+                .iter()
+                .filter_map(|node| node["id"].as_str().map(str::to_owned))
+                .filter(|id| [&captured, &voided, &pending, &expired, &declined].contains(&id))
+                .collect()
+        };
+        assert_eq!(ids("all"), [expected.clone()], "{status}: {response}");
+        assert_eq!(
+            ids("mine"),
+            [expected.clone()],
+            "{status} of the payer: {response}"
+        );
+    }
 }

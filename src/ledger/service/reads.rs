@@ -459,12 +459,18 @@ type BalanceRow = (Uuid, i64, i64, i64, Option<i64>, Option<DateTime<Utc>>);
 fn status_condition(status: PaymentStatus) -> Condition {
     use crate::entity::payment::StoredStatus;
     let stored = |stored: StoredStatus| payment::Column::Status.eq(stored);
+    // Correlated EXISTS: one probe of the unique index on the settled payment per row,
+    // whatever the number of settlements.
     let settled = |kind: &str| {
         Expr::cust(format!(
-            "payments.id IN (SELECT payment_id FROM payment_settlements WHERE kind = '{kind}')"
+            "EXISTS (SELECT 1 FROM payment_settlements AS settled \
+             WHERE settled.payment_id = payments.id AND settled.kind = '{kind}')"
         ))
     };
-    let unsettled = Expr::cust("payments.id NOT IN (SELECT payment_id FROM payment_settlements)");
+    let unsettled = Expr::cust(
+        "NOT EXISTS (SELECT 1 FROM payment_settlements AS settled \
+         WHERE settled.payment_id = payments.id)",
+    );
     let now = crate::entity::stored_now();
     match status {
         PaymentStatus::Declined => Condition::all().add(stored(StoredStatus::Declined)),
