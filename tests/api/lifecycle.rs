@@ -1044,10 +1044,10 @@ async fn payments_are_listed_by_their_status_now(backend: Backend) {
                 .filter(|id| [&captured, &voided, &pending, &expired, &declined].contains(&id))
                 .collect()
         };
-        assert_eq!(ids("all"), [expected.clone()], "{status}: {response}");
+        assert_eq!(ids("all"), [expected.as_str()], "{status}: {response}");
         assert_eq!(
             ids("mine"),
-            [expected.clone()],
+            [expected.as_str()],
             "{status} of the payer: {response}"
         );
     }
