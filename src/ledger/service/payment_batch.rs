@@ -291,12 +291,16 @@ impl Batcher {
 
         // Decide first, so a job that cannot be carried out (a hold already settled, a
         // refund that does not fit) claims no key and stores nothing.
-        let (decisions, _) = decide(jobs, &candidates, &locked, context.as_ref());
+        let (first, first_states) = decide(jobs, &candidates, &locked, context.as_ref());
         let mut to_claim = Vec::with_capacity(candidates.len());
+        let mut carried_out: Decisions = Vec::with_capacity(candidates.len());
         let mut refused = Vec::new();
-        for (index, decision) in decisions {
+        for (index, decision) in first {
             match decision {
-                Ok(_) => to_claim.push(index),
+                Ok(decision) => {
+                    to_claim.push(index);
+                    carried_out.push((index, Ok(decision)));
+                }
                 Err(error) => {
                     refused.push(index);
                     outcomes[index] = Some(Err(WriteError::Invalid(error)));
@@ -323,7 +327,7 @@ impl Batcher {
             }
         }
         claimed.sort_unstable();
-        // Decided again without the jobs whose key someone else owns: what they would
+        // When a key was someone else's, decided again without its job: what it would
         // have done must not count. Every claimed job must still be carried out and
         // every refused one still refused; when leaving a job out changed that (a hold
         // it would have settled is free again, a refund it made room for), the batch
@@ -339,7 +343,12 @@ impl Batcher {
                 return Err(WriteError::Tangled);
             }
         }
-        let (decisions, states) = decide(jobs, &claimed, &locked, context.as_ref());
+        // With every key ours the first decisions stand: a refused job changed no state.
+        let (decisions, states) = if claimed.len() == records.len() {
+            (carried_out, first_states)
+        } else {
+            decide(jobs, &claimed, &locked, context.as_ref())
+        };
         let now = crate::entity::stored_now();
         let mut payments = Vec::with_capacity(claimed.len());
         let mut entries = Vec::with_capacity(claimed.len() * 2);
