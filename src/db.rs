@@ -176,7 +176,7 @@ pub async fn grant_app_role(connection: &DatabaseConnection, role: &str) -> anyh
         // expired; a trigger checks which).
         format!("GRANT DELETE ON live_holds TO {role}"),
         format!(
-            "GRANT UPDATE (balance_minor, version, pending_minor, hold_seq) ON accounts TO {role}"
+            "GRANT UPDATE (balance_minor, version, last_entry_at, pending_minor, hold_seq) ON accounts TO {role}"
         ),
         format!("GRANT UPDATE (revoked_at) ON api_keys TO {role}"),
         format!("GRANT SELECT ON seaql_migrations TO {role}"),

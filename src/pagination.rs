@@ -6,6 +6,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Order, QueryFilter, QueryOrder, QuerySelect,
@@ -29,6 +30,8 @@ pub enum CursorKind {
     LedgerEntry,
     /// A client's entries in feed order.
     EntryFeed,
+    /// One account's balance history, by entry time.
+    BalanceHistory,
 }
 
 impl CursorKind {
@@ -38,6 +41,7 @@ impl CursorKind {
             Self::Payment => "P",
             Self::LedgerEntry => "e",
             Self::EntryFeed => "E",
+            Self::BalanceHistory => "h",
         }
     }
 }
@@ -82,6 +86,30 @@ impl PageKey for FeedKey {
     }
     fn values(&self) -> Vec<sea_orm::Value> {
         vec![self.seq.into(), self.id.into()]
+    }
+}
+
+/// An entry's place in its account's history: `(created_at, account_version)`. An
+/// account's entries never go back in time, so this is also version order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeKey {
+    pub at: DateTime<Utc>,
+    pub version: i64,
+}
+
+impl PageKey for TimeKey {
+    fn encode(&self) -> String {
+        format!("{}.{}", self.at.timestamp_micros(), self.version)
+    }
+    fn decode(text: &str) -> Option<Self> {
+        let (micros, version) = text.split_once('.')?;
+        Some(Self {
+            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            version: version.parse().ok()?,
+        })
+    }
+    fn values(&self) -> Vec<sea_orm::Value> {
+        vec![self.at.into(), self.version.into()]
     }
 }
 
@@ -320,6 +348,24 @@ mod tests {
             },
         );
         assert_eq!(foreign.unwrap_err().code(), "BAD_USER_INPUT");
+    }
+
+    #[test]
+    fn time_keys_round_trip() {
+        let key = TimeKey {
+            at: DateTime::from_timestamp_micros(1_764_000_000_123_456).unwrap(),
+            version: 42,
+        };
+        let cursor = encode_cursor(CursorKind::BalanceHistory, &key);
+        let request = PageRequest::<TimeKey>::parse(
+            CursorKind::BalanceHistory,
+            PageArguments {
+                after: Some(cursor),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(request.after, Some(key));
     }
 
     #[test]

@@ -11,9 +11,11 @@ mod m20261124_000002_feeds;
 mod m20261125_000001_guards;
 mod m20261125_000002_api_keys;
 mod m20261126_000001_holds_refunds;
+mod m20261127_000001_balance_history;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
+pub use m20261127_000001_balance_history::HISTORY_GUARD_TRIGGERS;
 
 pub struct Migrator;
 
@@ -26,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_guards::Migration),
             Box::new(m20261125_000002_api_keys::Migration),
             Box::new(m20261126_000001_holds_refunds::Migration),
+            Box::new(m20261127_000001_balance_history::Migration),
         ]
     }
 }

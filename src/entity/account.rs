@@ -18,6 +18,8 @@ pub struct Model {
     /// How many times the account's holds have changed: with `version`, orders cached
     /// balances.
     pub hold_seq: i64,
+    /// When the account's last entry was written: its next may not be earlier.
+    pub last_entry_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     /// Where the row sits in its client's feed: see `pagination::FeedKey`.
     pub feed_seq: i64,

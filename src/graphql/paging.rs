@@ -7,7 +7,7 @@ use async_graphql::{OutputType, Result};
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::AppResult;
 use crate::pagination::{
-    CursorKind, FeedKey, PAGE_SIZE_DEFAULT, Page, PageArguments, PageKey, PageRequest,
+    CursorKind, FeedKey, PAGE_SIZE_DEFAULT, Page, PageArguments, PageKey, PageRequest, TimeKey,
     encode_cursor,
 };
 
@@ -61,6 +61,17 @@ impl Keyset<ledger_entry::Model> for i64 {
     const CURSOR: CursorKind = CursorKind::LedgerEntry;
     fn of(row: &ledger_entry::Model) -> Self {
         row.account_version
+    }
+}
+
+/// One account's entries as its balance history, by time.
+impl Keyset<ledger_entry::Model> for TimeKey {
+    const CURSOR: CursorKind = CursorKind::BalanceHistory;
+    fn of(row: &ledger_entry::Model) -> Self {
+        TimeKey {
+            at: row.created_at,
+            version: row.account_version,
+        }
     }
 }
 

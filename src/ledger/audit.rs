@@ -85,6 +85,17 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
             ),
         ),
         (
+            "an account's entries never go back in time",
+            Subject::LedgerEntry,
+            "SELECT id AS subject, 'created ' || CAST(created_at AS TEXT) \
+             || ' before the entry ahead of it, created ' || CAST(created_before AS TEXT) AS detail FROM ( \
+               SELECT e.id, e.created_at, \
+               LAG(e.created_at) OVER (PARTITION BY e.account_id ORDER BY e.account_version) AS created_before \
+               FROM ledger_entries e) chained \
+             WHERE created_at < created_before"
+                .to_owned(),
+        ),
+        (
             "no account breaks its balance rule, with pending held",
             Subject::Account,
             "SELECT id AS subject, balance_rule || ' account has balance ' \

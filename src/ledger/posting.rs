@@ -1,6 +1,8 @@
 //! The pure rules of a posting: balance rules, declines, and the two entries a payment
 //! writes. No I/O here, so every rule is unit-tested directly.
 
+use chrono::{DateTime, Utc};
+
 pub use crate::entity::account::BalanceRule;
 pub use crate::entity::ledger_entry::EntryDirection;
 use crate::ledger::money::PositiveAmount;
@@ -144,6 +146,23 @@ pub enum Movement<K> {
     },
     /// Releases a live hold of `held` on `from`.
     Void { from: K, held: PositiveAmount },
+}
+
+/// The time a posting's entries are stamped with: `now`, or if that is not after the
+/// last entry on an account it moves (two postings in one batch, or an entry written by
+/// an instance whose clock runs ahead), one microsecond (the stored resolution) after
+/// the latest of them. So an account's entries are strictly ordered in time as in
+/// version, and the balance at any moment, or at any entry's time, is found by time
+/// alone.
+pub fn posting_time(
+    now: DateTime<Utc>,
+    last_entries: impl IntoIterator<Item = Option<DateTime<Utc>>>,
+) -> DateTime<Utc> {
+    last_entries
+        .into_iter()
+        .flatten()
+        .map(|last| last + chrono::Duration::microseconds(1))
+        .fold(now, DateTime::max)
 }
 
 /// Decides a payment of `amount` from `source` to `destination`.
@@ -310,6 +329,18 @@ mod tests {
 
     fn amount(minor: i64) -> PositiveAmount {
         PositiveAmount::from_minor(minor).unwrap()
+    }
+
+    #[test]
+    fn a_posting_is_stamped_after_each_account_s_last_entry() {
+        let now = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap();
+        let earlier = now - chrono::Duration::seconds(5);
+        let later = now + chrono::Duration::milliseconds(1500);
+        let next = |at: DateTime<Utc>| at + chrono::Duration::microseconds(1);
+        assert_eq!(posting_time(now, [None, None]), now);
+        assert_eq!(posting_time(now, [Some(earlier), None]), now);
+        assert_eq!(posting_time(now, [Some(earlier), Some(later)]), next(later));
+        assert_eq!(posting_time(now, [Some(now)]), next(now));
     }
 
     #[test]

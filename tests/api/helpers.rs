@@ -445,6 +445,7 @@ impl TestApp {
         for (trigger, table) in migration::GUARD_TRIGGERS
             .into_iter()
             .chain(migration::HOLD_GUARD_TRIGGERS)
+            .chain(migration::HISTORY_GUARD_TRIGGERS)
         {
             let statement = match backend {
                 sea_orm::DbBackend::Postgres => {
@@ -553,6 +554,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261125_000001_guards.rs"),
         include_str!("../../migration/src/m20261125_000002_api_keys.rs"),
         include_str!("../../migration/src/m20261126_000001_holds_refunds.rs"),
+        include_str!("../../migration/src/m20261127_000001_balance_history.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

@@ -14,6 +14,7 @@ mod concurrency;
 mod cors;
 mod feeds;
 mod group_commit;
+mod history;
 mod http;
 mod idempotency;
 mod keys;

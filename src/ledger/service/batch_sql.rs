@@ -27,6 +27,8 @@ pub struct AccountMove {
     pub locked_version: i64,
     pub balance_minor: i64,
     pub version: i64,
+    /// The time of its last entry once the batch is written.
+    pub last_entry_at: Option<DateTime<Utc>>,
     pub locked_hold_seq: i64,
     pub pending_minor: i64,
     pub hold_seq: i64,
@@ -228,7 +230,8 @@ pub async fn lock_accounts(
             let statement = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT id, client_id, currency, balance_rule, credit_limit_minor, external_ref,
-                        balance_minor, version, pending_minor, hold_seq, created_at, feed_seq
+                        balance_minor, version, pending_minor, hold_seq, last_entry_at, created_at,
+                        feed_seq
                  FROM accounts
                  WHERE id = ANY($1::uuid[])
                    AND (id, client_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))
@@ -402,8 +405,8 @@ fn set_feed_seq(payments: &mut [payment::Model], entries: &mut [ledger_entry::Mo
     }
 }
 
-/// $1..$27 of both posting statements: the payments ($1..$13), the account moves
-/// ($14..$17) and the entries ($18..$27).
+/// $1..$28 of both posting statements: the payments ($1..$13), the account moves
+/// ($14..$17, $28) and the entries ($18..$27).
 fn posting_values(
     payments: &[payment::Model],
     moves: &[AccountMove],
@@ -442,6 +445,10 @@ fn posting_values(
         array(entries, |row| row.balance_after_minor),
         array(entries, |row| row.account_version),
         array(entries, |row| row.created_at),
+        // $28: the moves' last entry time (kept as it was where no entry was added)
+        array(moves, |row| {
+            row.last_entry_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+        }),
     ]
 }
 
@@ -499,9 +506,11 @@ async fn write_postings_postgres(
          ),
          moved AS (
            UPDATE accounts AS a
-           SET balance_minor = m.balance_minor, version = m.version
-           FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[])
-             AS m(id, balance_minor, locked_version, version)
+           SET balance_minor = m.balance_minor, version = m.version,
+               last_entry_at = CASE WHEN m.version > a.version THEN m.last_entry_at
+                                    ELSE a.last_entry_at END
+           FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[], $28::timestamptz[])
+             AS m(id, balance_minor, locked_version, version, last_entry_at)
            WHERE a.id = m.id AND a.version = m.locked_version
            RETURNING a.id
          ),
@@ -531,31 +540,31 @@ async fn write_lifecycle_postgres(
     let mut values = posting_values(payments, moves, entries);
     let (settlements, placed) = (&holds.settlements, &holds.placed);
     values.extend([
-        // $28..$31: the payments' hold expiry and refunded payment
+        // $29..$32: the payments' hold expiry and refunded payment
         array(payments, |row| {
             row.hold_expires_at.unwrap_or(row.created_at)
         }),
         array(payments, |row| row.hold_expires_at.is_some()),
         array(payments, |row| row.refund_of.unwrap_or(row.id)),
         array(payments, |row| row.refund_of.is_some()),
-        // $32..$34: the moves' holds
+        // $33..$35: the moves' holds
         array(moves, |row| row.pending_minor),
         array(moves, |row| row.locked_hold_seq),
         array(moves, |row| row.hold_seq),
-        // $35..$40: the settlements
+        // $36..$41: the settlements
         array(settlements, |row| row.id),
         array(settlements, |row| row.client_id),
         array(settlements, |row| row.payment_id),
         array(settlements, |row| row.kind.to_value()),
         array(settlements, |row| row.amount_minor),
         array(settlements, |row| row.created_at),
-        // $41..$45: the holds placed
+        // $42..$46: the holds placed
         array(placed, |row| row.payment_id),
         array(placed, |row| row.client_id),
         array(placed, |row| row.account_id),
         array(placed, |row| row.amount_minor),
         array(placed, |row| row.expires_at),
-        // $46..$48: the holds released: settled, and expired on these accounts
+        // $47..$49: the holds released: settled, and expired on these accounts
         Value::from(holds.settled.clone()),
         Value::from(holds.expired_on.clone()),
         Value::from(holds.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
@@ -576,8 +585,8 @@ async fn write_lifecycle_postgres(
                   CASE WHEN has_refund THEN refund_of END
            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],
                        $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[],
-                       $13::timestamptz[], $28::timestamptz[], $29::bool[], $30::uuid[],
-                       $31::bool[])
+                       $13::timestamptz[], $29::timestamptz[], $30::bool[], $31::uuid[],
+                       $32::bool[])
              AS p(id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status, decline_reason, has_decline_reason, description,
                   has_description, created_at, hold_expires_at, has_hold, refund_of, has_refund)
@@ -585,11 +594,13 @@ async fn write_lifecycle_postgres(
          moved AS (
            UPDATE accounts AS a
            SET balance_minor = m.balance_minor, version = m.version,
+               last_entry_at = CASE WHEN m.version > a.version THEN m.last_entry_at
+                                    ELSE a.last_entry_at END,
                pending_minor = m.pending_minor, hold_seq = m.hold_seq
-           FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[], $32::int8[],
-                       $33::int8[], $34::int8[])
-             AS m(id, balance_minor, locked_version, version, pending_minor, locked_hold_seq,
-                  hold_seq)
+           FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[], $28::timestamptz[],
+                       $33::int8[], $34::int8[], $35::int8[])
+             AS m(id, balance_minor, locked_version, version, last_entry_at, pending_minor,
+                  locked_hold_seq, hold_seq)
            WHERE a.id = m.id AND a.version = m.locked_version
              AND a.hold_seq = m.locked_hold_seq
            RETURNING a.id
@@ -604,18 +615,18 @@ async fn write_lifecycle_postgres(
          ),
          new_settlements AS (
            INSERT INTO payment_settlements (id, client_id, payment_id, kind, amount_minor, created_at)
-           SELECT * FROM unnest($35::uuid[], $36::uuid[], $37::uuid[], $38::text[], $39::int8[],
-                                $40::timestamptz[])
+           SELECT * FROM unnest($36::uuid[], $37::uuid[], $38::uuid[], $39::text[], $40::int8[],
+                                $41::timestamptz[])
          ),
          placed AS (
            INSERT INTO live_holds (payment_id, client_id, account_id, amount_minor, expires_at)
-           SELECT * FROM unnest($41::uuid[], $42::uuid[], $43::uuid[], $44::int8[],
-                                $45::timestamptz[])
+           SELECT * FROM unnest($42::uuid[], $43::uuid[], $44::uuid[], $45::int8[],
+                                $46::timestamptz[])
          ),
          released AS (
            DELETE FROM live_holds
-           WHERE payment_id = ANY($46::uuid[])
-              OR (account_id = ANY($47::uuid[]) AND expires_at <= $48::timestamptz)
+           WHERE payment_id = ANY($47::uuid[])
+              OR (account_id = ANY($48::uuid[]) AND expires_at <= $49::timestamptz)
          )
          SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
         values,
@@ -687,6 +698,10 @@ async fn write_postings_portable(
                 Expr::value(account_move.balance_minor),
             )
             .col_expr(account::Column::Version, Expr::value(account_move.version))
+            .col_expr(
+                account::Column::LastEntryAt,
+                Expr::value(account_move.last_entry_at),
+            )
             .col_expr(
                 account::Column::PendingMinor,
                 Expr::value(account_move.pending_minor),

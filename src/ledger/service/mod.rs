@@ -513,6 +513,7 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         version: 0,
         pending_minor: 0,
         hold_seq: 0,
+        last_entry_at: None,
         created_at: crate::entity::stored_now(),
         // Set in the inserting transaction (`insert_account`).
         feed_seq: 0,

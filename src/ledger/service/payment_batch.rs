@@ -30,7 +30,9 @@ use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{ClientId, LedgerEntryId};
 use crate::ledger::lifecycle;
 use crate::ledger::money::PositiveAmount;
-use crate::ledger::posting::{AccountState, EntryPlan, Movement, PostingPlan, plan_in_order};
+use crate::ledger::posting::{
+    AccountState, EntryPlan, Movement, PostingPlan, plan_in_order, posting_time,
+};
 use crate::ledger::requests::NewPayment;
 use crate::metrics::Metrics;
 
@@ -354,14 +356,32 @@ impl Batcher {
         let mut entries = Vec::with_capacity(claimed.len() * 2);
         let mut holds = HoldWrites::default();
         let mut answers = Vec::with_capacity(claimed.len());
+        let mut last_entry_at: HashMap<Uuid, DateTime<Utc>> = locked
+            .values()
+            .filter_map(|row| Some((row.id, row.last_entry_at?)))
+            .collect();
         for (index, decision) in decisions {
             let Ok(decision) = decision else {
                 return Err(WriteError::Tangled);
             };
             let job = jobs[index];
+            // Entries are stamped no earlier than the last entry on either account.
+            let posted_at = match decision.plan {
+                PostingPlan::Post { .. } => {
+                    let [from, to] = job.accounts();
+                    let at = posting_time(
+                        now,
+                        [last_entry_at.get(&from), last_entry_at.get(&to)].map(|at| at.copied()),
+                    );
+                    last_entry_at.insert(from, at);
+                    last_entry_at.insert(to, at);
+                    at
+                }
+                _ => now,
+            };
             match &job.work {
                 Work::Pay { .. } | Work::Refund { .. } => {
-                    let payment = payment_row(job, &decision, now)?;
+                    let payment = payment_row(job, &decision, posted_at)?;
                     if let PostingPlan::Post { debit, credit } = decision.plan {
                         entries.extend(entry_rows(&payment, [debit, credit]));
                     }
@@ -385,7 +405,7 @@ impl Batcher {
                             // A capture's entries are the hold's, written now.
                             entries.extend(entry_rows(hold, [debit, credit]).map(|row| {
                                 ledger_entry::Model {
-                                    created_at: now,
+                                    created_at: posted_at,
                                     ..row
                                 }
                             }));
@@ -406,7 +426,7 @@ impl Batcher {
                 }
             }
         }
-        let moves = account_moves(&locked, &states, &holds, context.as_ref());
+        let moves = account_moves(&locked, &states, &last_entry_at, &holds, context.as_ref());
         if let Some(context) = &context {
             holds.expired_on = context
                 .pending
@@ -675,6 +695,7 @@ fn take_live_hold(
 fn account_moves(
     locked: &HashMap<Uuid, account::Model>,
     states: &HashMap<Uuid, AccountState>,
+    last_entry_at: &HashMap<Uuid, DateTime<Utc>>,
     holds: &HoldWrites,
     context: Option<&BatchContext>,
 ) -> Vec<AccountMove> {
@@ -701,6 +722,7 @@ fn account_moves(
                 locked_version: row.version,
                 balance_minor: state.balance_minor,
                 version: state.version,
+                last_entry_at: last_entry_at.get(id).copied(),
                 locked_hold_seq: row.hold_seq,
                 pending_minor: state.pending_minor,
                 hold_seq: row.hold_seq + i64::from(holds_moved),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, UnionType};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
+use sea_orm::{
+    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+};
 use uuid::Uuid;
 
 use super::Ledger;
@@ -18,7 +20,7 @@ use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
 use crate::ledger::lifecycle::PaymentStatus;
 use crate::ledger::posting::EntryDirection;
-use crate::pagination::{FeedKey, Page, PageRequest, fetch_page};
+use crate::pagination::{FeedKey, Page, PageRequest, TimeKey, fetch_page};
 
 impl Ledger {
     /// Accounts read from the database now, balances included; their balances also
@@ -420,6 +422,51 @@ impl Ledger {
             .filter(ledger_entry::Column::AccountId.eq(account.0))
             .filter(ledger_entry::Column::ClientId.eq(client.0));
         let columns = [ledger_entry::Column::AccountVersion];
+        Ok(fetch_page(&self.db, select, &columns, &page).await?)
+    }
+
+    /// The account's last entry at or before `at`, if any: one probe of the
+    /// `(account_id, created_at, account_version)` index, whatever the history's length.
+    pub async fn entry_at(
+        &self,
+        client: ClientId,
+        account: AccountId,
+        at: DateTime<Utc>,
+    ) -> AppResult<Option<ledger_entry::Model>> {
+        Ok(ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::AccountId.eq(account.0))
+            .filter(ledger_entry::Column::ClientId.eq(client.0))
+            .filter(ledger_entry::Column::CreatedAt.lte(at))
+            .order_by_desc(ledger_entry::Column::CreatedAt)
+            .order_by_desc(ledger_entry::Column::AccountVersion)
+            .one(&self.db)
+            .await?)
+    }
+
+    /// An account's entries from `since` (inclusive) to `until` (exclusive), by time:
+    /// one range of the `(account_id, created_at, account_version)` index per page.
+    pub async fn balance_history(
+        &self,
+        client: ClientId,
+        account: AccountId,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        page: PageRequest<TimeKey>,
+    ) -> AppResult<Page<ledger_entry::Model>> {
+        self.require_account(client, account).await?;
+        let mut select = ledger_entry::Entity::find()
+            .filter(ledger_entry::Column::AccountId.eq(account.0))
+            .filter(ledger_entry::Column::ClientId.eq(client.0));
+        if let Some(since) = since {
+            select = select.filter(ledger_entry::Column::CreatedAt.gte(since));
+        }
+        if let Some(until) = until {
+            select = select.filter(ledger_entry::Column::CreatedAt.lt(until));
+        }
+        let columns = [
+            ledger_entry::Column::CreatedAt,
+            ledger_entry::Column::AccountVersion,
+        ];
         Ok(fetch_page(&self.db, select, &columns, &page).await?)
     }
 
