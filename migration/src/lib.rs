@@ -12,6 +12,7 @@ mod m20261125_000001_guards;
 mod m20261125_000002_api_keys;
 mod m20261126_000001_holds_refunds;
 mod m20261127_000001_balance_history;
+mod m20261127_000002_metadata;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_api_keys::Migration),
             Box::new(m20261126_000001_holds_refunds::Migration),
             Box::new(m20261127_000001_balance_history::Migration),
+            Box::new(m20261127_000002_metadata::Migration),
         ]
     }
 }

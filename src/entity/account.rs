@@ -23,6 +23,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// Where the row sits in its client's feed: see `pagination::FeedKey`.
     pub feed_seq: i64,
+    /// The client's key/value pairs as JSON text (`ledger::metadata`).
+    pub metadata: Option<String>,
 }
 
 /// How far an account's balance may go down.

@@ -10,6 +10,7 @@ pub mod idempotency_key;
 pub mod ledger_entry;
 pub mod live_hold;
 pub mod payment;
+pub mod payment_metadata;
 pub mod payment_settlement;
 
 /// The current time as the database stores it (PostgreSQL keeps microseconds), so a

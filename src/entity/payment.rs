@@ -23,6 +23,8 @@ pub struct Model {
     pub refund_of: Option<Uuid>,
     /// Where the row sits in its client's feed: see `pagination::FeedKey`.
     pub feed_seq: i64,
+    /// The client's key/value pairs as JSON text (`ledger::metadata`).
+    pub metadata: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]

@@ -4,7 +4,7 @@
 use async_graphql::{Context, ID, InputObject, MergedObject, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
-use crate::graphql::scalars::Money;
+use crate::graphql::scalars::{Json, Money};
 use crate::graphql::scope;
 use crate::graphql::types::{Account, Payment};
 use crate::ledger::posting::BalanceRule;
@@ -27,6 +27,8 @@ pub struct CreateAccountInput {
     pub credit_limit: Option<Money>,
     /// Your own reference, unique per client.
     pub external_ref: Option<String>,
+    /// Your own key/value pairs, returned as given.
+    pub metadata: Option<Json>,
 }
 
 #[derive(SimpleObject)]
@@ -53,7 +55,8 @@ impl AccountMutation {
             input.balance_rule,
             input.credit_limit.as_ref().map(|limit| limit.0.as_str()),
             input.external_ref,
-        )?;
+        )?
+        .with_metadata(input.metadata.map(|metadata| metadata.0));
         let created = scope.ledger.create_account(scope.client, request).await?;
         Ok(CreateAccountPayload {
             account: Account::from_row(created.value)?,
@@ -83,6 +86,9 @@ pub struct CreatePaymentInput {
     /// When the hold expires unless captured or voided first (only with `pending`);
     /// defaults to now plus the server's HOLD_TTL_SECONDS (7 days unless configured).
     pub hold_expires_at: Option<DateTime<Utc>>,
+    /// Your own key/value pairs, returned as given and part of the request's
+    /// fingerprint; `payments(metadata: {key, value})` finds the payment by any pair.
+    pub metadata: Option<Json>,
 }
 
 #[derive(SimpleObject)]
@@ -170,7 +176,8 @@ impl PaymentMutation {
             &input.currency,
             input.description,
         )?
-        .with_hold(HoldRequest::parse(input.pending, input.hold_expires_at)?);
+        .with_hold(HoldRequest::parse(input.pending, input.hold_expires_at)?)
+        .with_metadata(input.metadata.map(|metadata| metadata.0));
         let (payment, replayed) =
             answered(scope.ledger.create_payment(scope.client, request).await?)?;
         Ok(CreatePaymentPayload { payment, replayed })

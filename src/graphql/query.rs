@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 
 use crate::error::AppError;
 use crate::graphql::paging::page_of;
-use crate::graphql::types::{Account, LedgerEntry, Node, Payment, load_account, payment_page};
+use crate::graphql::types::{
+    Account, LedgerEntry, MetadataFilter, Node, Payment, load_account, payment_page,
+};
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{self, AccountId, IdKind, LedgerEntryId, PaymentId};
@@ -154,7 +156,8 @@ impl PaymentQuery {
     /// `after: <last endCursor>` to see every payment exactly once, across any number
     /// of server instances. Each argument narrows the list: `accountId` to payments
     /// from or to it, `status`, and `since` (inclusive) / `until` (exclusive) on
-    /// `createdAt`.
+    /// `createdAt`, and `metadata` to payments with that one key/value pair in their
+    /// metadata (found through an index of the pairs).
     #[graphql(
         complexity = "crate::graphql::paging::page_complexity(first, last, child_complexity)"
     )]
@@ -166,6 +169,7 @@ impl PaymentQuery {
         status: Option<PaymentStatus>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
+        metadata: Option<MetadataFilter>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
@@ -179,6 +183,7 @@ impl PaymentQuery {
             status,
             since,
             until,
+            metadata: metadata.map(MetadataFilter::into_pair).transpose()?,
         };
         payment_page(
             scope(ctx)?,

@@ -2,7 +2,7 @@
 //! database itself except through the request's DataLoader or the ledger service.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, Enum, ID, Interface, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result, SimpleObject};
 use chrono::{DateTime, Utc};
 
 use crate::cache::VersionedBalance;
@@ -13,10 +13,11 @@ use crate::graphql::loaders::{
     CachedBalance, EntriesOfPayment, RefundsOf, SettlementOf, StrongBalance,
 };
 use crate::graphql::paging::{Listed, listed, page_of};
-use crate::graphql::scalars::Money;
+use crate::graphql::scalars::{Json, Money};
 use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentId};
 use crate::ledger::lifecycle::{self, PaymentStatus, SettlementKind};
+use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection};
 use crate::ledger::service::PaymentFilter;
@@ -222,6 +223,7 @@ impl Account {
         status: Option<PaymentStatus>,
         since: Option<DateTime<Utc>>,
         until: Option<DateTime<Utc>>,
+        metadata: Option<MetadataFilter>,
         first: Option<i32>,
         after: Option<String>,
         last: Option<i32>,
@@ -232,6 +234,7 @@ impl Account {
             status,
             since,
             until,
+            metadata: metadata.map(MetadataFilter::into_pair).transpose()?,
         };
         payment_page(
             scope(ctx)?,
@@ -243,6 +246,40 @@ impl Account {
 
     async fn created_at(&self) -> DateTime<Utc> {
         self.row.created_at
+    }
+
+    /// Your own key/value pairs, as given.
+    async fn metadata(&self) -> Result<Option<Json>> {
+        Ok(stored_metadata(self.row.metadata.as_deref())?)
+    }
+}
+
+/// Metadata as stored, for output.
+fn stored_metadata(text: Option<&str>) -> AppResult<Option<Json>> {
+    text.map(|text| Metadata::from_stored(text).map(Json))
+        .transpose()
+}
+
+/// One key/value pair to find payments by.
+#[derive(InputObject)]
+pub struct MetadataFilter {
+    pub key: String,
+    pub value: String,
+}
+
+impl MetadataFilter {
+    pub(crate) fn into_pair(self) -> AppResult<(String, String)> {
+        if self.key.is_empty()
+            || self.key.len() > Metadata::KEY_BYTES_MAX
+            || self.value.len() > Metadata::VALUE_BYTES_MAX
+        {
+            return Err(AppError::bad_input(format!(
+                "a metadata key is 1 to {} bytes and a value at most {}",
+                Metadata::KEY_BYTES_MAX,
+                Metadata::VALUE_BYTES_MAX
+            )));
+        }
+        Ok((self.key, self.value))
     }
 }
 
@@ -417,6 +454,11 @@ impl Payment {
 
     async fn description(&self) -> Option<&str> {
         self.row.description.as_deref()
+    }
+
+    /// Your own key/value pairs, as given.
+    async fn metadata(&self) -> Result<Option<Json>> {
+        Ok(stored_metadata(self.row.metadata.as_deref())?)
     }
 
     /// The DEBIT and CREDIT entries of a POSTED payment (a captured hold's are written

@@ -96,6 +96,17 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
                 .to_owned(),
         ),
         (
+            "a metadata pair belongs to a payment of its client that has metadata",
+            Subject::Payment,
+            "SELECT m.payment_id AS subject, 'pair ' || m.key || ' of a payment ' \
+             || CASE WHEN p.id IS NULL THEN 'that does not exist' \
+                     WHEN p.metadata IS NULL THEN 'without metadata' \
+                     ELSE 'of another client' END AS detail \
+             FROM payment_metadata m LEFT JOIN payments p ON p.id = m.payment_id \
+             WHERE p.id IS NULL OR p.metadata IS NULL OR p.client_id <> m.client_id"
+                .to_owned(),
+        ),
+        (
             "no account breaks its balance rule, with pending held",
             Subject::Account,
             "SELECT id AS subject, balance_rule || ' account has balance ' \

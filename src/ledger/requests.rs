@@ -8,6 +8,7 @@ use sea_orm::ActiveEnum;
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{Fingerprint, IdempotencyKey, Operation};
 use crate::ids::{AccountId, PaymentId};
+use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, PositiveAmount, parse_decimal, to_minor_units};
 use crate::ledger::posting::BalanceRule;
 
@@ -43,6 +44,7 @@ pub struct NewAccount {
     pub balance_rule: BalanceRule,
     pub credit_limit_minor: Option<i64>,
     pub external_ref: Option<String>,
+    pub metadata: Option<Metadata>,
 }
 
 impl NewAccount {
@@ -87,20 +89,25 @@ impl NewAccount {
             balance_rule,
             credit_limit_minor,
             external_ref,
+            metadata: None,
         })
+    }
+
+    pub fn with_metadata(self, metadata: Option<Metadata>) -> Self {
+        Self { metadata, ..self }
     }
 
     pub fn fingerprint(&self) -> Fingerprint {
         let credit_limit = self.credit_limit_minor.map(|minor| minor.to_string());
-        Fingerprint::of(
-            Operation::CreateAccount,
-            &[
-                Some(self.currency.code()),
-                Some(&self.balance_rule.to_value()),
-                credit_limit.as_deref(),
-                self.external_ref.as_deref(),
-            ],
-        )
+        let mut fields = vec![
+            Some(self.currency.code().to_owned()),
+            Some(self.balance_rule.to_value()),
+            credit_limit,
+            self.external_ref.clone(),
+        ];
+        with_metadata_fields(&mut fields, self.metadata.as_ref());
+        let fields: Vec<Option<&str>> = fields.iter().map(Option::as_deref).collect();
+        Fingerprint::of(Operation::CreateAccount, &fields)
     }
 }
 
@@ -114,6 +121,7 @@ pub struct NewPayment {
     pub description: Option<String>,
     /// Set for a hold (`pending: true`).
     pub hold: Option<HoldRequest>,
+    pub metadata: Option<Metadata>,
 }
 
 /// A hold's terms as the client gave them.
@@ -165,6 +173,7 @@ impl NewPayment {
             currency,
             description,
             hold: None,
+            metadata: None,
         })
     }
 
@@ -172,27 +181,41 @@ impl NewPayment {
         Self { hold, ..self }
     }
 
+    pub fn with_metadata(self, metadata: Option<Metadata>) -> Self {
+        Self { metadata, ..self }
+    }
+
     pub fn fingerprint(&self) -> Fingerprint {
         let from = self.from.to_string();
         let to = self.to.to_string();
         let amount = self.amount.minor().to_string();
         let mut fields = vec![
-            Some(from.as_str()),
-            Some(to.as_str()),
-            Some(amount.as_str()),
-            Some(self.currency.code()),
-            self.description.as_deref(),
+            Some(from),
+            Some(to),
+            Some(amount),
+            Some(self.currency.code().to_owned()),
+            self.description.clone(),
         ];
-        // Appended only for holds, so a plain payment's fingerprint is what it always was
-        // and keys stored before holds existed still replay.
-        let expiry = self
-            .hold
-            .map(|hold| hold.expires_at.map(|at| at.timestamp_micros().to_string()));
-        if let Some(expiry) = &expiry {
-            fields.push(Some("pending"));
-            fields.push(expiry.as_deref());
+        // Appended only for holds (and metadata, below), so a plain payment's
+        // fingerprint is what it always was and keys stored before holds existed still
+        // replay.
+        if let Some(hold) = self.hold {
+            fields.push(Some("pending".to_owned()));
+            fields.push(hold.expires_at.map(|at| at.timestamp_micros().to_string()));
         }
+        with_metadata_fields(&mut fields, self.metadata.as_ref());
+        let fields: Vec<Option<&str>> = fields.iter().map(Option::as_deref).collect();
         Fingerprint::of(Operation::CreatePayment, &fields)
+    }
+}
+
+/// Appends metadata to a fingerprint's fields when there is any, so requests without
+/// it keep the fingerprint they had before metadata existed. The same pairs in any
+/// order are one request.
+fn with_metadata_fields(fields: &mut Vec<Option<String>>, metadata: Option<&Metadata>) {
+    if let Some(metadata) = metadata {
+        fields.push(Some("metadata".to_owned()));
+        fields.push(Some(metadata.fingerprint_text()));
     }
 }
 

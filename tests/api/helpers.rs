@@ -555,6 +555,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261125_000002_api_keys.rs"),
         include_str!("../../migration/src/m20261126_000001_holds_refunds.rs"),
         include_str!("../../migration/src/m20261127_000001_balance_history.rs"),
+        include_str!("../../migration/src/m20261127_000002_metadata.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

@@ -23,6 +23,7 @@ mod link;
 mod loaders;
 mod loadgen;
 mod lost_connections;
+mod metadata;
 mod pagination;
 mod payments;
 mod roles;

@@ -17,7 +17,8 @@ use uuid::Uuid;
 use crate::db::Backend;
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
-    account, idempotency_key, ledger_entry, live_hold, payment, payment_settlement,
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_metadata,
+    payment_settlement,
 };
 
 /// An account a batch changed: its balance (from `locked_version` to `version`), its
@@ -351,19 +352,24 @@ pub async fn write_postings(
     moves: &[AccountMove],
     entries: &mut [ledger_entry::Model],
     holds: &HoldWrites,
+    pairs: &[payment_metadata::Model],
 ) -> Result<u64, DbErr> {
     match backend {
         // The column defaults set it; the statement reports which it was.
         Backend::Postgres => {
             let plain = holds.is_empty()
-                && payments
-                    .iter()
-                    .all(|row| row.hold_expires_at.is_none() && row.refund_of.is_none())
+                && pairs.is_empty()
+                && payments.iter().all(|row| {
+                    row.hold_expires_at.is_none()
+                        && row.refund_of.is_none()
+                        && row.metadata.is_none()
+                })
                 && moves.iter().all(|row| row.hold_seq == row.locked_hold_seq);
             let (moved, feed_seq) = if plain {
                 write_postings_postgres(transaction, payments, moves, entries).await?
             } else {
-                write_lifecycle_postgres(transaction, payments, moves, entries, holds).await?
+                write_lifecycle_postgres(transaction, payments, moves, entries, holds, pairs)
+                    .await?
             };
             set_feed_seq(payments, entries, feed_seq);
             Ok(moved)
@@ -391,7 +397,7 @@ pub async fn write_postings(
                 .await?,
             );
             set_feed_seq(payments, entries, feed_seq);
-            write_postings_portable(transaction, payments, moves, entries, holds).await
+            write_postings_portable(transaction, payments, moves, entries, holds, pairs).await
         }
     }
 }
@@ -528,14 +534,16 @@ async fn write_postings_postgres(
     .await
 }
 
-/// Any batch with holds, settlements or refunds, in one statement: the plain one's
-/// parts with the hold columns, plus settlements, placed holds and released ones.
+/// Any batch with holds, settlements, refunds or metadata, in one statement: the plain
+/// one's parts with the hold and metadata columns, plus settlements, placed holds,
+/// released ones and metadata pairs.
 async fn write_lifecycle_postgres(
     transaction: &DatabaseTransaction,
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
     holds: &HoldWrites,
+    pairs: &[payment_metadata::Model],
 ) -> Result<(u64, i64), DbErr> {
     let mut values = posting_values(payments, moves, entries);
     let (settlements, placed) = (&holds.settlements, &holds.placed);
@@ -568,6 +576,14 @@ async fn write_lifecycle_postgres(
         Value::from(holds.settled.clone()),
         Value::from(holds.expired_on.clone()),
         Value::from(holds.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
+        // $50..$51: the payments' metadata
+        array(payments, |row| row.metadata.clone().unwrap_or_default()),
+        array(payments, |row| row.metadata.is_some()),
+        // $52..$55: the metadata pairs
+        array(pairs, |row| row.client_id),
+        array(pairs, |row| row.key.clone()),
+        array(pairs, |row| row.value.clone()),
+        array(pairs, |row| row.payment_id),
     ]);
     run_posting_statement(
         transaction,
@@ -575,21 +591,27 @@ async fn write_lifecycle_postgres(
            INSERT INTO payments
              (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
               currency, status, decline_reason, description, created_at, hold_expires_at,
-              refund_of)
+              refund_of, metadata)
            SELECT id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status,
                   CASE WHEN has_decline_reason THEN decline_reason END,
                   CASE WHEN has_description THEN description END,
                   created_at,
                   CASE WHEN has_hold THEN hold_expires_at END,
-                  CASE WHEN has_refund THEN refund_of END
+                  CASE WHEN has_refund THEN refund_of END,
+                  CASE WHEN has_metadata THEN metadata END
            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],
                        $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[],
                        $13::timestamptz[], $29::timestamptz[], $30::bool[], $31::uuid[],
-                       $32::bool[])
+                       $32::bool[], $50::text[], $51::bool[])
              AS p(id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status, decline_reason, has_decline_reason, description,
-                  has_description, created_at, hold_expires_at, has_hold, refund_of, has_refund)
+                  has_description, created_at, hold_expires_at, has_hold, refund_of, has_refund,
+                  metadata, has_metadata)
+         ),
+         new_pairs AS (
+           INSERT INTO payment_metadata (client_id, key, value, payment_id)
+           SELECT * FROM unnest($52::uuid[], $53::text[], $54::text[], $55::uuid[])
          ),
          moved AS (
            UPDATE accounts AS a
@@ -640,11 +662,22 @@ async fn write_postings_portable(
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
     holds: &HoldWrites,
+    pairs: &[payment_metadata::Model],
 ) -> Result<u64, DbErr> {
     if !payments.is_empty() {
         payment::Entity::insert_many(payments.iter().cloned().map(payment::ActiveModel::from))
             .exec_without_returning(transaction)
             .await?;
+    }
+    if !pairs.is_empty() {
+        payment_metadata::Entity::insert_many(
+            pairs
+                .iter()
+                .cloned()
+                .map(payment_metadata::ActiveModel::from),
+        )
+        .exec_without_returning(transaction)
+        .await?;
     }
     // Settlements and entries before moves: the database accepts a move only over
     // entries it can see, of payments that posted (the guards migrations).

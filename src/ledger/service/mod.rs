@@ -36,6 +36,7 @@ use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{AccountId, ClientId, PaymentId};
 use crate::ledger::lifecycle;
+use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, PositiveAmount, from_minor_units};
 use crate::ledger::requests::{NewAccount, NewCapture, NewPayment, NewRefund, NewVoid};
 use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
@@ -517,6 +518,7 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         created_at: crate::entity::stored_now(),
         // Set in the inserting transaction (`insert_account`).
         feed_seq: 0,
+        metadata: request.metadata.as_ref().map(Metadata::to_json),
     }
 }
 

@@ -23,12 +23,14 @@ use crate::db::Backend;
 use crate::entity::payment::StoredStatus;
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
-    account, idempotency_key, ledger_entry, live_hold, payment, payment_settlement,
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_metadata,
+    payment_settlement,
 };
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::ids::{ClientId, LedgerEntryId};
 use crate::ledger::lifecycle;
+use crate::ledger::metadata::Metadata;
 use crate::ledger::money::PositiveAmount;
 use crate::ledger::posting::{
     AccountState, EntryPlan, Movement, PostingPlan, plan_in_order, posting_time,
@@ -355,6 +357,7 @@ impl Batcher {
         let mut payments = Vec::with_capacity(claimed.len());
         let mut entries = Vec::with_capacity(claimed.len() * 2);
         let mut holds = HoldWrites::default();
+        let mut pairs = Vec::new();
         let mut answers = Vec::with_capacity(claimed.len());
         let mut last_entry_at: HashMap<Uuid, DateTime<Utc>> = locked
             .values()
@@ -395,6 +398,18 @@ impl Batcher {
                             amount_minor: payment.amount_minor,
                             expires_at,
                         });
+                    }
+                    if let Work::Pay { request, .. } = &job.work
+                        && let Some(metadata) = &request.metadata
+                    {
+                        pairs.extend(metadata.pairs().iter().map(|(key, value)| {
+                            payment_metadata::Model {
+                                client_id: payment.client_id,
+                                key: key.clone(),
+                                value: value.clone(),
+                                payment_id: payment.id,
+                            }
+                        }));
                     }
                     answers.push((index, payment.clone()));
                     payments.push(payment);
@@ -444,6 +459,7 @@ impl Batcher {
                 &moves,
                 &mut entries,
                 &holds,
+                &pairs,
             )
             .await?;
             // The version conditions can only fail if a row lock did not hold: a bug,
@@ -824,6 +840,7 @@ fn payment_row(
         refund_of: None,
         // Set when the batch is written (`batch_sql::write_postings`).
         feed_seq: 0,
+        metadata: None,
     };
     Ok(match &job.work {
         Work::Pay {
@@ -835,6 +852,7 @@ fn payment_row(
             currency: request.currency.code().to_owned(),
             description: request.description.clone(),
             hold_expires_at: *hold_expires_at,
+            metadata: request.metadata.as_ref().map(Metadata::to_json),
             ..row
         },
         Work::Refund {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use super::Ledger;
 use crate::cache::{Immutable, VersionedBalance};
 use crate::db::Backend;
-use crate::entity::{account, ledger_entry, payment, payment_settlement};
+use crate::entity::{account, ledger_entry, payment, payment_metadata, payment_settlement};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
@@ -380,6 +380,20 @@ impl Ledger {
         if let Some(until) = filter.until {
             select = select.filter(payment::Column::CreatedAt.lt(until));
         }
+        if let Some((key, value)) = &filter.metadata {
+            // One range of `payment_metadata`'s primary key.
+            select = select.filter(
+                payment::Column::Id.in_subquery(
+                    Query::select()
+                        .column(payment_metadata::Column::PaymentId)
+                        .from(payment_metadata::Entity)
+                        .and_where(payment_metadata::Column::ClientId.eq(client.0))
+                        .and_where(payment_metadata::Column::Key.eq(key.as_str()))
+                        .and_where(payment_metadata::Column::Value.eq(value.as_str()))
+                        .to_owned(),
+                ),
+            );
+        }
         let columns = [payment::Column::FeedSeq, payment::Column::Id];
         let Some(account) = filter.account else {
             return Ok(fetch_page(&self.db, select, &columns, &page).await?);
@@ -550,6 +564,8 @@ pub struct PaymentFilter {
     pub since: Option<DateTime<Utc>>,
     /// Created before.
     pub until: Option<DateTime<Utc>>,
+    /// With this key/value pair in their metadata.
+    pub metadata: Option<(String, String)>,
 }
 
 /// A table keyed by a UUID whose rows belong to one client each.
