@@ -47,6 +47,21 @@ pub enum Command {
         /// An existing role the server will log in as.
         role: String,
     },
+    /// Write one client's ledger entries (with payment, metadata and running balance)
+    /// to stdout for reconciliation: account by account, oldest first, streaming.
+    Export {
+        /// The client's id, or its name (as `client create` was given it).
+        #[arg(long)]
+        client: String,
+        /// Entries created at or after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Entries created before this RFC 3339 time.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ledger::export::Format,
+    },
     /// Check every ledger invariant from the database; exits 1 listing any violation.
     Verify {
         /// A file of acknowledged payments, one "<idempotency key><TAB><payment id>" per
@@ -122,6 +137,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!(
                 "granted {role} what the server needs; run it as {role} with DATABASE_MIGRATIONS=check"
             );
+        }
+        Command::Export {
+            client,
+            since,
+            until,
+            format,
+        } => {
+            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
+            let request = ledger::export::ExportRequest {
+                client: ledger::export::find_client(&db, &client).await?,
+                since,
+                until,
+                format,
+            };
+            let out = std::io::BufWriter::new(std::io::stdout());
+            let written = ledger::export::export(&db, &request, out).await?;
+            eprintln!("exported {written} entries");
         }
         Command::Verify { acknowledged } => {
             let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;

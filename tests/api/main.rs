@@ -12,6 +12,7 @@ mod cache;
 mod cli;
 mod concurrency;
 mod cors;
+mod export;
 mod feeds;
 mod group_commit;
 mod history;
