@@ -12,7 +12,10 @@
 //! checked by the ledger's audit, so the server reads a ledger it could have written.
 //! Prints numbers; asserts nothing.
 
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,62 +25,10 @@ use ledger_client::{AccountInput, LedgerClient, account_id_of};
 use rand::Rng;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use serde_json::{Value, json};
+use support::{Server, env_or, with_database};
 
 const SMALL_ENTRIES: i64 = 1_000;
 const PAGE_SIZE: i64 = 50;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let scheme_end = url.find("://").map(|index| index + 3).unwrap_or(0);
-    match url[scheme_end..].find('/') {
-        Some(slash) => format!("{}/{name}", &url[..scheme_end + slash]),
-        None => format!("{url}/{name}"),
-    }
-}
-
-struct Server {
-    process: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(database_url: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let process = Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the server starts");
-        let server = Self {
-            process,
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not start listening");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
 
 /// An account whose history was loaded: its id, and the time of its first and last entry.
 struct History {
@@ -292,7 +243,7 @@ fn main() {
         .trim()
         .to_owned();
 
-    let server = Server::start(&database_url);
+    let server = Server::start(&[("DATABASE_URL", &database_url)]);
     let client = LedgerClient::new(&server.address, Some(&key));
     let (results, histories, load_seconds, violations) = runtime.block_on(async {
         let create = |key: String, rule: &'static str| {

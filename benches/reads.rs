@@ -8,89 +8,19 @@
 //! redis://127.0.0.1:6379), `BENCH_SECONDS` per phase (default 5) and `BENCH_CONCURRENCY`
 //! (default 32). Creates and drops its own database. Prints numbers; asserts nothing.
 
-use std::process::{Child, Command, Stdio};
+#[path = "support/mod.rs"]
+mod support;
+
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use ledger_client::{AccountInput, LedgerClient, PaymentInput, account_id_of};
 use serde_json::{Value, json};
+use support::{Server, env_or, with_database};
 
 const ACCOUNTS: usize = 100;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let scheme_end = url.find("://").map(|index| index + 3).unwrap_or(0);
-    match url[scheme_end..].find('/') {
-        Some(slash) => format!("{}/{name}", &url[..scheme_end + slash]),
-        None => format!("{url}/{name}"),
-    }
-}
-
-struct Server {
-    process: Child,
-    address: String,
-}
-
-impl Server {
-    fn start(database_url: &str, redis_url: &str, extra: &[(&str, &str)]) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_payments-ledger"));
-        command
-            .arg("serve")
-            .env("DATABASE_URL", database_url)
-            .env("REDIS_URL", redis_url)
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("CACHE_NAMESPACE", format!("ledger-bench-{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let server = Self {
-            process: command.spawn().expect("the server starts"),
-            address: format!("http://127.0.0.1:{port}"),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the server did not start listening");
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|value| {
-                value
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .map_or(0.0, |kib| kib / 1024.0)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
 
 struct PhaseResult {
     name: &'static str,
@@ -245,7 +175,7 @@ fn main() {
         const TYPENAME: &str = "{ __typename }";
         const CACHED: &str = "query($id: ID!) { account(id: $id) { balance { amount version } } }";
         const STRONG: &str = "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount version } } }";
-        let server = Server::start(&database_url, &redis_url, &[]);
+        let server = Server::start(&[("DATABASE_URL", &database_url), ("REDIS_URL", &redis_url)]);
         let accounts = Arc::new(setup(&server, &key).await);
         let mut results = vec![
             run_phase("{ __typename }", &server, &key, TYPENAME, &accounts, concurrency, duration).await,
@@ -253,7 +183,11 @@ fn main() {
             run_phase("balance, STRONG (uncached)", &server, &key, STRONG, &accounts, concurrency, duration).await,
         ];
         drop(server);
-        let l2_only = Server::start(&database_url, &redis_url, &[("CACHE_L1_BALANCE_CAPACITY", "0")]);
+        let l2_only = Server::start(&[
+            ("DATABASE_URL", &database_url),
+            ("REDIS_URL", &redis_url),
+            ("CACHE_L1_BALANCE_CAPACITY", "0"),
+        ]);
         results.push(run_phase("balance, L2 only (L1 off)", &l2_only, &key, CACHED, &accounts, concurrency, duration).await);
         results
     });
