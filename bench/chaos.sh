@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The kill -9 test, repeatable: the release server on PostgreSQL, loadgen paying with
-# duplicates and races, holds, captures, voids, expiries and refunds (--lifecycle), and
+# duplicates and races, holds, captures, voids, expiries and refunds (--lifecycle), atomic
+# payment groups (--groups), and
 # logging every acknowledged payment as it arrives, and the
 # server killed with SIGKILL and restarted KILLS times during the run. Afterwards
 # `payments-ledger verify --acknowledged` checks from the database that every
@@ -52,6 +53,7 @@ start_server
 
 "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency 16 \
   --duration "${RUN_SECONDS}s" --accounts 50 --duplicate-rate 0.2 --race-rate 0.05 --lifecycle 0.3 \
+  --groups 0.1 \
   --retries 30 --acknowledged-log "$WORK/acknowledged.log" --quiet >"$WORK/loadgen.out" 2>&1 &
 LOADGEN_PID=$!
 for kill in $(seq 1 "$KILLS"); do

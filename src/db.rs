@@ -170,7 +170,8 @@ pub async fn grant_app_role(connection: &DatabaseConnection, role: &str) -> anyh
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!(
             "GRANT SELECT, INSERT ON clients, api_keys, accounts, payments, ledger_entries, \
-             idempotency_keys, payment_settlements, live_holds, payment_metadata TO {role}"
+             idempotency_keys, payment_settlements, live_holds, payment_metadata, payment_groups \
+             TO {role}"
         ),
         // Live holds are the one working set whose rows leave (when settled or
         // expired; a trigger checks which).

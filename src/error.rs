@@ -60,6 +60,15 @@ impl AppError {
         Self::BadUserInput(message.into())
     }
 
+    /// A bad input's message prefixed with where in the input it is, such as
+    /// `payments[2]`; other errors as they are.
+    pub fn at(self, place: &str) -> Self {
+        match self {
+            Self::BadUserInput(message) => Self::BadUserInput(format!("{place}: {message}")),
+            other => other,
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::NotFound(message.into())
     }

@@ -16,16 +16,23 @@ pub enum IdKind {
     Account,
     Payment,
     LedgerEntry,
+    PaymentGroup,
 }
 
 impl IdKind {
-    const ALL: [IdKind; 3] = [IdKind::Account, IdKind::Payment, IdKind::LedgerEntry];
+    const ALL: [IdKind; 4] = [
+        IdKind::Account,
+        IdKind::Payment,
+        IdKind::LedgerEntry,
+        IdKind::PaymentGroup,
+    ];
 
     fn prefix(self) -> &'static str {
         match self {
             IdKind::Account => "acc_",
             IdKind::Payment => "pay_",
             IdKind::LedgerEntry => "ent_",
+            IdKind::PaymentGroup => "grp_",
         }
     }
 
@@ -34,6 +41,7 @@ impl IdKind {
             IdKind::Account => "Account",
             IdKind::Payment => "Payment",
             IdKind::LedgerEntry => "LedgerEntry",
+            IdKind::PaymentGroup => "PaymentGroup",
         }
     }
 }
@@ -100,6 +108,7 @@ macro_rules! typed_id {
 typed_id!(AccountId, IdKind::Account);
 typed_id!(PaymentId, IdKind::Payment);
 typed_id!(LedgerEntryId, IdKind::LedgerEntry);
+typed_id!(PaymentGroupId, IdKind::PaymentGroup);
 
 /// A tenant. Not exposed through the API, so it has no public form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

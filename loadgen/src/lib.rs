@@ -1,9 +1,11 @@
 //! The load generator (`loadgen`): concurrent payments with duplicate resends, same-key races,
 //! client timeouts with retries that reuse the key, a hot account, reads, and (with
 //! `--lifecycle`) holds that are captured, voided, raced or left to expire, and refunds
-//! that race each other, followed by a verifier. It talks to any running server over HTTP, so it convinces anyone that
+//! that race each other, and (with `--groups`) atomic payment groups, some declined
+//! whole, followed by a verifier. It talks to any running server over HTTP, so it convinces anyone that
 //! exactly-once holds under pressure, and measures how fast it does.
 
+mod groups;
 mod lifecycle;
 mod report;
 mod verify;
@@ -83,6 +85,12 @@ pub struct Options {
     /// write benchmark's hold+capture row (payments/s counts pairs).
     #[arg(long)]
     pub hold_and_capture: bool,
+    /// Share of new payments that are a group instead (0 to 1): 2 to 4 payments chained
+    /// through the accounts with `createPayments`, a fifth of them declined whole by one
+    /// impossible leg; raced (`--race-rate`) and resent (`--duplicate-rate`) like
+    /// payments.
+    #[arg(long, default_value_t = 0.0)]
+    pub groups: f64,
     /// Share of operations that read a balance instead of paying (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
@@ -134,6 +142,8 @@ struct Counts {
     captured: u64,
     voided: u64,
     refunded: u64,
+    groups_posted: u64,
+    groups_declined: u64,
     gave_up: u64,
     errors: BTreeMap<String, u64>,
 }
@@ -157,6 +167,9 @@ struct Shared {
     transition_queue: Mutex<VecDeque<TransitionInput>>,
     /// Holds, settlements and refunds as acknowledged, for the verifier.
     lifecycle: Mutex<lifecycle::Tracked>,
+    /// Acknowledged groups, for the verifier, and those to resend.
+    groups: Mutex<groups::Tracked>,
+    group_queue: Mutex<VecDeque<groups::GroupRequest>>,
     violations: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
@@ -326,15 +339,27 @@ impl Shared {
             }
             Some(_) => {}
             None => {
-                if let Some(log) = lock(&self.acknowledged_log).as_mut() {
-                    use std::io::Write as _;
-                    if let Err(error) = writeln!(log, "{key}\t{id}") {
-                        self.violation(format!("cannot write the acknowledged log: {error}"));
-                    }
-                }
+                self.log_acknowledged(key, id);
                 acknowledged.insert(key.to_owned(), id.clone());
             }
         }
+    }
+
+    /// Appends "<key>\t<payment id>" to `--acknowledged-log`, if any.
+    fn log_acknowledged(&self, key: &str, id: &str) {
+        if let Some(log) = lock(&self.acknowledged_log).as_mut() {
+            use std::io::Write as _;
+            if let Err(error) = writeln!(log, "{key}\t{id}") {
+                self.violation(format!("cannot write the acknowledged log: {error}"));
+            }
+        }
+    }
+
+    /// Every payment the run acknowledged: alone (by key) or in a group.
+    fn acknowledged_payments(&self) -> Vec<String> {
+        let mut ids: Vec<String> = lock(&self.acknowledged).values().cloned().collect();
+        ids.extend(lock(&self.groups).payment_ids().cloned());
+        ids
     }
 
     async fn read(&self, rng: &mut StdRng) {
@@ -392,6 +417,13 @@ impl Shared {
                 continue;
             }
             if rng.random_bool(self.options.duplicate_rate.clamp(0.0, 1.0)) {
+                if rng.random_bool(self.options.groups.clamp(0.0, 1.0)) {
+                    let queued = lock(&self.group_queue).pop_front();
+                    if let Some(request) = queued {
+                        self.resend_group(&request).await;
+                        continue;
+                    }
+                }
                 if rng.random_bool(0.5) {
                     let queued = lock(&self.transition_queue).pop_front();
                     if let Some(transition) = queued {
@@ -409,6 +441,11 @@ impl Shared {
             sequence += 1;
             if self.options.hold_and_capture {
                 self.hold_and_capture(&mut rng, &format!("{run}-w{worker}"), sequence)
+                    .await;
+                continue;
+            }
+            if rng.random_bool(self.options.groups.clamp(0.0, 1.0)) {
+                self.group(&mut rng, &format!("{run}-w{worker}"), sequence)
                     .await;
                 continue;
             }
@@ -451,8 +488,16 @@ impl Shared {
         } else {
             String::new()
         };
+        let groups = if self.options.groups > 0.0 {
+            format!(
+                "  groups {} (declined {})",
+                counts.groups_posted, counts.groups_declined
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{seconds:>6.1}s  requests {} ({:.0}/s)  posted {}  declined {}  replayed {}  reads {}  errors {}{lifecycle}",
+            "{seconds:>6.1}s  requests {} ({:.0}/s)  posted {}  declined {}  replayed {}  reads {}  errors {}{lifecycle}{groups}",
             counts.requests,
             counts.requests as f64 / seconds.max(0.001),
             counts.posted,
@@ -518,6 +563,8 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         resend_queue: Mutex::default(),
         transition_queue: Mutex::default(),
         lifecycle: Mutex::default(),
+        groups: Mutex::default(),
+        group_queue: Mutex::default(),
         violations: Mutex::default(),
         stop: AtomicBool::new(false),
     };
@@ -584,5 +631,6 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
     };
     verify::verify(&shared, &initial, entries_seen, payments_seen).await?;
     lifecycle::verify(&shared).await?;
+    groups::verify(&shared).await?;
     Ok(Report::new(&shared, elapsed))
 }

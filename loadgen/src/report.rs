@@ -21,6 +21,9 @@ pub struct Report {
     pub captured: u64,
     pub voided: u64,
     pub refunded: u64,
+    /// Groups made whole and declined whole (`--groups`).
+    pub groups_posted: u64,
+    pub groups_declined: u64,
     pub reads: u64,
     pub gave_up: u64,
     pub errors: BTreeMap<String, u64>,
@@ -43,6 +46,8 @@ impl Report {
             captured: counts.captured,
             voided: counts.voided,
             refunded: counts.refunded,
+            groups_posted: counts.groups_posted,
+            groups_declined: counts.groups_declined,
             reads: counts.reads,
             gave_up: counts.gave_up,
             errors: counts.errors.clone(),
@@ -75,6 +80,10 @@ impl Report {
                 "captured": self.captured,
                 "voided": self.voided,
                 "refunded": self.refunded,
+            },
+            "groups": {
+                "posted": self.groups_posted,
+                "declined": self.groups_declined,
             },
             "reads": self.reads,
             "gave_up": self.gave_up,
@@ -122,6 +131,10 @@ impl fmt::Display for Report {
             writeln!(f, "  captured         {}", self.captured)?;
             writeln!(f, "  voided           {}", self.voided)?;
             writeln!(f, "  refunded         {}", self.refunded)?;
+        }
+        if self.groups_posted + self.groups_declined > 0 {
+            writeln!(f, "  groups posted    {}", self.groups_posted)?;
+            writeln!(f, "  groups declined  {}", self.groups_declined)?;
         }
         writeln!(f, "reads              {}", self.reads)?;
         for (code, count) in &self.errors {

@@ -183,8 +183,9 @@ pub(super) async fn poll_payment_feed(shared: Arc<Shared>, start: Option<String>
         }
         if shared.stop.load(Ordering::Relaxed) {
             let stopped = *stopped_at.get_or_insert_with(std::time::Instant::now);
-            let all_listed = lock(&shared.acknowledged)
-                .values()
+            let all_listed = shared
+                .acknowledged_payments()
+                .iter()
                 .all(|id| listed.contains(id));
             if all_listed || stopped.elapsed() > FEED_SETTLE_MAX {
                 return seen;
@@ -293,7 +294,7 @@ pub(super) async fn verify(
                 shared.violation(format!("the payment feed listed {id} {times} times"));
             }
         }
-        let acknowledged: Vec<String> = lock(&shared.acknowledged).values().cloned().collect();
+        let acknowledged = shared.acknowledged_payments();
         let missed: Vec<&String> = acknowledged
             .iter()
             .filter(|id| !times_seen.contains_key(id.as_str()))

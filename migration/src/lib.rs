@@ -13,10 +13,12 @@ mod m20261125_000002_api_keys;
 mod m20261126_000001_holds_refunds;
 mod m20261127_000001_balance_history;
 mod m20261127_000002_metadata;
+mod m20261128_000001_payment_groups;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
 pub use m20261127_000001_balance_history::HISTORY_GUARD_TRIGGERS;
+pub use m20261128_000001_payment_groups::GROUP_GUARD_TRIGGERS;
 
 pub struct Migrator;
 
@@ -31,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_holds_refunds::Migration),
             Box::new(m20261127_000001_balance_history::Migration),
             Box::new(m20261127_000002_metadata::Migration),
+            Box::new(m20261128_000001_payment_groups::Migration),
         ]
     }
 }

@@ -10,6 +10,7 @@ pub mod idempotency_key;
 pub mod ledger_entry;
 pub mod live_hold;
 pub mod payment;
+pub mod payment_group;
 pub mod payment_metadata;
 pub mod payment_settlement;
 

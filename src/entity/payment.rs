@@ -25,6 +25,9 @@ pub struct Model {
     pub feed_seq: i64,
     /// The client's key/value pairs as JSON text (`ledger::metadata`).
     pub metadata: Option<String>,
+    /// The group (`payment_group`) this payment was made in, and its place there.
+    pub group_id: Option<Uuid>,
+    pub group_index: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum)]

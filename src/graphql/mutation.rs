@@ -6,10 +6,11 @@ use chrono::{DateTime, Utc};
 
 use crate::graphql::scalars::{Json, Money};
 use crate::graphql::scope;
-use crate::graphql::types::{Account, Payment};
+use crate::graphql::types::{Account, Payment, PaymentGroup};
+use crate::idempotency::IdempotencyKey;
 use crate::ledger::posting::BalanceRule;
 use crate::ledger::requests::{
-    HoldRequest, NewAccount, NewCapture, NewPayment, NewRefund, NewVoid,
+    HoldRequest, NewAccount, NewCapture, NewPayment, NewPaymentGroup, NewRefund, NewVoid,
 };
 use crate::ledger::service::Created;
 
@@ -101,6 +102,47 @@ pub struct CreatePaymentPayload {
 }
 
 #[derive(InputObject)]
+pub struct CreatePaymentsInput {
+    /// One key for the whole group: retry with the same key and input to get the
+    /// original outcome back.
+    pub idempotency_key: String,
+    /// 1 to 100 payments (holds too), decided in this order, each against the balances
+    /// the earlier ones left.
+    pub payments: Vec<GroupPaymentInput>,
+    /// Your own key/value pairs for the group, returned as given.
+    pub metadata: Option<Json>,
+}
+
+/// One payment of a group: as `CreatePaymentInput`, without a key of its own.
+#[derive(InputObject)]
+pub struct GroupPaymentInput {
+    pub from_account_id: ID,
+    pub to_account_id: ID,
+    /// Greater than zero, with at most the currency's number of decimals.
+    pub amount: Money,
+    /// Must equal both accounts' currency (payments of a group may differ).
+    pub currency: String,
+    pub description: Option<String>,
+    /// Hold the amount instead of moving it (see `CreatePaymentInput.pending`).
+    #[graphql(default)]
+    pub pending: bool,
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    /// Your own key/value pairs for this payment; `payments(metadata:)` finds it.
+    pub metadata: Option<Json>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreatePaymentsPayload {
+    /// The group's payments in the order given: every one POSTED (or PENDING for a
+    /// hold), or every one DECLINED: the first that could not be made with its own
+    /// reason, the others with LINKED_PAYMENT_FAILED.
+    pub payments: Vec<Payment>,
+    pub group: PaymentGroup,
+    /// True when this key had already made the group and it is returned again.
+    pub replayed: bool,
+}
+
+#[derive(InputObject)]
 pub struct CapturePaymentInput {
     pub idempotency_key: String,
     /// A PENDING payment (a hold) of the caller's.
@@ -181,6 +223,57 @@ impl PaymentMutation {
         let (payment, replayed) =
             answered(scope.ledger.create_payment(scope.client, request).await?)?;
         Ok(CreatePaymentPayload { payment, replayed })
+    }
+
+    /// Makes up to 100 payments all together or not at all, under one key: if one would
+    /// be declined, none moves. One database transaction, through group commit.
+    async fn create_payments(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePaymentsInput,
+    ) -> Result<CreatePaymentsPayload> {
+        let scope = scope(ctx)?;
+        let payments = input
+            .payments
+            .into_iter()
+            .enumerate()
+            .map(|(index, payment)| {
+                let parsed = || -> crate::error::AppResult<NewPayment> {
+                    Ok(NewPayment::parse(
+                        &input.idempotency_key,
+                        &payment.from_account_id,
+                        &payment.to_account_id,
+                        &payment.amount.0,
+                        &payment.currency,
+                        payment.description,
+                    )?
+                    .with_hold(HoldRequest::parse(
+                        payment.pending,
+                        payment.hold_expires_at,
+                    )?)
+                    .with_metadata(payment.metadata.map(|metadata| metadata.0)))
+                };
+                parsed().map_err(|error| error.at(&format!("payments[{index}]")))
+            })
+            .collect::<crate::error::AppResult<Vec<_>>>()?;
+        let request = NewPaymentGroup::new(
+            IdempotencyKey::parse(&input.idempotency_key)?,
+            payments,
+            input.metadata.map(|metadata| metadata.0),
+        )?;
+        let created = scope.ledger.create_payments(scope.client, request).await?;
+        let payments = created
+            .value
+            .payments
+            .iter()
+            .cloned()
+            .map(Payment::from_row)
+            .collect::<crate::error::AppResult<_>>()?;
+        Ok(CreatePaymentsPayload {
+            payments,
+            group: PaymentGroup::from_record(created.value),
+            replayed: created.replayed,
+        })
     }
 
     /// Posts all or part of a hold (a PENDING payment) and releases the rest.

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use crate::error::AppError;
 use crate::graphql::paging::page_of;
 use crate::graphql::types::{
-    Account, LedgerEntry, MetadataFilter, Node, Payment, load_account, payment_page,
+    Account, LedgerEntry, MetadataFilter, Node, Payment, PaymentGroup, load_account, payment_page,
 };
 use crate::graphql::{RequestScope, scope};
 use crate::idempotency::IdempotencyKey;
@@ -43,6 +43,11 @@ async fn load_node(scope: &RequestScope, id: &str) -> Result<Option<Node>> {
             .await?
             .map(|row| LedgerEntry::from_row(row).map(Node::LedgerEntry))
             .transpose()?,
+        IdKind::PaymentGroup => scope
+            .ledger
+            .payment_group(scope.client, uuid)
+            .await?
+            .map(|group| Node::PaymentGroup(PaymentGroup::from_record(group))),
     })
 }
 
@@ -150,6 +155,21 @@ impl PaymentQuery {
             .payment_by_idempotency_key(scope.client, &key)
             .await?;
         Ok(row.map(Payment::from_row).transpose()?)
+    }
+
+    /// The group `createPayments` made with this idempotency key, or null if none was.
+    async fn payment_group_by_idempotency_key(
+        &self,
+        ctx: &Context<'_>,
+        idempotency_key: String,
+    ) -> Result<Option<PaymentGroup>> {
+        let scope = scope(ctx)?;
+        let key = IdempotencyKey::parse(&idempotency_key)?;
+        let group = scope
+            .ledger
+            .payment_group_by_idempotency_key(scope.client, &key)
+            .await?;
+        Ok(group.map(PaymentGroup::from_record))
     }
 
     /// The client's payments in feed order (oldest first): poll with

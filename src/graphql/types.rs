@@ -15,12 +15,12 @@ use crate::graphql::loaders::{
 use crate::graphql::paging::{Listed, listed, page_of};
 use crate::graphql::scalars::{Json, Money};
 use crate::graphql::{RequestScope, scope};
-use crate::ids::{AccountId, LedgerEntryId, PaymentId};
+use crate::ids::{AccountId, LedgerEntryId, PaymentGroupId, PaymentId};
 use crate::ledger::lifecycle::{self, PaymentStatus, SettlementKind};
 use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection};
-use crate::ledger::service::PaymentFilter;
+use crate::ledger::service::{self, PaymentFilter};
 use crate::pagination::PageArguments;
 
 /// How fresh a balance must be.
@@ -48,6 +48,7 @@ pub enum Node {
     Account(Account),
     Payment(Payment),
     LedgerEntry(LedgerEntry),
+    PaymentGroup(PaymentGroup),
 }
 
 /// A balance at one account version.
@@ -331,6 +332,55 @@ impl Payment {
     }
 }
 
+/// Payments made all together or not at all under one idempotency key.
+pub struct PaymentGroup(service::PaymentGroup);
+
+impl PaymentGroup {
+    pub fn from_record(record: service::PaymentGroup) -> Self {
+        Self(record)
+    }
+}
+
+#[Object]
+impl PaymentGroup {
+    async fn id(&self) -> ID {
+        ID(PaymentGroupId(self.0.group.id).to_string())
+    }
+
+    async fn idempotency_key(&self) -> &str {
+        &self.0.group.idempotency_key
+    }
+
+    /// Its payments in the order given: all POSTED or PENDING, or all DECLINED (one
+    /// with its own reason, the others LINKED_PAYMENT_FAILED).
+    async fn payments(&self) -> Result<Vec<Payment>> {
+        Ok(self
+            .0
+            .payments
+            .iter()
+            .cloned()
+            .map(Payment::from_row)
+            .collect::<AppResult<_>>()?)
+    }
+
+    /// True when none of its payments moved.
+    async fn declined(&self) -> bool {
+        self.0
+            .payments
+            .iter()
+            .any(|payment| payment.status == StoredStatus::Declined)
+    }
+
+    /// Your own key/value pairs, as given.
+    async fn metadata(&self) -> Result<Option<Json>> {
+        Ok(stored_metadata(self.0.group.metadata.as_deref())?)
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.group.created_at
+    }
+}
+
 /// An account of the caller's: L1 at once, else through the request's DataLoader.
 pub async fn load_account(scope: &RequestScope, id: AccountId) -> AppResult<Option<Account>> {
     let row = match scope.ledger.peek_account_settings(scope.client, id).await {
@@ -369,8 +419,9 @@ impl Payment {
         ))
     }
 
-    /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED
-    /// or BALANCE_OUT_OF_RANGE. Null otherwise.
+    /// Why a DECLINED payment was declined: INSUFFICIENT_FUNDS, CREDIT_LIMIT_EXCEEDED,
+    /// BALANCE_OUT_OF_RANGE, or in a group LINKED_PAYMENT_FAILED (another payment of
+    /// the group was declined, so none moved). Null otherwise.
     async fn decline_reason(&self) -> Option<&str> {
         self.row.decline_reason.as_deref()
     }
@@ -459,6 +510,21 @@ impl Payment {
     /// Your own key/value pairs, as given.
     async fn metadata(&self) -> Result<Option<Json>> {
         Ok(stored_metadata(self.row.metadata.as_deref())?)
+    }
+
+    /// The group (`createPayments`) this payment was made in, if any.
+    async fn group(&self, ctx: &Context<'_>) -> Result<Option<PaymentGroup>> {
+        let Some(group) = self.row.group_id else {
+            return Ok(None);
+        };
+        let scope = scope(ctx)?;
+        let group = scope.ledger.payment_group(scope.client, group).await?;
+        Ok(group.map(PaymentGroup::from_record))
+    }
+
+    /// Its place in its group, from 0; null outside a group.
+    async fn group_index(&self) -> Option<i32> {
+        self.row.group_index
     }
 
     /// The DEBIT and CREDIT entries of a POSTED payment (a captured hold's are written

@@ -53,6 +53,7 @@ pub enum Operation {
     CapturePayment,
     VoidPayment,
     RefundPayment,
+    CreatePayments,
 }
 
 impl Operation {
@@ -63,6 +64,7 @@ impl Operation {
             Self::CapturePayment => "capturePayment",
             Self::VoidPayment => "voidPayment",
             Self::RefundPayment => "refundPayment",
+            Self::CreatePayments => "createPayments",
         }
     }
 }
@@ -87,6 +89,9 @@ impl Fingerprint {
             }
         }
         Self(hex::encode(hasher.finalize()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

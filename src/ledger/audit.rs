@@ -9,7 +9,7 @@ use std::fmt;
 use sea_orm::{ConnectionTrait, DbErr, QueryResult, Statement};
 use uuid::Uuid;
 
-use crate::ids::{AccountId, LedgerEntryId, PaymentId};
+use crate::ids::{AccountId, LedgerEntryId, PaymentGroupId, PaymentId};
 
 /// One broken invariant, with the ids needed to find it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +43,7 @@ enum Subject {
     Account,
     Payment,
     LedgerEntry,
+    PaymentGroup,
 }
 
 /// Each check: the invariant's name, what it reports, and a query returning per
@@ -220,8 +221,45 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
             Subject::Payment,
             "SELECT p.id AS subject, 'payment is not the recorded effect of its idempotency key' AS detail \
              FROM payments p LEFT JOIN idempotency_keys k \
-             ON k.client_id = p.client_id AND k.idempotency_key = p.idempotency_key AND k.resource_id = p.id \
+             ON k.client_id = p.client_id AND k.idempotency_key = p.idempotency_key \
+             AND k.resource_id = COALESCE(p.group_id, p.id) \
              WHERE k.resource_id IS NULL"
+                .to_owned(),
+        ),
+        (
+            "each (client, idempotency key) produced at most one effect",
+            Subject::PaymentGroup,
+            "SELECT g.id AS subject, 'group is not the recorded effect of its idempotency key' AS detail \
+             FROM payment_groups g LEFT JOIN idempotency_keys k \
+             ON k.client_id = g.client_id AND k.idempotency_key = g.idempotency_key AND k.resource_id = g.id \
+             WHERE k.resource_id IS NULL"
+                .to_owned(),
+        ),
+        (
+            "a group's payments are all there, in order, and all declined or none",
+            Subject::PaymentGroup,
+            "SELECT g.id AS subject, CAST(COUNT(p.id) AS TEXT) || ' of ' || CAST(g.payment_count AS TEXT) \
+             || ' payments, ' || CAST(SUM(CASE WHEN p.status = 'DECLINED' THEN 1 ELSE 0 END) AS TEXT) \
+             || ' declined, ' || CAST(SUM(CASE WHEN p.decline_reason <> 'LINKED_PAYMENT_FAILED' THEN 1 ELSE 0 END) AS TEXT) \
+             || ' for their own reason' AS detail \
+             FROM payment_groups g LEFT JOIN payments p ON p.group_id = g.id \
+             GROUP BY g.id, g.payment_count \
+             HAVING COUNT(p.id) <> g.payment_count \
+             OR COUNT(DISTINCT p.group_index) <> g.payment_count \
+             OR MIN(p.group_index) <> 0 OR MAX(p.group_index) <> g.payment_count - 1 \
+             OR SUM(CASE WHEN p.client_id <> g.client_id OR p.idempotency_key <> g.idempotency_key \
+                         THEN 1 ELSE 0 END) > 0 \
+             OR SUM(CASE WHEN p.status = 'DECLINED' THEN 1 ELSE 0 END) NOT IN (0, g.payment_count) \
+             OR (SUM(CASE WHEN p.status = 'DECLINED' THEN 1 ELSE 0 END) = g.payment_count \
+                 AND SUM(CASE WHEN p.decline_reason <> 'LINKED_PAYMENT_FAILED' THEN 1 ELSE 0 END) <> 1)"
+                .to_owned(),
+        ),
+        (
+            "a payment of a group names a group of its client",
+            Subject::Payment,
+            "SELECT p.id AS subject, 'payment names a group that does not exist or is another client''s' AS detail \
+             FROM payments p LEFT JOIN payment_groups g ON g.id = p.group_id \
+             WHERE p.group_id IS NOT NULL AND (g.id IS NULL OR g.client_id <> p.client_id)"
                 .to_owned(),
         ),
     ]
@@ -234,6 +272,7 @@ fn describe(subject: Subject, row: &QueryResult) -> Result<String, DbErr> {
         Subject::Account => format!("account {}", AccountId(id(row)?)),
         Subject::Payment => format!("payment {}", PaymentId(id(row)?)),
         Subject::LedgerEntry => format!("ledger entry {}", LedgerEntryId(id(row)?)),
+        Subject::PaymentGroup => format!("payment group {}", PaymentGroupId(id(row)?)),
     })
 }
 

@@ -61,6 +61,8 @@ pub enum DeclineReason {
     CreditLimitExceeded,
     /// A balance would leave the range the ledger can represent.
     BalanceOutOfRange,
+    /// Another payment of its group was declined, so none of them moved.
+    LinkedPaymentFailed,
 }
 
 impl DeclineReason {
@@ -69,6 +71,7 @@ impl DeclineReason {
             Self::InsufficientFunds => "INSUFFICIENT_FUNDS",
             Self::CreditLimitExceeded => "CREDIT_LIMIT_EXCEEDED",
             Self::BalanceOutOfRange => "BALANCE_OUT_OF_RANGE",
+            Self::LinkedPaymentFailed => "LINKED_PAYMENT_FAILED",
         }
     }
 }
@@ -233,6 +236,30 @@ pub fn plan_in_order<K: Copy + Eq + std::hash::Hash>(
         .into_iter()
         .map(|movement| plan_one(states, movement))
         .collect()
+}
+
+/// Plans linked movements all together or not at all: in order, each against the states
+/// the earlier ones left. If one is declined, `states` are left as they were and every
+/// movement is declined: that one with its own reason, the others with
+/// `LinkedPaymentFailed`. `None` if a movement names an account not in `states`.
+pub fn plan_linked<K: Copy + Eq + std::hash::Hash>(
+    states: &mut std::collections::HashMap<K, AccountState>,
+    movements: &[Movement<K>],
+) -> Option<Vec<PostingPlan>> {
+    let before = states.clone();
+    let mut plans = Vec::with_capacity(movements.len());
+    for &movement in movements {
+        let plan = plan_one(states, movement)?;
+        if let PostingPlan::Decline(reason) = plan {
+            *states = before;
+            let mut declined =
+                vec![PostingPlan::Decline(DeclineReason::LinkedPaymentFailed); movements.len()];
+            declined[plans.len()] = PostingPlan::Decline(reason);
+            return Some(declined);
+        }
+        plans.push(plan);
+    }
+    Some(plans)
 }
 
 /// Pending after a hold of `held` leaves it; `None` if it was not pending (a bug).
@@ -635,5 +662,56 @@ mod tests {
         );
         assert_eq!(plans, [None]);
         assert_eq!(states["alice"].pending_minor, 0);
+    }
+
+    #[test]
+    fn linked_movements_see_each_other_in_order() {
+        let mut states = states();
+        // The second only fits because of the first: shop pays card with alice's money.
+        let plans = plan_linked(
+            &mut states,
+            &[
+                pay("alice", "shop", 100),
+                pay("shop", "card", 100),
+                hold("card", "alice", 50),
+            ],
+        )
+        .unwrap();
+        assert!(matches!(plans[0], PostingPlan::Post { .. }));
+        assert!(matches!(plans[1], PostingPlan::Post { .. }));
+        assert_eq!(plans[2], PostingPlan::Hold);
+        assert_eq!(
+            (states["alice"].balance_minor, states["card"].balance_minor),
+            (0, 100)
+        );
+        assert_eq!(states["card"].pending_minor, 50);
+    }
+
+    #[test]
+    fn one_declined_link_declines_all_and_changes_nothing() {
+        let mut states = states();
+        let before = states.clone();
+        let plans = plan_linked(
+            &mut states,
+            &[
+                pay("alice", "shop", 60),
+                hold("alice", "card", 10),
+                pay("alice", "shop", 31),
+                pay("shop", "alice", 1),
+            ],
+        )
+        .unwrap();
+        let linked = PostingPlan::Decline(DeclineReason::LinkedPaymentFailed);
+        assert_eq!(
+            plans,
+            [
+                linked,
+                linked,
+                PostingPlan::Decline(DeclineReason::InsufficientFunds),
+                linked
+            ]
+        );
+        assert_eq!(states, before);
+        assert_eq!(plan_linked(&mut states, &[pay("alice", "nobody", 1)]), None);
     }
 }

@@ -209,6 +209,54 @@ impl NewPayment {
     }
 }
 
+/// `createPayments`: payments (holds too) made all together or not at all, under one
+/// key, decided in the order given.
+#[derive(Debug, Clone)]
+pub struct NewPaymentGroup {
+    pub idempotency_key: IdempotencyKey,
+    /// Each with the group's key.
+    pub payments: Vec<NewPayment>,
+    pub metadata: Option<Metadata>,
+}
+
+impl NewPaymentGroup {
+    pub const PAYMENTS_MAX: usize = 100;
+
+    /// `payments` parsed with the group's key: between 1 and `PAYMENTS_MAX` of them.
+    pub fn new(
+        idempotency_key: IdempotencyKey,
+        payments: Vec<NewPayment>,
+        metadata: Option<Metadata>,
+    ) -> AppResult<Self> {
+        if payments.is_empty() || payments.len() > Self::PAYMENTS_MAX {
+            return Err(AppError::bad_input(format!(
+                "a group has 1 to {} payments, got {}",
+                Self::PAYMENTS_MAX,
+                payments.len()
+            )));
+        }
+        Ok(Self {
+            idempotency_key,
+            payments,
+            metadata,
+        })
+    }
+
+    /// The payments' own fingerprints in order, so the same payments in another order
+    /// are another request (they are decided in order).
+    pub fn fingerprint(&self) -> Fingerprint {
+        let mut fields: Vec<Option<String>> = vec![Some(self.payments.len().to_string())];
+        fields.extend(
+            self.payments
+                .iter()
+                .map(|payment| Some(payment.fingerprint().as_str().to_owned())),
+        );
+        with_metadata_fields(&mut fields, self.metadata.as_ref());
+        let fields: Vec<Option<&str>> = fields.iter().map(Option::as_deref).collect();
+        Fingerprint::of(Operation::CreatePayments, &fields)
+    }
+}
+
 /// Appends metadata to a fingerprint's fields when there is any, so requests without
 /// it keep the fingerprint they had before metadata existed. The same pairs in any
 /// order are one request.

@@ -446,6 +446,7 @@ impl TestApp {
             .into_iter()
             .chain(migration::HOLD_GUARD_TRIGGERS)
             .chain(migration::HISTORY_GUARD_TRIGGERS)
+            .chain(migration::GROUP_GUARD_TRIGGERS)
         {
             let statement = match backend {
                 sea_orm::DbBackend::Postgres => {
@@ -556,6 +557,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261126_000001_holds_refunds.rs"),
         include_str!("../../migration/src/m20261127_000001_balance_history.rs"),
         include_str!("../../migration/src/m20261127_000002_metadata.rs"),
+        include_str!("../../migration/src/m20261128_000001_payment_groups.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");
@@ -709,4 +711,44 @@ pub async fn assert_pays(api: &LedgerClient, payment: &PaymentInput) {
         "{paid}"
     );
     assert_eq!(error_code(&paid), None, "{paid}");
+}
+
+/// The UUID inside a public id (`acc_…`, `pay_…`).
+pub fn uuid_of(id: &str) -> Uuid {
+    let hex = id.split_once('_').map_or(id, |(_, hex)| hex);
+    Uuid::try_parse(hex).expect("an id carries a uuid")
+}
+
+/// Runs `sql` (with `?` for each of `values`) straight against the database.
+pub async fn run(app: &TestApp, sql: &str, values: &[Uuid]) -> Result<u64, sea_orm::DbErr> {
+    let backend = app.db.get_database_backend();
+    let mut text = String::new();
+    for (index, part) in sql.split('?').enumerate() {
+        if index > 0 {
+            match backend {
+                sea_orm::DbBackend::Postgres => text.push_str(&format!("${index}")),
+                _ => text.push('?'),
+            }
+        }
+        text.push_str(part);
+    }
+    let values: Vec<sea_orm::Value> = values.iter().map(|value| (*value).into()).collect();
+    app.db
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            backend, text, values,
+        ))
+        .await
+        .map(|done| done.rows_affected())
+}
+
+pub async fn assert_audit_finds(app: &TestApp, invariant: &str) {
+    let violations = payments_ledger::ledger::audit::find_violations(&app.db)
+        .await
+        .unwrap();
+    assert!(
+        violations
+            .iter()
+            .any(|violation| violation.invariant.starts_with(invariant)),
+        "the audit must find {invariant:?}: {violations:?}"
+    );
 }

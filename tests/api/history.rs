@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, EntityTrait, Statement, Transac
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{Backend, TestApp, spawn_app};
+use crate::helpers::{Backend, TestApp, spawn_app, uuid_of};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -336,10 +336,6 @@ async fn post_directly(
         }
     }
     transaction.commit().await
-}
-
-fn uuid_of(id: &str) -> Uuid {
-    Uuid::parse_str(&id[4..]).unwrap()
 }
 
 async fn entries_never_go_back_in_time_behind_a_clock_that_ran_ahead(backend: Backend) {

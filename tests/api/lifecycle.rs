@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use futures::future::join_all;
-use payments_ledger::ledger::audit::find_violations;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app, spawn_app_with};
+use crate::helpers::{
+    AppOptions, Backend, TestApp, assert_audit_finds, error_code, run, spawn_app, spawn_app_with,
+    uuid_of,
+};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -669,33 +671,6 @@ async fn bad_transitions_change_nothing(backend: Backend) {
     app.assert_ledger_sound().await;
 }
 
-fn uuid_of(id: &str) -> Uuid {
-    let hex = id.split_once('_').map_or(id, |(_, hex)| hex);
-    Uuid::try_parse(hex).expect("an id carries a uuid")
-}
-
-/// Runs `sql` (with `?` for each of `values`) straight against the database.
-async fn run(app: &TestApp, sql: &str, values: &[Uuid]) -> Result<u64, sea_orm::DbErr> {
-    let backend = app.db.get_database_backend();
-    let mut text = String::new();
-    for (index, part) in sql.split('?').enumerate() {
-        if index > 0 {
-            match backend {
-                sea_orm::DbBackend::Postgres => text.push_str(&format!("${index}")),
-                _ => text.push('?'),
-            }
-        }
-        text.push_str(part);
-    }
-    let values: Vec<sea_orm::Value> = values.iter().map(|value| (*value).into()).collect();
-    app.db
-        .execute_raw(sea_orm::Statement::from_sql_and_values(
-            backend, text, values,
-        ))
-        .await
-        .map(|done| done.rows_affected())
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Same,
@@ -726,16 +701,6 @@ async fn refund_by_hand(
         Uuid::new_v4()
     );
     run(app, &sql, &[Uuid::now_v7(), original]).await
-}
-
-async fn assert_audit_finds(app: &TestApp, invariant: &str) {
-    let violations = find_violations(&app.db).await.unwrap();
-    assert!(
-        violations
-            .iter()
-            .any(|violation| violation.invariant.starts_with(invariant)),
-        "the audit must find {invariant:?}: {violations:?}"
-    );
 }
 
 async fn the_database_and_the_audit_guard_holds_and_refunds(backend: Backend) {

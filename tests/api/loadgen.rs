@@ -145,7 +145,7 @@ async fn loadgen_with_duplicates_and_races_finds_no_violation(backend: Backend) 
     std::fs::remove_file(&log).ok();
 }
 
-/// Holds, captures, voids, expiries and racing refunds, with duplicates and races.
+/// Holds, captures, voids, expiries, racing refunds and groups, with duplicates and races.
 async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
@@ -158,7 +158,9 @@ async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
             "--hot-share",
             "0.3",
             "--lifecycle",
-            "0.6",
+            "0.5",
+            "--groups",
+            "0.2",
         ],
     );
     let report = loadgen::run(options).await.expect("loadgen runs");
@@ -168,6 +170,8 @@ async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
         ("captured", report.captured),
         ("voided", report.voided),
         ("refunded", report.refunded),
+        ("made whole as a group", report.groups_posted),
+        ("declined whole as a group", report.groups_declined),
     ] {
         assert!(count > 0, "the mix {what} something: {report}");
     }

@@ -15,6 +15,7 @@ mod cors;
 mod export;
 mod feeds;
 mod group_commit;
+mod groups;
 mod history;
 mod http;
 mod idempotency;

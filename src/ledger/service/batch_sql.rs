@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::db::Backend;
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
-    account, idempotency_key, ledger_entry, live_hold, payment, payment_metadata,
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_group, payment_metadata,
     payment_settlement,
 };
 
@@ -35,9 +35,10 @@ pub struct AccountMove {
     pub hold_seq: i64,
 }
 
-/// What a batch does to holds besides its payments, entries and account moves.
+/// What a batch writes besides its payments, entries and account moves: hold changes,
+/// metadata pairs and payment groups.
 #[derive(Default)]
-pub struct HoldWrites {
+pub struct LifecycleWrites {
     pub settlements: Vec<payment_settlement::Model>,
     /// Holds placed.
     pub placed: Vec<live_hold::Model>,
@@ -46,14 +47,18 @@ pub struct HoldWrites {
     /// Accounts whose expired holds leave, and the moment that decides "expired".
     pub expired_on: Vec<Uuid>,
     pub expired_at: Option<DateTime<Utc>>,
+    pub pairs: Vec<payment_metadata::Model>,
+    pub groups: Vec<payment_group::Model>,
 }
 
-impl HoldWrites {
+impl LifecycleWrites {
     fn is_empty(&self) -> bool {
         self.settlements.is_empty()
             && self.placed.is_empty()
             && self.settled.is_empty()
             && self.expired_on.is_empty()
+            && self.pairs.is_empty()
+            && self.groups.is_empty()
     }
 }
 
@@ -351,25 +356,23 @@ pub async fn write_postings(
     payments: &mut [payment::Model],
     moves: &[AccountMove],
     entries: &mut [ledger_entry::Model],
-    holds: &HoldWrites,
-    pairs: &[payment_metadata::Model],
+    writes: &LifecycleWrites,
 ) -> Result<u64, DbErr> {
     match backend {
         // The column defaults set it; the statement reports which it was.
         Backend::Postgres => {
-            let plain = holds.is_empty()
-                && pairs.is_empty()
+            let plain = writes.is_empty()
                 && payments.iter().all(|row| {
                     row.hold_expires_at.is_none()
                         && row.refund_of.is_none()
                         && row.metadata.is_none()
+                        && row.group_id.is_none()
                 })
                 && moves.iter().all(|row| row.hold_seq == row.locked_hold_seq);
             let (moved, feed_seq) = if plain {
                 write_postings_postgres(transaction, payments, moves, entries).await?
             } else {
-                write_lifecycle_postgres(transaction, payments, moves, entries, holds, pairs)
-                    .await?
+                write_lifecycle_postgres(transaction, payments, moves, entries, writes).await?
             };
             set_feed_seq(payments, entries, feed_seq);
             Ok(moved)
@@ -397,7 +400,7 @@ pub async fn write_postings(
                 .await?,
             );
             set_feed_seq(payments, entries, feed_seq);
-            write_postings_portable(transaction, payments, moves, entries, holds, pairs).await
+            write_postings_portable(transaction, payments, moves, entries, writes).await
         }
     }
 }
@@ -534,19 +537,23 @@ async fn write_postings_postgres(
     .await
 }
 
-/// Any batch with holds, settlements, refunds or metadata, in one statement: the plain
-/// one's parts with the hold and metadata columns, plus settlements, placed holds,
-/// released ones and metadata pairs.
+/// Any batch with holds, settlements, refunds, metadata or groups, in one statement:
+/// the plain one's parts with the hold, metadata and group columns, plus settlements,
+/// placed holds, released ones, metadata pairs and groups.
 async fn write_lifecycle_postgres(
     transaction: &DatabaseTransaction,
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
-    holds: &HoldWrites,
-    pairs: &[payment_metadata::Model],
+    writes: &LifecycleWrites,
 ) -> Result<(u64, i64), DbErr> {
     let mut values = posting_values(payments, moves, entries);
-    let (settlements, placed) = (&holds.settlements, &holds.placed);
+    let (settlements, placed, pairs, groups) = (
+        &writes.settlements,
+        &writes.placed,
+        &writes.pairs,
+        &writes.groups,
+    );
     values.extend([
         // $29..$32: the payments' hold expiry and refunded payment
         array(payments, |row| {
@@ -573,9 +580,9 @@ async fn write_lifecycle_postgres(
         array(placed, |row| row.amount_minor),
         array(placed, |row| row.expires_at),
         // $47..$49: the holds released: settled, and expired on these accounts
-        Value::from(holds.settled.clone()),
-        Value::from(holds.expired_on.clone()),
-        Value::from(holds.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
+        Value::from(writes.settled.clone()),
+        Value::from(writes.expired_on.clone()),
+        Value::from(writes.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
         // $50..$51: the payments' metadata
         array(payments, |row| row.metadata.clone().unwrap_or_default()),
         array(payments, |row| row.metadata.is_some()),
@@ -584,6 +591,18 @@ async fn write_lifecycle_postgres(
         array(pairs, |row| row.key.clone()),
         array(pairs, |row| row.value.clone()),
         array(pairs, |row| row.payment_id),
+        // $56..$58: the payments' group and place in it
+        array(payments, |row| row.group_id.unwrap_or(row.id)),
+        array(payments, |row| row.group_id.is_some()),
+        array(payments, |row| row.group_index.unwrap_or(0)),
+        // $59..$65: the groups
+        array(groups, |row| row.id),
+        array(groups, |row| row.client_id),
+        array(groups, |row| row.idempotency_key.clone()),
+        array(groups, |row| row.payment_count),
+        array(groups, |row| row.metadata.clone().unwrap_or_default()),
+        array(groups, |row| row.metadata.is_some()),
+        array(groups, |row| row.created_at),
     ]);
     run_posting_statement(
         transaction,
@@ -591,7 +610,7 @@ async fn write_lifecycle_postgres(
            INSERT INTO payments
              (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
               currency, status, decline_reason, description, created_at, hold_expires_at,
-              refund_of, metadata)
+              refund_of, metadata, group_id, group_index)
            SELECT id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status,
                   CASE WHEN has_decline_reason THEN decline_reason END,
@@ -599,15 +618,28 @@ async fn write_lifecycle_postgres(
                   created_at,
                   CASE WHEN has_hold THEN hold_expires_at END,
                   CASE WHEN has_refund THEN refund_of END,
-                  CASE WHEN has_metadata THEN metadata END
+                  CASE WHEN has_metadata THEN metadata END,
+                  CASE WHEN has_group THEN group_id END,
+                  CASE WHEN has_group THEN group_index END
            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::uuid[], $6::int8[],
                        $7::text[], $8::text[], $9::text[], $10::bool[], $11::text[], $12::bool[],
                        $13::timestamptz[], $29::timestamptz[], $30::bool[], $31::uuid[],
-                       $32::bool[], $50::text[], $51::bool[])
+                       $32::bool[], $50::text[], $51::bool[], $56::uuid[], $57::bool[],
+                       $58::int4[])
              AS p(id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status, decline_reason, has_decline_reason, description,
                   has_description, created_at, hold_expires_at, has_hold, refund_of, has_refund,
-                  metadata, has_metadata)
+                  metadata, has_metadata, group_id, has_group, group_index)
+         ),
+         new_groups AS (
+           INSERT INTO payment_groups
+             (id, client_id, idempotency_key, payment_count, metadata, created_at)
+           SELECT id, client_id, idempotency_key, payment_count,
+                  CASE WHEN has_metadata THEN metadata END, created_at
+           FROM unnest($59::uuid[], $60::uuid[], $61::text[], $62::int4[], $63::text[],
+                       $64::bool[], $65::timestamptz[])
+             AS g(id, client_id, idempotency_key, payment_count, metadata, has_metadata,
+                  created_at)
          ),
          new_pairs AS (
            INSERT INTO payment_metadata (client_id, key, value, payment_id)
@@ -661,9 +693,20 @@ async fn write_postings_portable(
     payments: &[payment::Model],
     moves: &[AccountMove],
     entries: &[ledger_entry::Model],
-    holds: &HoldWrites,
-    pairs: &[payment_metadata::Model],
+    writes: &LifecycleWrites,
 ) -> Result<u64, DbErr> {
+    let (holds, pairs) = (writes, &writes.pairs);
+    if !writes.groups.is_empty() {
+        payment_group::Entity::insert_many(
+            writes
+                .groups
+                .iter()
+                .cloned()
+                .map(payment_group::ActiveModel::from),
+        )
+        .exec_without_returning(transaction)
+        .await?;
+    }
     if !payments.is_empty() {
         payment::Entity::insert_many(payments.iter().cloned().map(payment::ActiveModel::from))
             .exec_without_returning(transaction)

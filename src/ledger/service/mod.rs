@@ -16,7 +16,7 @@ mod reads;
 mod write;
 mod write_gate;
 
-pub use self::reads::PaymentFilter;
+pub use self::reads::{PaymentFilter, PaymentGroup};
 
 use std::sync::Arc;
 
@@ -34,11 +34,13 @@ use crate::entity::payment::StoredStatus;
 use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::{self, Fingerprint, IdempotencyKey};
-use crate::ids::{AccountId, ClientId, PaymentId};
+use crate::ids::{AccountId, ClientId, PaymentGroupId, PaymentId};
 use crate::ledger::lifecycle;
 use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, PositiveAmount, from_minor_units};
-use crate::ledger::requests::{NewAccount, NewCapture, NewPayment, NewRefund, NewVoid};
+use crate::ledger::requests::{
+    NewAccount, NewCapture, NewPayment, NewPaymentGroup, NewRefund, NewVoid,
+};
 use crate::metrics::{Metrics, OperationLabels, PaymentOutcome};
 
 /// The result of a creating mutation: the object, and whether it existed already.
@@ -190,6 +192,79 @@ impl Ledger {
             .await
     }
 
+    /// Payments (holds too) all together or none, decided in order, each against what
+    /// the earlier ones left; answers the group.
+    #[tracing::instrument(skip_all, fields(client = %client.0, payments = request.payments.len()))]
+    pub async fn create_payments(
+        &self,
+        client: ClientId,
+        request: NewPaymentGroup,
+    ) -> AppResult<Created<PaymentGroup>> {
+        let fingerprint = request.fingerprint();
+        let group_id = PaymentGroupId::generate().0;
+        let key = KeyUse {
+            client,
+            key: &request.idempotency_key,
+            operation: idempotency::Operation::CreatePayments,
+            fingerprint: &fingerprint,
+            resource_id: group_id,
+        };
+        let load = |id| self.payment_group(client, id);
+        let execute = async {
+            let now = crate::entity::stored_now();
+            let hold_expiries = request
+                .payments
+                .iter()
+                .map(|payment| {
+                    payment
+                        .hold
+                        .map(|hold| lifecycle::hold_expiry(hold.expires_at, now, self.hold_ttl))
+                        .transpose()
+                })
+                .collect::<AppResult<Vec<_>>>()
+                .map_err(WriteError::Invalid)?;
+            let payment_ids = request
+                .payments
+                .iter()
+                .map(|_| PaymentId::generate().0)
+                .collect();
+            self.payments
+                .commit(PaymentJob {
+                    client,
+                    idempotency_key: request.idempotency_key.clone(),
+                    operation: idempotency::Operation::CreatePayments,
+                    fingerprint: fingerprint.clone(),
+                    resource_id: group_id,
+                    work: Work::Group {
+                        group: request.clone(),
+                        payment_ids,
+                        hold_expiries,
+                    },
+                    span: tracing::Span::current(),
+                })
+                .await?;
+            load(group_id)
+                .await
+                .map_err(WriteError::Failed)?
+                .ok_or_else(|| {
+                    WriteError::Failed(AppError::internal(anyhow::anyhow!(
+                        "a committed group was not found"
+                    )))
+                })
+        };
+        let created = self.create_once(key, load, execute).await;
+        match &created {
+            Ok(created) if created.replayed => self.metrics.payment(PaymentOutcome::Replayed),
+            Ok(created) => {
+                for payment in &created.value.payments {
+                    self.metrics.payment(payment_outcome(payment.status));
+                }
+            }
+            Err(_) => self.metrics.payment(PaymentOutcome::Rejected),
+        }
+        created
+    }
+
     /// Captures all or part of a live hold; answers the hold's payment.
     #[tracing::instrument(skip_all, fields(client = %client.0, payment = %request.payment))]
     pub async fn capture_payment(
@@ -337,11 +412,7 @@ impl Ledger {
         ) {
             self.metrics.payment(match &created {
                 Ok(created) if created.replayed => PaymentOutcome::Replayed,
-                Ok(created) => match created.value.status {
-                    StoredStatus::Posted => PaymentOutcome::Posted,
-                    StoredStatus::Pending => PaymentOutcome::Held,
-                    StoredStatus::Declined => PaymentOutcome::Declined,
-                },
+                Ok(created) => payment_outcome(created.value.status),
                 Err(_) => PaymentOutcome::Rejected,
             });
         }
@@ -499,6 +570,14 @@ impl Ledger {
             }
             Err(error) => Err(error.into_app_error()),
         }
+    }
+}
+
+fn payment_outcome(status: StoredStatus) -> PaymentOutcome {
+    match status {
+        StoredStatus::Posted => PaymentOutcome::Posted,
+        StoredStatus::Pending => PaymentOutcome::Held,
+        StoredStatus::Declined => PaymentOutcome::Declined,
     }
 }
 

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::batch_sql::{self, AccountClaim, AccountMove, BatchContext, HoldWrites};
+use super::batch_sql::{self, AccountClaim, AccountMove, BatchContext, LifecycleWrites};
 use super::commit_queue::{CommitQueue, Queued};
 use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
@@ -23,7 +23,7 @@ use crate::db::Backend;
 use crate::entity::payment::StoredStatus;
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
-    account, idempotency_key, ledger_entry, live_hold, payment, payment_metadata,
+    account, idempotency_key, ledger_entry, live_hold, payment, payment_group, payment_metadata,
     payment_settlement,
 };
 use crate::error::{AppError, AppResult};
@@ -33,9 +33,9 @@ use crate::ledger::lifecycle;
 use crate::ledger::metadata::Metadata;
 use crate::ledger::money::PositiveAmount;
 use crate::ledger::posting::{
-    AccountState, EntryPlan, Movement, PostingPlan, plan_in_order, posting_time,
+    AccountState, EntryPlan, Movement, PostingPlan, plan_in_order, plan_linked, posting_time,
 };
-use crate::ledger::requests::NewPayment;
+use crate::ledger::requests::{NewPayment, NewPaymentGroup};
 use crate::metrics::Metrics;
 
 /// What a job does.
@@ -58,6 +58,13 @@ pub(super) enum Work {
         original: payment::Model,
         amount: Option<PositiveAmount>,
         reason: Option<String>,
+    },
+    /// Payments all together or none (the job's resource is the group): each payment's
+    /// id, and its hold's expiry if it is one.
+    Group {
+        group: NewPaymentGroup,
+        payment_ids: Vec<Uuid>,
+        hold_expiries: Vec<Option<DateTime<Utc>>>,
     },
 }
 
@@ -86,14 +93,21 @@ impl PaymentJob {
         )
     }
 
-    /// The accounts the job changes, payer first.
-    fn accounts(&self) -> [Uuid; 2] {
+    /// The accounts the job changes, each payment's payer first.
+    fn accounts(&self) -> Vec<Uuid> {
         match &self.work {
-            Work::Pay { request, .. } => [request.from.0, request.to.0],
+            Work::Pay { request, .. } => vec![request.from.0, request.to.0],
             Work::Capture { hold, .. } | Work::Void { hold } => {
-                [hold.from_account_id, hold.to_account_id]
+                vec![hold.from_account_id, hold.to_account_id]
             }
-            Work::Refund { original, .. } => [original.to_account_id, original.from_account_id],
+            Work::Refund { original, .. } => {
+                vec![original.to_account_id, original.from_account_id]
+            }
+            Work::Group { group, .. } => group
+                .payments
+                .iter()
+                .flat_map(|request| [request.from.0, request.to.0])
+                .collect(),
         }
     }
 }
@@ -104,6 +118,13 @@ struct Decision {
     plan: PostingPlan,
     /// What a capture or refund moves (a payment's own amount otherwise).
     amount_minor: i64,
+}
+
+/// A job's decision: one, or one per payment of a group.
+#[derive(Debug, Clone)]
+enum Decided {
+    One(Decision),
+    Group(Vec<PostingPlan>),
 }
 
 /// What a batch did for one of its jobs: the committed payment (for a capture or void,
@@ -235,7 +256,7 @@ impl Batcher {
         let mut claims: Vec<AccountClaim> = jobs
             .iter()
             .flat_map(|job| {
-                job.accounts().map(|account| AccountClaim {
+                job.accounts().into_iter().map(|account| AccountClaim {
                     id: account,
                     client: job.client.0,
                 })
@@ -354,82 +375,81 @@ impl Batcher {
             decide(jobs, &claimed, &locked, context.as_ref())
         };
         let now = crate::entity::stored_now();
-        let mut payments = Vec::with_capacity(claimed.len());
-        let mut entries = Vec::with_capacity(claimed.len() * 2);
-        let mut holds = HoldWrites::default();
-        let mut pairs = Vec::new();
-        let mut answers = Vec::with_capacity(claimed.len());
+        let mut rows = BatchRows::default();
         let mut last_entry_at: HashMap<Uuid, DateTime<Utc>> = locked
             .values()
             .filter_map(|row| Some((row.id, row.last_entry_at?)))
             .collect();
-        for (index, decision) in decisions {
-            let Ok(decision) = decision else {
-                return Err(WriteError::Tangled);
-            };
+        // Entries are stamped no earlier than the last entry on either account.
+        let mut stamp = |plan: &PostingPlan, from: Uuid, to: Uuid| match plan {
+            PostingPlan::Post { .. } => {
+                let at = posting_time(
+                    now,
+                    [last_entry_at.get(&from), last_entry_at.get(&to)].map(|at| at.copied()),
+                );
+                last_entry_at.insert(from, at);
+                last_entry_at.insert(to, at);
+                at
+            }
+            _ => now,
+        };
+        for (index, decided) in decisions {
             let job = jobs[index];
-            // Entries are stamped no earlier than the last entry on either account.
-            let posted_at = match decision.plan {
-                PostingPlan::Post { .. } => {
-                    let [from, to] = job.accounts();
-                    let at = posting_time(
-                        now,
-                        [last_entry_at.get(&from), last_entry_at.get(&to)].map(|at| at.copied()),
-                    );
-                    last_entry_at.insert(from, at);
-                    last_entry_at.insert(to, at);
-                    at
+            match (decided, &job.work) {
+                (
+                    Ok(Decided::One(decision)),
+                    Work::Pay {
+                        request,
+                        hold_expires_at,
+                    },
+                ) => {
+                    let posted_at = stamp(&decision.plan, request.from.0, request.to.0);
+                    let payment = requested_payment(
+                        job,
+                        job.resource_id,
+                        request,
+                        *hold_expires_at,
+                        &decision,
+                        posted_at,
+                    )?;
+                    rows.add_payment(index, payment, decision.plan, request.metadata.as_ref());
                 }
-                _ => now,
-            };
-            match &job.work {
-                Work::Pay { .. } | Work::Refund { .. } => {
-                    let payment = payment_row(job, &decision, posted_at)?;
-                    if let PostingPlan::Post { debit, credit } = decision.plan {
-                        entries.extend(entry_rows(&payment, [debit, credit]));
-                    }
-                    if let (PostingPlan::Hold, Some(expires_at)) =
-                        (decision.plan, payment.hold_expires_at)
-                    {
-                        holds.placed.push(live_hold::Model {
-                            payment_id: payment.id,
-                            client_id: payment.client_id,
-                            account_id: payment.from_account_id,
-                            amount_minor: payment.amount_minor,
-                            expires_at,
-                        });
-                    }
-                    if let Work::Pay { request, .. } = &job.work
-                        && let Some(metadata) = &request.metadata
-                    {
-                        pairs.extend(metadata.pairs().iter().map(|(key, value)| {
-                            payment_metadata::Model {
-                                client_id: payment.client_id,
-                                key: key.clone(),
-                                value: value.clone(),
-                                payment_id: payment.id,
-                            }
-                        }));
-                    }
-                    answers.push((index, payment.clone()));
-                    payments.push(payment);
+                (
+                    Ok(Decided::One(decision)),
+                    Work::Refund {
+                        original, reason, ..
+                    },
+                ) => {
+                    let (from, to) = (original.to_account_id, original.from_account_id);
+                    let posted_at = stamp(&decision.plan, from, to);
+                    let payment = payment::Model {
+                        from_account_id: from,
+                        to_account_id: to,
+                        currency: original.currency.clone(),
+                        description: reason.clone(),
+                        refund_of: Some(original.id),
+                        ..decided_payment(job, job.resource_id, &decision, posted_at)?
+                    };
+                    rows.add_payment(index, payment, decision.plan, None);
                 }
-                Work::Capture { hold, .. } | Work::Void { hold } => {
+                (Ok(Decided::One(decision)), Work::Capture { hold, .. } | Work::Void { hold }) => {
+                    let posted_at = stamp(&decision.plan, hold.from_account_id, hold.to_account_id);
                     let (kind, amount_minor) = match decision.plan {
                         PostingPlan::Post { debit, credit } => {
                             // A capture's entries are the hold's, written now.
-                            entries.extend(entry_rows(hold, [debit, credit]).map(|row| {
-                                ledger_entry::Model {
-                                    created_at: posted_at,
-                                    ..row
-                                }
-                            }));
+                            rows.entries
+                                .extend(entry_rows(hold, [debit, credit]).map(|row| {
+                                    ledger_entry::Model {
+                                        created_at: posted_at,
+                                        ..row
+                                    }
+                                }));
                             (SettlementKind::Capture, decision.amount_minor)
                         }
                         _ => (SettlementKind::Void, 0),
                     };
-                    holds.settled.push(hold.id);
-                    holds.settlements.push(payment_settlement::Model {
+                    rows.writes.settled.push(hold.id);
+                    rows.writes.settlements.push(payment_settlement::Model {
                         id: job.resource_id,
                         client_id: job.client.0,
                         payment_id: hold.id,
@@ -437,29 +457,75 @@ impl Batcher {
                         amount_minor,
                         created_at: now,
                     });
-                    answers.push((index, hold.clone()));
+                    rows.answers.push((index, hold.clone()));
                 }
+                (
+                    Ok(Decided::Group(plans)),
+                    Work::Group {
+                        group,
+                        payment_ids,
+                        hold_expiries,
+                    },
+                ) => {
+                    rows.writes.groups.push(payment_group::Model {
+                        id: job.resource_id,
+                        client_id: job.client.0,
+                        idempotency_key: job.idempotency_key.as_str().to_owned(),
+                        payment_count: i32::try_from(plans.len()).unwrap_or(i32::MAX),
+                        metadata: group.metadata.as_ref().map(Metadata::to_json),
+                        created_at: now,
+                    });
+                    let members = group.payments.iter().zip(payment_ids).zip(hold_expiries);
+                    for (group_index, (plan, ((request, &id), &hold_expires_at))) in
+                        plans.into_iter().zip(members).enumerate()
+                    {
+                        let posted_at = stamp(&plan, request.from.0, request.to.0);
+                        let decision = Decision {
+                            plan,
+                            amount_minor: request.amount.minor(),
+                        };
+                        let payment = payment::Model {
+                            group_id: Some(job.resource_id),
+                            group_index: i32::try_from(group_index).ok(),
+                            ..requested_payment(
+                                job,
+                                id,
+                                request,
+                                hold_expires_at,
+                                &decision,
+                                posted_at,
+                            )?
+                        };
+                        rows.add_payment(index, payment, plan, request.metadata.as_ref());
+                    }
+                }
+                _ => return Err(WriteError::Tangled),
             }
         }
-        let moves = account_moves(&locked, &states, &last_entry_at, &holds, context.as_ref());
+        let BatchRows {
+            mut payments,
+            mut entries,
+            mut writes,
+            answers,
+        } = rows;
+        let moves = account_moves(&locked, &states, &last_entry_at, &writes, context.as_ref());
         if let Some(context) = &context {
-            holds.expired_on = context
+            writes.expired_on = context
                 .pending
                 .iter()
                 .filter(|(_, pending)| pending.has_expired)
                 .map(|(account, _)| *account)
                 .collect();
-            holds.expired_at = Some(context.now);
+            writes.expired_at = Some(context.now);
         }
-        if !payments.is_empty() || !moves.is_empty() || !holds.settlements.is_empty() {
+        if !payments.is_empty() || !moves.is_empty() || !writes.settlements.is_empty() {
             let moved = batch_sql::write_postings(
                 &transaction,
                 backend,
                 &mut payments,
                 &moves,
                 &mut entries,
-                &holds,
-                &pairs,
+                &writes,
             )
             .await?;
             // The version conditions can only fail if a row lock did not hold: a bug,
@@ -474,7 +540,7 @@ impl Batcher {
             }
         }
         write::commit(transaction).await?;
-        let balances = new_balances(&moves, &holds, context.as_ref());
+        let balances = new_balances(&moves, &writes, context.as_ref());
         let feed_seq_of: HashMap<Uuid, i64> =
             payments.iter().map(|row| (row.id, row.feed_seq)).collect();
         let mut entries_of: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
@@ -488,9 +554,10 @@ impl Batcher {
                 let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
                 decided.push((payment.clone(), payment_entries));
             }
-            outcomes[index] = Some(Ok(payment));
+            // A group answers with its first payment; the service reads the group.
+            outcomes[index].get_or_insert(Ok(payment));
         }
-        let settlements = holds
+        let settlements = writes
             .settlements
             .into_iter()
             .map(|settlement| {
@@ -520,7 +587,59 @@ impl Batcher {
 }
 
 /// Each decided job (an index into the batch) and what deciding it came to.
-type Decisions = Vec<(usize, AppResult<Decision>)>;
+type Decisions = Vec<(usize, AppResult<Decided>)>;
+
+/// What a batch writes, gathered as its jobs are decided.
+#[derive(Default)]
+struct BatchRows {
+    payments: Vec<payment::Model>,
+    entries: Vec<ledger_entry::Model>,
+    writes: LifecycleWrites,
+    /// What each carried-out job answers (a group: each of its payments, in order).
+    answers: Vec<(usize, payment::Model)>,
+}
+
+impl BatchRows {
+    /// A payment (or refund, or a group's payment) of job `index`, with its entries,
+    /// placed hold and metadata pairs.
+    fn add_payment(
+        &mut self,
+        index: usize,
+        payment: payment::Model,
+        plan: PostingPlan,
+        metadata: Option<&Metadata>,
+    ) {
+        if let PostingPlan::Post { debit, credit } = plan {
+            self.entries.extend(entry_rows(&payment, [debit, credit]));
+        }
+        if let (PostingPlan::Hold, Some(expires_at)) = (plan, payment.hold_expires_at) {
+            self.writes.placed.push(live_hold::Model {
+                payment_id: payment.id,
+                client_id: payment.client_id,
+                account_id: payment.from_account_id,
+                amount_minor: payment.amount_minor,
+                expires_at,
+            });
+        }
+        if let Some(metadata) = metadata {
+            self.writes
+                .pairs
+                .extend(
+                    metadata
+                        .pairs()
+                        .iter()
+                        .map(|(key, value)| payment_metadata::Model {
+                            client_id: payment.client_id,
+                            key: key.clone(),
+                            value: value.clone(),
+                            payment_id: payment.id,
+                        }),
+                );
+        }
+        self.answers.push((index, payment.clone()));
+        self.payments.push(payment);
+    }
+}
 
 /// Reads the batch context when the batch needs one: when it settles or refunds, or a
 /// locked account has holds. A batch of plain payments between accounts without holds
@@ -544,7 +663,7 @@ async fn read_context(
         match &jobs[index].work {
             Work::Capture { hold, .. } | Work::Void { hold } => holds.push(hold.id),
             Work::Refund { original, .. } => originals.push(original.id),
-            Work::Pay { .. } => {}
+            Work::Pay { .. } | Work::Group { .. } => {}
         }
     }
     if held_accounts.is_empty() && holds.is_empty() && originals.is_empty() {
@@ -593,6 +712,41 @@ fn decide(
 }
 
 fn decide_one(
+    job: &PaymentJob,
+    states: &mut HashMap<Uuid, AccountState>,
+    live_holds: &mut HashMap<Uuid, DateTime<Utc>>,
+    refunded: &mut HashMap<Uuid, i64>,
+    now: Option<DateTime<Utc>>,
+    context: Option<&BatchContext>,
+) -> AppResult<Decided> {
+    let Work::Group {
+        group,
+        hold_expiries,
+        ..
+    } = &job.work
+    else {
+        return decide_single(job, states, live_holds, refunded, now, context).map(Decided::One);
+    };
+    let movements: Vec<Movement<Uuid>> = group
+        .payments
+        .iter()
+        .zip(hold_expiries)
+        .map(|(request, hold_expires_at)| {
+            let (from, to, amount) = (request.from.0, request.to.0, request.amount);
+            match hold_expires_at {
+                Some(_) => Movement::Hold { from, to, amount },
+                None => Movement::Pay { from, to, amount },
+            }
+        })
+        .collect();
+    plan_linked(states, &movements)
+        .map(Decided::Group)
+        .ok_or_else(|| {
+            AppError::internal(anyhow::anyhow!("a checked group has no locked accounts"))
+        })
+}
+
+fn decide_single(
     job: &PaymentJob,
     states: &mut HashMap<Uuid, AccountState>,
     live_holds: &mut HashMap<Uuid, DateTime<Utc>>,
@@ -681,6 +835,7 @@ fn decide_one(
             }
             Ok(Decision { plan, amount_minor })
         }
+        Work::Group { .. } => Err(unplanned()),
     }
 }
 
@@ -712,7 +867,7 @@ fn account_moves(
     locked: &HashMap<Uuid, account::Model>,
     states: &HashMap<Uuid, AccountState>,
     last_entry_at: &HashMap<Uuid, DateTime<Utc>>,
-    holds: &HoldWrites,
+    holds: &LifecycleWrites,
     context: Option<&BatchContext>,
 ) -> Vec<AccountMove> {
     let mut holds_changed: HashSet<Uuid> = holds.placed.iter().map(|row| row.account_id).collect();
@@ -753,7 +908,7 @@ fn account_moves(
 /// when it holds (the earliest expiry among the holds it counts, or earlier).
 fn new_balances(
     moves: &[AccountMove],
-    holds: &HoldWrites,
+    holds: &LifecycleWrites,
     context: Option<&BatchContext>,
 ) -> Vec<(Uuid, VersionedBalance)> {
     moves
@@ -782,35 +937,48 @@ fn new_balances(
         .collect()
 }
 
-/// A job's own check against its locked accounts: both exist and are the caller's, and
+/// A job's own check against its locked accounts: they exist and are the caller's, and
 /// a new payment's currency is theirs. Accounts never change owner or currency, so a
 /// job that fails here fails the same way every time. (Captures, voids and refunds
 /// name accounts of a payment already checked to be the caller's.)
 fn check_accounts(job: &PaymentJob, locked: &HashMap<Uuid, account::Model>) -> AppResult<()> {
-    for id in job.accounts() {
-        let account = locked
+    let owned = |id: Uuid| {
+        locked
             .get(&id)
             .filter(|account| account.client_id == job.client.0)
             .ok_or_else(|| {
                 AppError::not_found(format!("account {} not found", crate::ids::AccountId(id)))
-            })?;
-        if let Work::Pay { request, .. } = &job.work
-            && account.currency != request.currency.code()
-        {
-            return Err(AppError::CurrencyMismatch(format!(
-                "payment is in {} but account {} holds {}",
-                request.currency,
-                crate::ids::AccountId(id),
-                account.currency
-            )));
+            })
+    };
+    let requested = |request: &NewPayment| {
+        for id in [request.from.0, request.to.0] {
+            let account = owned(id)?;
+            if account.currency != request.currency.code() {
+                return Err(AppError::CurrencyMismatch(format!(
+                    "payment is in {} but account {} holds {}",
+                    request.currency,
+                    crate::ids::AccountId(id),
+                    account.currency
+                )));
+            }
         }
+        Ok(())
+    };
+    match &job.work {
+        Work::Pay { request, .. } => requested(request),
+        Work::Group { group, .. } => group.payments.iter().try_for_each(requested),
+        Work::Capture { .. } | Work::Void { .. } | Work::Refund { .. } => job
+            .accounts()
+            .into_iter()
+            .try_for_each(|id| owned(id).map(drop)),
     }
-    Ok(())
 }
 
-/// The payment a payment, hold or refund job writes.
-fn payment_row(
+/// The payment row a decision writes, with no accounts or currency yet: its status and
+/// decline reason follow the plan.
+fn decided_payment(
     job: &PaymentJob,
+    id: Uuid,
     decision: &Decision,
     now: DateTime<Utc>,
 ) -> AppResult<payment::Model> {
@@ -824,8 +992,8 @@ fn payment_row(
             )));
         }
     };
-    let row = payment::Model {
-        id: job.resource_id,
+    Ok(payment::Model {
+        id,
         client_id: job.client.0,
         idempotency_key: job.idempotency_key.as_str().to_owned(),
         from_account_id: Uuid::nil(),
@@ -841,35 +1009,28 @@ fn payment_row(
         // Set when the batch is written (`batch_sql::write_postings`).
         feed_seq: 0,
         metadata: None,
-    };
-    Ok(match &job.work {
-        Work::Pay {
-            request,
-            hold_expires_at,
-        } => payment::Model {
-            from_account_id: request.from.0,
-            to_account_id: request.to.0,
-            currency: request.currency.code().to_owned(),
-            description: request.description.clone(),
-            hold_expires_at: *hold_expires_at,
-            metadata: request.metadata.as_ref().map(Metadata::to_json),
-            ..row
-        },
-        Work::Refund {
-            original, reason, ..
-        } => payment::Model {
-            from_account_id: original.to_account_id,
-            to_account_id: original.from_account_id,
-            currency: original.currency.clone(),
-            description: reason.clone(),
-            refund_of: Some(original.id),
-            ..row
-        },
-        Work::Capture { .. } | Work::Void { .. } => {
-            return Err(AppError::internal(anyhow::anyhow!(
-                "a settlement was asked for a payment row"
-            )));
-        }
+        group_id: None,
+        group_index: None,
+    })
+}
+
+/// The payment (or hold) a request writes, alone or in a group.
+fn requested_payment(
+    job: &PaymentJob,
+    id: Uuid,
+    request: &NewPayment,
+    hold_expires_at: Option<DateTime<Utc>>,
+    decision: &Decision,
+    now: DateTime<Utc>,
+) -> AppResult<payment::Model> {
+    Ok(payment::Model {
+        from_account_id: request.from.0,
+        to_account_id: request.to.0,
+        currency: request.currency.code().to_owned(),
+        description: request.description.clone(),
+        hold_expires_at,
+        metadata: request.metadata.as_ref().map(Metadata::to_json),
+        ..decided_payment(job, id, decision, now)?
     })
 }
 

@@ -14,13 +14,22 @@ use uuid::Uuid;
 use super::Ledger;
 use crate::cache::{Immutable, VersionedBalance};
 use crate::db::Backend;
-use crate::entity::{account, ledger_entry, payment, payment_metadata, payment_settlement};
+use crate::entity::{
+    account, ledger_entry, payment, payment_group, payment_metadata, payment_settlement,
+};
 use crate::error::{AppError, AppResult};
 use crate::idempotency::IdempotencyKey;
 use crate::ids::{AccountId, ClientId};
 use crate::ledger::lifecycle::PaymentStatus;
 use crate::ledger::posting::EntryDirection;
 use crate::pagination::{FeedKey, Page, PageRequest, TimeKey, fetch_page};
+
+/// A payment group with its payments, in the order they were given.
+#[derive(Debug, Clone)]
+pub struct PaymentGroup {
+    pub group: payment_group::Model,
+    pub payments: Vec<payment::Model>,
+}
 
 impl Ledger {
     /// Accounts read from the database now, balances included; their balances also
@@ -310,11 +319,55 @@ impl Ledger {
         client: ClientId,
         key: &IdempotencyKey,
     ) -> AppResult<Option<payment::Model>> {
+        // A group's payments share its key; `payment_group_by_idempotency_key` finds them.
+        // (`group_id IS NULL` is also what lets PostgreSQL use the partial unique index.)
         Ok(payment::Entity::find()
             .filter(payment::Column::ClientId.eq(client.0))
             .filter(payment::Column::IdempotencyKey.eq(key.as_str()))
+            .filter(payment::Column::GroupId.is_null())
             .one(&self.db)
             .await?)
+    }
+
+    /// The caller's payment group and its payments in order, or `None`.
+    pub async fn payment_group(
+        &self,
+        client: ClientId,
+        id: Uuid,
+    ) -> AppResult<Option<PaymentGroup>> {
+        let group = payment_group::Entity::find_by_id(id)
+            .filter(payment_group::Column::ClientId.eq(client.0))
+            .one(&self.db)
+            .await?;
+        self.with_group_payments(group).await
+    }
+
+    pub async fn payment_group_by_idempotency_key(
+        &self,
+        client: ClientId,
+        key: &IdempotencyKey,
+    ) -> AppResult<Option<PaymentGroup>> {
+        let group = payment_group::Entity::find()
+            .filter(payment_group::Column::ClientId.eq(client.0))
+            .filter(payment_group::Column::IdempotencyKey.eq(key.as_str()))
+            .one(&self.db)
+            .await?;
+        self.with_group_payments(group).await
+    }
+
+    async fn with_group_payments(
+        &self,
+        group: Option<payment_group::Model>,
+    ) -> AppResult<Option<PaymentGroup>> {
+        let Some(group) = group else {
+            return Ok(None);
+        };
+        let payments = payment::Entity::find()
+            .filter(payment::Column::GroupId.eq(group.id))
+            .order_by_asc(payment::Column::GroupIndex)
+            .all(&self.db)
+            .await?;
+        Ok(Some(PaymentGroup { group, payments }))
     }
 
     pub async fn account_by_external_ref(
