@@ -125,22 +125,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Payments::Table)
-                    .add_column(uuid_null(Payments::GroupId))
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .alter_table(
-                Table::alter()
-                    .table(Payments::Table)
-                    .add_column(integer_null(Payments::GroupIndex))
-                    .to_owned(),
-            )
-            .await?;
+        // One column at a time: SQLite adds one per ALTER TABLE.
+        for column in [
+            uuid_null(Payments::GroupId),
+            integer_null(Payments::GroupIndex),
+        ] {
+            manager
+                .alter_table(
+                    Table::alter()
+                        .table(Payments::Table)
+                        .add_column(column)
+                        .to_owned(),
+                )
+                .await?;
+        }
         let connection = manager.get_connection();
         let mut statements = vec![
             "DROP INDEX ux_payments_client_idempotency_key".to_owned(),

@@ -71,25 +71,8 @@ pub struct CreatePaymentInput {
     /// 1 to 255 printable characters, unique per client across all mutations. Retry
     /// with the same key and input to get the original outcome back.
     pub idempotency_key: String,
-    pub from_account_id: ID,
-    pub to_account_id: ID,
-    /// Greater than zero, with at most the currency's number of decimals.
-    pub amount: Money,
-    /// Must equal both accounts' currency.
-    pub currency: String,
-    pub description: Option<String>,
-    /// Hold the amount instead of moving it: the payment is PENDING, its amount counts
-    /// against the payer's `available` at once, and `capturePayment` posts it (all or
-    /// part) or `voidPayment` releases it. Decided against what is available like any
-    /// payment: DECLINED if it does not fit.
-    #[graphql(default)]
-    pub pending: bool,
-    /// When the hold expires unless captured or voided first (only with `pending`);
-    /// defaults to now plus the server's HOLD_TTL_SECONDS (7 days unless configured).
-    pub hold_expires_at: Option<DateTime<Utc>>,
-    /// Your own key/value pairs, returned as given and part of the request's
-    /// fingerprint; `payments(metadata: {key, value})` finds the payment by any pair.
-    pub metadata: Option<Json>,
+    #[graphql(flatten)]
+    pub payment: GroupPaymentInput,
 }
 
 #[derive(SimpleObject)]
@@ -113,22 +96,45 @@ pub struct CreatePaymentsInput {
     pub metadata: Option<Json>,
 }
 
-/// One payment of a group: as `CreatePaymentInput`, without a key of its own.
+/// One payment: what `createPayment` takes besides its key, and each payment of a
+/// `createPayments` group.
 #[derive(InputObject)]
 pub struct GroupPaymentInput {
     pub from_account_id: ID,
     pub to_account_id: ID,
     /// Greater than zero, with at most the currency's number of decimals.
     pub amount: Money,
-    /// Must equal both accounts' currency (payments of a group may differ).
+    /// Must equal both accounts' currency (the payments of a group may differ).
     pub currency: String,
     pub description: Option<String>,
-    /// Hold the amount instead of moving it (see `CreatePaymentInput.pending`).
+    /// Hold the amount instead of moving it: the payment is PENDING, its amount counts
+    /// against the payer's `available` at once, and `capturePayment` posts it (all or
+    /// part) or `voidPayment` releases it. Decided against what is available like any
+    /// payment: DECLINED if it does not fit.
     #[graphql(default)]
     pub pending: bool,
+    /// When the hold expires unless captured or voided first (only with `pending`);
+    /// defaults to now plus the server's HOLD_TTL_SECONDS (7 days unless configured).
     pub hold_expires_at: Option<DateTime<Utc>>,
-    /// Your own key/value pairs for this payment; `payments(metadata:)` finds it.
+    /// Your own key/value pairs, returned as given and part of the request's
+    /// fingerprint; `payments(metadata: {key, value})` finds the payment by any pair.
     pub metadata: Option<Json>,
+}
+
+impl GroupPaymentInput {
+    /// The payment request under `idempotency_key` (a group's payments share its key).
+    fn parse(self, idempotency_key: &str) -> crate::error::AppResult<NewPayment> {
+        Ok(NewPayment::parse(
+            idempotency_key,
+            &self.from_account_id,
+            &self.to_account_id,
+            &self.amount.0,
+            &self.currency,
+            self.description,
+        )?
+        .with_hold(HoldRequest::parse(self.pending, self.hold_expires_at)?)
+        .with_metadata(self.metadata.map(|metadata| metadata.0)))
+    }
 }
 
 #[derive(SimpleObject)]
@@ -210,16 +216,7 @@ impl PaymentMutation {
         input: CreatePaymentInput,
     ) -> Result<CreatePaymentPayload> {
         let scope = scope(ctx)?;
-        let request = NewPayment::parse(
-            &input.idempotency_key,
-            &input.from_account_id,
-            &input.to_account_id,
-            &input.amount.0,
-            &input.currency,
-            input.description,
-        )?
-        .with_hold(HoldRequest::parse(input.pending, input.hold_expires_at)?)
-        .with_metadata(input.metadata.map(|metadata| metadata.0));
+        let request = input.payment.parse(&input.idempotency_key)?;
         let (payment, replayed) =
             answered(scope.ledger.create_payment(scope.client, request).await?)?;
         Ok(CreatePaymentPayload { payment, replayed })
@@ -238,22 +235,9 @@ impl PaymentMutation {
             .into_iter()
             .enumerate()
             .map(|(index, payment)| {
-                let parsed = || -> crate::error::AppResult<NewPayment> {
-                    Ok(NewPayment::parse(
-                        &input.idempotency_key,
-                        &payment.from_account_id,
-                        &payment.to_account_id,
-                        &payment.amount.0,
-                        &payment.currency,
-                        payment.description,
-                    )?
-                    .with_hold(HoldRequest::parse(
-                        payment.pending,
-                        payment.hold_expires_at,
-                    )?)
-                    .with_metadata(payment.metadata.map(|metadata| metadata.0)))
-                };
-                parsed().map_err(|error| error.at(&format!("payments[{index}]")))
+                payment
+                    .parse(&input.idempotency_key)
+                    .map_err(|error| error.at(&format!("payments[{index}]")))
             })
             .collect::<crate::error::AppResult<Vec<_>>>()?;
         let request = NewPaymentGroup::new(
