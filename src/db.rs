@@ -170,14 +170,15 @@ pub async fn grant_app_role(connection: &DatabaseConnection, role: &str) -> anyh
         format!("GRANT USAGE ON SCHEMA public TO {role}"),
         format!(
             "GRANT SELECT, INSERT ON clients, api_keys, accounts, payments, ledger_entries, \
-             idempotency_keys, payment_settlements, live_holds, payment_metadata, payment_groups \
-             TO {role}"
+             idempotency_keys, payment_settlements, live_holds, payment_metadata, payment_groups, \
+             account_changes TO {role}"
         ),
         // Live holds are the one working set whose rows leave (when settled or
         // expired; a trigger checks which).
         format!("GRANT DELETE ON live_holds TO {role}"),
         format!(
-            "GRANT UPDATE (balance_minor, version, last_entry_at, pending_minor, hold_seq) ON accounts TO {role}"
+            "GRANT UPDATE (balance_minor, version, last_entry_at, pending_minor, hold_seq, status, \
+             credit_limit_minor, external_ref, change_seq) ON accounts TO {role}"
         ),
         format!("GRANT UPDATE (revoked_at) ON api_keys TO {role}"),
         format!("GRANT SELECT ON seaql_migrations TO {role}"),

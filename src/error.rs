@@ -35,6 +35,21 @@ pub enum AppError {
     /// payment that did not post.
     #[error("{0}")]
     RefundExceedsPayment(String),
+    /// A change or capture that needs an ACTIVE account met a FROZEN one.
+    #[error("{0}")]
+    AccountFrozen(String),
+    /// Anything but reading met a CLOSED account.
+    #[error("{0}")]
+    AccountClosed(String),
+    /// `closeAccount` of an account with a balance or live holds.
+    #[error("{0}")]
+    AccountNotEmpty(String),
+    /// A freeze of a FROZEN account, an unfreeze of an ACTIVE one.
+    #[error("{0}")]
+    AccountStatusConflict(String),
+    /// A credit limit lowered below what the account already uses.
+    #[error("{0}")]
+    CreditLimitBelowBalance(String),
     #[error("the ledger is busy; retry the same request with the same idempotency key")]
     RetryLater,
     /// The request ran out of time (`REQUEST_TIMEOUT_SECONDS`). A write may still have
@@ -88,6 +103,11 @@ impl AppError {
             Self::PaymentNotPending(_) => "PAYMENT_NOT_PENDING",
             Self::CaptureExceedsHold(_) => "CAPTURE_EXCEEDS_HOLD",
             Self::RefundExceedsPayment(_) => "REFUND_EXCEEDS_PAYMENT",
+            Self::AccountFrozen(_) => "ACCOUNT_FROZEN",
+            Self::AccountClosed(_) => "ACCOUNT_CLOSED",
+            Self::AccountNotEmpty(_) => "ACCOUNT_NOT_EMPTY",
+            Self::AccountStatusConflict(_) => "ACCOUNT_STATUS_CONFLICT",
+            Self::CreditLimitBelowBalance(_) => "CREDIT_LIMIT_BELOW_BALANCE",
             Self::RetryLater => "RETRY_LATER",
             Self::Timeout => "TIMEOUT",
             Self::OutcomeUnknown => "OUTCOME_UNKNOWN",

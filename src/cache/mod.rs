@@ -128,6 +128,9 @@ impl Caches {
             .transpose()?;
         Ok(Self {
             balances: l1(settings.l1_balance_capacity, settings.l1_balance_ttl),
+            // Settings change only through a recorded change, which every instance
+            // hears of on the invalidation channel; a subscriber that reconnects (and so
+            // may have missed one) clears them with the balances.
             accounts: l1(capacity, ttl),
             payments: l1(capacity, ttl),
             payment_entries: l1(capacity, ttl),
@@ -169,11 +172,32 @@ impl Caches {
         }
     }
 
-    /// Forgets every L1 balance: after missing invalidations (a lost Redis connection),
-    /// nothing in L1 can be trusted to be the newest.
+    /// Forgets every L1 balance and account's settings: after missing invalidations (a
+    /// lost Redis connection), nothing in L1 can be trusted to be the newest.
     pub fn clear_l1_balances(&self) {
         if let Some(balances) = &self.balances {
             balances.invalidate_all();
+        }
+        if let Some(accounts) = &self.accounts {
+            accounts.invalidate_all();
+        }
+    }
+
+    /// After an account's settings changed (status, credit limit, external ref): this
+    /// instance keeps the new row, every other one drops its copy.
+    pub async fn account_changed(&self, row: &account::Model) {
+        if let Some(accounts) = &self.accounts {
+            accounts.insert(row.id, row.clone()).await;
+        }
+        if let Some(l2) = &self.l2 {
+            l2.publish_settings_changed(row.id).await;
+        }
+    }
+
+    /// Drops an account's settings from L1 (another instance changed them).
+    pub async fn forget_account(&self, account: Uuid) {
+        if let Some(accounts) = &self.accounts {
+            accounts.invalidate(&account).await;
         }
     }
 
@@ -393,8 +417,9 @@ where
     (found, missing)
 }
 
-/// What never changes once committed, so L1 keeps it without invalidation: account
-/// settings (everything but the balance), payments, entries, and a payment's entries.
+/// What L1 keeps by id: payments, entries and a payment's entries never change once
+/// committed; account settings (everything but the balance) change only through a
+/// recorded change, which `account_changed` writes through and announces.
 pub trait Immutable: Clone + Send + Sync + 'static {
     const NAME: CacheName;
     fn l1(caches: &Caches) -> Option<&Cache<Uuid, Self>>;

@@ -235,6 +235,28 @@ impl RedisL2 {
         }
     }
 
+    /// Tells every instance that `account`'s settings changed.
+    pub async fn publish_settings_changed(&self, account: Uuid) {
+        let message = format!(
+            "{} {}:{SETTINGS_CHANGED}",
+            self.instance.simple(),
+            account.simple()
+        );
+        let channel = self.channel();
+        let published: Option<()> = self
+            .call("publish settings", |mut connection| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(message)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await;
+        if published.is_some() {
+            self.metrics.invalidations_sent.inc();
+        }
+    }
+
     /// Follows the invalidation channel until `caches` is dropped, reconnecting after
     /// any failure. After a reconnect L1 balances are cleared: messages sent while
     /// disconnected are lost.
@@ -307,6 +329,11 @@ fn warn_rate_limited(
 }
 
 /// "<instance> <account>:<encoded balance> …"
+/// In place of a balance in an invalidation: the account's settings changed, so every
+/// instance drops its copy (instances from before this read it as an unknown balance and
+/// skip it; their copy lives out its TTL).
+const SETTINGS_CHANGED: &str = "settings";
+
 fn encode_invalidation(instance: Uuid, balances: &[(Uuid, VersionedBalance)]) -> String {
     let mut message = instance.simple().to_string();
     for (account, balance) in balances {
@@ -328,7 +355,15 @@ async fn apply_invalidation(caches: &Caches, own_instance: Uuid, payload: &str) 
         let Some((account, balance)) = part.split_once(':') else {
             continue;
         };
-        let (Ok(account), Some(balance)) = (Uuid::try_parse(account), decode(balance)) else {
+        let Ok(account) = Uuid::try_parse(account) else {
+            continue;
+        };
+        if balance == SETTINGS_CHANGED {
+            caches.metrics.invalidations_received.inc();
+            caches.forget_account(account).await;
+            continue;
+        }
+        let Some(balance) = decode(balance) else {
             continue;
         };
         caches.metrics.invalidations_received.inc();

@@ -25,6 +25,24 @@ pub struct Model {
     pub feed_seq: i64,
     /// The client's key/value pairs as JSON text (`ledger::metadata`).
     pub metadata: Option<String>,
+    pub status: AccountStatus,
+    /// How many recorded changes (`account_change`) its settings have had.
+    pub change_seq: i64,
+}
+
+/// Whether an account takes part in new payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, EnumIter, DeriveActiveEnum, async_graphql::Enum)]
+#[sea_orm(rs_type = "String", db_type = "Text")]
+pub enum AccountStatus {
+    #[sea_orm(string_value = "ACTIVE")]
+    Active,
+    /// Takes part in no new payment, hold, capture or refund until unfrozen; holds on
+    /// it can still be voided.
+    #[sea_orm(string_value = "FROZEN")]
+    Frozen,
+    /// Final: closed at zero balance with no live holds, and never used again.
+    #[sea_orm(string_value = "CLOSED")]
+    Closed,
 }
 
 /// How far an account's balance may go down.

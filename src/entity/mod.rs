@@ -4,6 +4,7 @@
 //! in `ledger::posting`.
 
 pub mod account;
+pub mod account_change;
 pub mod api_key;
 pub mod client;
 pub mod idempotency_key;

@@ -1,17 +1,21 @@
 //! Mutation roots. Each creates something (an account, a payment, a hold's
 //! settlement, a refund) and requires an idempotency key.
 
-use async_graphql::{Context, ID, InputObject, MergedObject, Object, Result, SimpleObject};
+use async_graphql::{
+    Context, ID, InputObject, MaybeUndefined, MergedObject, Object, Result, SimpleObject,
+};
 use chrono::{DateTime, Utc};
 
 use crate::graphql::scalars::{Json, Money};
 use crate::graphql::scope;
-use crate::graphql::types::{Account, Payment, PaymentGroup};
+use crate::graphql::types::{Account, AccountChange, Payment, PaymentGroup};
 use crate::idempotency::IdempotencyKey;
+use crate::ledger::account_lifecycle::{ChangeRequest, NewAccountChange};
 use crate::ledger::posting::BalanceRule;
 use crate::ledger::requests::{
     HoldRequest, NewAccount, NewCapture, NewPayment, NewPaymentGroup, NewRefund, NewVoid,
 };
+use crate::ledger::service::AccountChanged;
 use crate::ledger::service::Created;
 
 #[derive(MergedObject, Default)]
@@ -39,8 +43,51 @@ pub struct CreateAccountPayload {
     pub replayed: bool,
 }
 
+#[derive(InputObject)]
+pub struct UpdateAccountInput {
+    pub idempotency_key: String,
+    pub account_id: ID,
+    /// A CREDIT_LIMIT account's new limit; never below what the account already uses
+    /// (pending minus balance): CREDIT_LIMIT_BELOW_BALANCE.
+    pub credit_limit: Option<Money>,
+    /// A new external ref (unique per client); null clears it, absent keeps it.
+    pub external_ref: MaybeUndefined<String>,
+}
+
+#[derive(InputObject)]
+pub struct ChangeAccountStatusInput {
+    pub idempotency_key: String,
+    pub account_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct AccountChangePayload {
+    /// The account as it is now.
+    pub account: Account,
+    /// The recorded change.
+    pub change: AccountChange,
+    /// True when this key had already made the change and it is returned again.
+    pub replayed: bool,
+}
+
 #[derive(Default)]
 pub struct AccountMutation;
+
+impl AccountMutation {
+    async fn change(
+        ctx: &Context<'_>,
+        request: crate::error::AppResult<NewAccountChange>,
+    ) -> Result<AccountChangePayload> {
+        let scope = scope(ctx)?;
+        let created = scope.ledger.change_account(scope.client, request?).await?;
+        let AccountChanged { change, account } = created.value;
+        Ok(AccountChangePayload {
+            change: AccountChange::from_row(change, &account.currency)?,
+            account: Account::from_row(account)?,
+            replayed: created.replayed,
+        })
+    }
+}
 
 #[Object]
 impl AccountMutation {
@@ -63,6 +110,70 @@ impl AccountMutation {
             account: Account::from_row(created.value)?,
             replayed: created.replayed,
         })
+    }
+
+    /// Changes a credit limit or external ref, recorded in `Account.changes`.
+    async fn update_account(
+        &self,
+        ctx: &Context<'_>,
+        input: UpdateAccountInput,
+    ) -> Result<AccountChangePayload> {
+        let external_ref = match input.external_ref {
+            MaybeUndefined::Undefined => None,
+            MaybeUndefined::Null => Some(None),
+            MaybeUndefined::Value(text) => Some(Some(text)),
+        };
+        let request = NewAccountChange::update(
+            &input.idempotency_key,
+            &input.account_id,
+            input.credit_limit.as_ref().map(|limit| limit.0.as_str()),
+            external_ref,
+        );
+        Self::change(ctx, request).await
+    }
+
+    /// ACTIVE to FROZEN: no new payment, hold, capture or refund touches the account
+    /// (payments and holds are DECLINED with ACCOUNT_FROZEN) until it is unfrozen.
+    async fn freeze_account(
+        &self,
+        ctx: &Context<'_>,
+        input: ChangeAccountStatusInput,
+    ) -> Result<AccountChangePayload> {
+        let request = NewAccountChange::new(
+            &input.idempotency_key,
+            &input.account_id,
+            ChangeRequest::Freeze,
+        );
+        Self::change(ctx, request).await
+    }
+
+    /// FROZEN to ACTIVE.
+    async fn unfreeze_account(
+        &self,
+        ctx: &Context<'_>,
+        input: ChangeAccountStatusInput,
+    ) -> Result<AccountChangePayload> {
+        let request = NewAccountChange::new(
+            &input.idempotency_key,
+            &input.account_id,
+            ChangeRequest::Unfreeze,
+        );
+        Self::change(ctx, request).await
+    }
+
+    /// ACTIVE or FROZEN to CLOSED, for good: only at zero balance with no live hold from
+    /// or to the account (ACCOUNT_NOT_EMPTY otherwise).
+    async fn close_account(
+        &self,
+        ctx: &Context<'_>,
+        input: ChangeAccountStatusInput,
+    ) -> Result<AccountChangePayload> {
+        let request = NewAccountChange::new(
+            &input.idempotency_key,
+            &input.account_id,
+            ChangeRequest::Close,
+        );
+        Self::change(ctx, request).await
     }
 }
 

@@ -6,6 +6,8 @@ use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result, S
 use chrono::{DateTime, Utc};
 
 use crate::cache::VersionedBalance;
+use crate::entity::account::AccountStatus;
+use crate::entity::account_change::{self, ChangeKind};
 use crate::entity::payment::StoredStatus;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
@@ -123,6 +125,30 @@ impl Account {
         self.row
             .credit_limit_minor
             .map(|minor| from_minor_units(minor, self.currency).into())
+    }
+
+    /// ACTIVE; FROZEN (no new payment, hold, capture or refund touches it until
+    /// unfrozen; holds can still be voided); CLOSED (final).
+    async fn status(&self) -> AccountStatus {
+        self.row.status
+    }
+
+    /// Every change of its settings (`updateAccount`, `freezeAccount`,
+    /// `unfreezeAccount`, `closeAccount`), oldest first: who (the key), when, old and
+    /// new values.
+    async fn changes(&self, ctx: &Context<'_>) -> Result<Vec<AccountChange>> {
+        let scope = scope(ctx)?;
+        let rows = scope
+            .ledger
+            .account_changes(scope.client, AccountId(self.row.id))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AccountChange {
+                row,
+                currency: self.currency,
+            })
+            .collect())
     }
 
     /// The balance at some account version. CACHED (the default) reads through the
@@ -329,6 +355,70 @@ impl Payment {
             .load_one(RefundsOf(self.payment_id()))
             .await?
             .unwrap_or_default())
+    }
+}
+
+/// One recorded change of an account's settings. Immutable.
+pub struct AccountChange {
+    row: account_change::Model,
+    currency: Currency,
+}
+
+impl AccountChange {
+    pub fn from_row(row: account_change::Model, currency: &str) -> AppResult<Self> {
+        Ok(Self {
+            row,
+            currency: Currency::from_stored(currency)?,
+        })
+    }
+
+    fn money(&self, minor: Option<i64>) -> Option<Money> {
+        minor.map(|minor| from_minor_units(minor, self.currency).into())
+    }
+}
+
+#[Object]
+impl AccountChange {
+    /// 1 for the account's first change, then one more each.
+    async fn sequence(&self) -> i64 {
+        self.row.change_seq
+    }
+
+    async fn kind(&self) -> ChangeKind {
+        self.row.kind
+    }
+
+    /// The idempotency key of the request that made it.
+    async fn idempotency_key(&self) -> &str {
+        &self.row.idempotency_key
+    }
+
+    async fn old_status(&self) -> AccountStatus {
+        self.row.old_status
+    }
+
+    async fn new_status(&self) -> AccountStatus {
+        self.row.new_status
+    }
+
+    async fn old_credit_limit(&self) -> Option<Money> {
+        self.money(self.row.old_credit_limit_minor)
+    }
+
+    async fn new_credit_limit(&self) -> Option<Money> {
+        self.money(self.row.new_credit_limit_minor)
+    }
+
+    async fn old_external_ref(&self) -> Option<&str> {
+        self.row.old_external_ref.as_deref()
+    }
+
+    async fn new_external_ref(&self) -> Option<&str> {
+        self.row.new_external_ref.as_deref()
+    }
+
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.row.created_at
     }
 }
 

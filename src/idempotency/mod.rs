@@ -54,6 +54,10 @@ pub enum Operation {
     VoidPayment,
     RefundPayment,
     CreatePayments,
+    UpdateAccount,
+    FreezeAccount,
+    UnfreezeAccount,
+    CloseAccount,
 }
 
 impl Operation {
@@ -65,6 +69,10 @@ impl Operation {
             Self::VoidPayment => "voidPayment",
             Self::RefundPayment => "refundPayment",
             Self::CreatePayments => "createPayments",
+            Self::UpdateAccount => "updateAccount",
+            Self::FreezeAccount => "freezeAccount",
+            Self::UnfreezeAccount => "unfreezeAccount",
+            Self::CloseAccount => "closeAccount",
         }
     }
 }

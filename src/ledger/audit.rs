@@ -97,6 +97,32 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
                 .to_owned(),
         ),
         (
+            "a CLOSED account holds nothing",
+            Subject::Account,
+            "SELECT id AS subject, 'CLOSED with balance ' || CAST(balance_minor AS TEXT) \
+             || ' and ' || CAST(pending_minor AS TEXT) || ' pending' AS detail \
+             FROM accounts WHERE status = 'CLOSED' AND (balance_minor <> 0 OR pending_minor <> 0)"
+                .to_owned(),
+        ),
+        (
+            "an account's settings are what its last recorded change made them",
+            Subject::Account,
+            "SELECT a.id AS subject, 'status ' || a.status || ' after ' || CAST(a.change_seq AS TEXT) \
+             || ' changes, ' || CAST((SELECT COUNT(*) FROM account_changes c WHERE c.account_id = a.id) AS TEXT) \
+             || ' recorded' AS detail \
+             FROM accounts a \
+             WHERE a.change_seq <> (SELECT COUNT(*) FROM account_changes c WHERE c.account_id = a.id) \
+             OR (a.change_seq = 0 AND a.status <> 'ACTIVE') \
+             OR (a.change_seq > 0 AND NOT EXISTS (SELECT 1 FROM account_changes c \
+                 WHERE c.account_id = a.id AND c.change_seq = a.change_seq AND c.client_id = a.client_id \
+                 AND c.new_status = a.status \
+                 AND (c.new_credit_limit_minor = a.credit_limit_minor \
+                      OR (c.new_credit_limit_minor IS NULL AND a.credit_limit_minor IS NULL)) \
+                 AND (c.new_external_ref = a.external_ref \
+                      OR (c.new_external_ref IS NULL AND a.external_ref IS NULL))))"
+                .to_owned(),
+        ),
+        (
             "a metadata pair belongs to a payment of its client that has metadata",
             Subject::Payment,
             "SELECT m.payment_id AS subject, 'pair ' || m.key || ' of a payment ' \

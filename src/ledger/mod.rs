@@ -2,6 +2,7 @@
 //! `posting`, `lifecycle` (holds, settlements, refunds), `metadata` and the request types; `service` owns transactions; `audit` re-checks every
 //! invariant from the stored rows; `export` writes a client's statement.
 
+pub mod account_lifecycle;
 pub mod audit;
 pub mod export;
 pub mod lifecycle;

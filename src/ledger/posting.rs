@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-pub use crate::entity::account::BalanceRule;
+pub use crate::entity::account::{AccountStatus, BalanceRule};
 pub use crate::entity::ledger_entry::EntryDirection;
 use crate::ledger::money::PositiveAmount;
 
@@ -63,6 +63,10 @@ pub enum DeclineReason {
     BalanceOutOfRange,
     /// Another payment of its group was declined, so none of them moved.
     LinkedPaymentFailed,
+    /// An account of the payment is FROZEN.
+    AccountFrozen,
+    /// An account of the payment is CLOSED.
+    AccountClosed,
 }
 
 impl DeclineReason {
@@ -72,6 +76,8 @@ impl DeclineReason {
             Self::CreditLimitExceeded => "CREDIT_LIMIT_EXCEEDED",
             Self::BalanceOutOfRange => "BALANCE_OUT_OF_RANGE",
             Self::LinkedPaymentFailed => "LINKED_PAYMENT_FAILED",
+            Self::AccountFrozen => "ACCOUNT_FROZEN",
+            Self::AccountClosed => "ACCOUNT_CLOSED",
         }
     }
 }
@@ -85,11 +91,21 @@ pub struct AccountState {
     pub version: i64,
     /// What live holds keep on the account as payer.
     pub pending_minor: i64,
+    pub status: AccountStatus,
 }
 
 impl AccountState {
     fn floor(self) -> BalanceFloor {
         BalanceFloor::new(self.rule, self.credit_limit_minor)
+    }
+
+    /// Why the account takes part in no new movement, if it does not.
+    fn status_decline(self) -> Option<DeclineReason> {
+        match self.status {
+            AccountStatus::Active => None,
+            AccountStatus::Frozen => Some(DeclineReason::AccountFrozen),
+            AccountStatus::Closed => Some(DeclineReason::AccountClosed),
+        }
     }
 
     fn rule_decline(self) -> DeclineReason {
@@ -273,6 +289,17 @@ fn plan_one<K: Copy + Eq + std::hash::Hash>(
     states: &mut std::collections::HashMap<K, AccountState>,
     movement: Movement<K>,
 ) -> Option<PostingPlan> {
+    // Only a void (which moves nothing) may touch a FROZEN or CLOSED account; the payer's
+    // status decides first.
+    if let Movement::Pay { from, to, .. }
+    | Movement::Hold { from, to, .. }
+    | Movement::Capture { from, to, .. } = movement
+    {
+        let (source, destination) = (states.get(&from)?, states.get(&to)?);
+        if let Some(reason) = source.status_decline().or(destination.status_decline()) {
+            return Some(PostingPlan::Decline(reason));
+        }
+    }
     let (from, to, released, amount) = match movement {
         Movement::Pay { from, to, amount } => (from, to, 0, amount),
         Movement::Capture {
@@ -335,6 +362,7 @@ mod tests {
             balance_minor: balance,
             version: 7,
             pending_minor: 0,
+            status: AccountStatus::Active,
         }
     }
 
@@ -713,5 +741,47 @@ mod tests {
         );
         assert_eq!(states, before);
         assert_eq!(plan_linked(&mut states, &[pay("alice", "nobody", 1)]), None);
+    }
+
+    #[test]
+    fn frozen_and_closed_accounts_take_part_in_nothing_but_voids() {
+        let mut states = states();
+        plan_in_order(&mut states, [hold("alice", "shop", 30)]);
+        states.get_mut("shop").unwrap().status = AccountStatus::Frozen;
+        states.get_mut("card").unwrap().status = AccountStatus::Closed;
+        let frozen = Some(PostingPlan::Decline(DeclineReason::AccountFrozen));
+        let closed = Some(PostingPlan::Decline(DeclineReason::AccountClosed));
+        let plans = plan_in_order(
+            &mut states,
+            [
+                pay("alice", "shop", 1),
+                pay("shop", "alice", 1),
+                hold("alice", "shop", 1),
+                pay("card", "shop", 1),
+                Movement::Capture {
+                    from: "alice",
+                    to: "shop",
+                    held: amount(30),
+                    amount: amount(30),
+                },
+                Movement::Void {
+                    from: "alice",
+                    held: amount(30),
+                },
+            ],
+        );
+        assert_eq!(
+            plans,
+            [
+                frozen,
+                frozen,
+                frozen,
+                closed,
+                frozen,
+                Some(PostingPlan::Release)
+            ]
+        );
+        assert_eq!(states["alice"].balance_minor, 100);
+        assert_eq!(states["alice"].pending_minor, 0);
     }
 }

@@ -37,6 +37,15 @@ fn parse_text(name: &str, text: Option<String>, length_max: usize) -> AppResult<
     Ok(Some(text))
 }
 
+/// An account's own reference: 1 to 255 characters, no control characters.
+pub fn parse_external_ref(external_ref: Option<String>) -> AppResult<Option<String>> {
+    let external_ref = parse_text("externalRef", external_ref, EXTERNAL_REF_LENGTH_MAX)?;
+    if external_ref.as_deref() == Some("") {
+        return Err(AppError::bad_input("externalRef must not be empty"));
+    }
+    Ok(external_ref)
+}
+
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub idempotency_key: IdempotencyKey,
@@ -79,10 +88,7 @@ impl NewAccount {
             }
             (_, None) => None,
         };
-        let external_ref = parse_text("externalRef", external_ref, EXTERNAL_REF_LENGTH_MAX)?;
-        if external_ref.as_deref() == Some("") {
-            return Err(AppError::bad_input("externalRef must not be empty"));
-        }
+        let external_ref = parse_external_ref(external_ref)?;
         Ok(Self {
             idempotency_key,
             currency,

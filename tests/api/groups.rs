@@ -130,8 +130,9 @@ async fn a_group_moves_everything_in_order(backend: Backend) {
             "{reused}"
         );
     }
-    // Found again by its key, by its id, and its payment by a metadata pair; a group's
-    // key names no single payment.
+    // Found again by its key, by its id, and its payment by a metadata pair (a list,
+    // so once the feed has it); a group's key names no single payment.
+    app.settle_feeds().await;
     let found = app
         .graphql(
             "query($key: String!, $id: ID!) {

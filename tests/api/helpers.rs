@@ -447,6 +447,7 @@ impl TestApp {
             .chain(migration::HOLD_GUARD_TRIGGERS)
             .chain(migration::HISTORY_GUARD_TRIGGERS)
             .chain(migration::GROUP_GUARD_TRIGGERS)
+            .chain(migration::ACCOUNT_GUARD_TRIGGERS)
         {
             let statement = match backend {
                 sea_orm::DbBackend::Postgres => {
@@ -558,6 +559,7 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261127_000001_balance_history.rs"),
         include_str!("../../migration/src/m20261127_000002_metadata.rs"),
         include_str!("../../migration/src/m20261128_000001_payment_groups.rs"),
+        include_str!("../../migration/src/m20261128_000002_account_lifecycle.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

@@ -4,6 +4,7 @@ mod helpers;
 
 mod hostile;
 
+mod accounts;
 mod append_only;
 mod architecture;
 mod bad_input;

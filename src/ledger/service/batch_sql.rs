@@ -237,7 +237,7 @@ pub async fn lock_accounts(
                 DbBackend::Postgres,
                 "SELECT id, client_id, currency, balance_rule, credit_limit_minor, external_ref,
                         balance_minor, version, pending_minor, hold_seq, last_entry_at, created_at,
-                        feed_seq
+                        feed_seq, status, change_seq
                  FROM accounts
                  WHERE id = ANY($1::uuid[])
                    AND (id, client_id) IN (SELECT * FROM unnest($1::uuid[], $2::uuid[]))

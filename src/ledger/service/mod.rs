@@ -9,6 +9,7 @@
 //! someone else owns turns into a replay of that owner's outcome, one with a bad account
 //! fails alone before anything is stored. Reads are in `reads`.
 
+mod account_changes;
 mod batch_sql;
 mod commit_queue;
 mod payment_batch;
@@ -16,6 +17,7 @@ mod reads;
 mod write;
 mod write_gate;
 
+pub use self::account_changes::AccountChanged;
 pub use self::reads::{PaymentFilter, PaymentGroup};
 
 use std::sync::Arc;
@@ -598,6 +600,8 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
         // Set in the inserting transaction (`insert_account`).
         feed_seq: 0,
         metadata: request.metadata.as_ref().map(Metadata::to_json),
+        status: account::AccountStatus::Active,
+        change_seq: 0,
     }
 }
 

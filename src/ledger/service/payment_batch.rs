@@ -33,7 +33,8 @@ use crate::ledger::lifecycle;
 use crate::ledger::metadata::Metadata;
 use crate::ledger::money::PositiveAmount;
 use crate::ledger::posting::{
-    AccountState, EntryPlan, Movement, PostingPlan, plan_in_order, plan_linked, posting_time,
+    AccountState, DeclineReason, EntryPlan, Movement, PostingPlan, plan_in_order, plan_linked,
+    posting_time,
 };
 use crate::ledger::requests::{NewPayment, NewPaymentGroup};
 use crate::metrics::Metrics;
@@ -790,10 +791,12 @@ fn decide_single(
             if let PostingPlan::Decline(reason) = plan {
                 // Put back: nothing happened to the hold.
                 live_holds.insert(hold.id, hold.hold_expires_at.unwrap_or_default());
-                return Err(AppError::bad_input(format!(
-                    "the capture cannot post: {}",
-                    reason.as_str()
-                )));
+                let message = format!("the capture cannot post: {}", reason.as_str());
+                return Err(match reason {
+                    DeclineReason::AccountFrozen => AppError::AccountFrozen(message),
+                    DeclineReason::AccountClosed => AppError::AccountClosed(message),
+                    _ => AppError::bad_input(message),
+                });
             }
             Ok(Decision {
                 plan,
@@ -1070,6 +1073,7 @@ fn account_state(account: &account::Model, context: Option<&BatchContext>) -> Ac
         balance_minor: account.balance_minor,
         version: account.version,
         pending_minor,
+        status: account.status,
     }
 }
 
