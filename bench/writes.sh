@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Write benchmark, in one run on one machine: the release server on PostgreSQL (+ Redis)
-# driven by loadgen at 1, 16 and 64 concurrent clients, next to pgbench's built-in
-# TPC-B-like transaction on the same PostgreSQL at the same client counts, plus a run
-# with half of all payments on one hot account, and a row at 16 clients with group commit
-# off (one transaction per payment, 16 at once) as its baseline, and a row of holds each
-# captured at once (hold+capture pairs: two writes each). Prints one markdown table.
+# driven at 1, 16 and 64 concurrent clients and at 16 with half of all payments on one hot
+# account, next to pgbench's built-in TPC-B-like transaction on the same PostgreSQL at
+# the same client counts. Two drivers: loadgen (which verifies every payment it was
+# acknowledged) and wrk (a light C client: bench/payments.lua, a new key per request; its
+# payments are counted in the database and audited by `payments-ledger verify`). Prints
+# one markdown table: payments/s, p50 and p99, the server's peak RSS and its CPU-seconds
+# per 1 000 payments, pgbench's tps and the ratio.
 #
 #   bash bench/writes.sh
 #   BASELINE_BIN=/path/to/older/payments-ledger bash bench/writes.sh
@@ -17,7 +19,10 @@
 # Environment: LEDGER_BENCH_DATABASE_URL (admin URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), LEDGER_BENCH_REDIS_URL (default
 # redis://127.0.0.1:6379), BENCH_SECONDS per run (default 15), BENCH_CLIENTS (default
-# "1 16 64"), PGBENCH_SCALE (default 16). Creates and drops its own databases.
+# "1 16 64"), BENCH_DRIVERS (default "wrk loadgen"), BENCH_ISOLATIONS (default
+# "serializable"; "serializable read-committed" for both), BENCH_EXTRA=1 for two more
+# rows per isolation (group commit off; holds each captured at once), PGBENCH_SCALE
+# (default 16). Creates and drops its own databases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +30,9 @@ ADMIN_URL=${LEDGER_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgr
 REDIS_URL=${LEDGER_BENCH_REDIS_URL:-redis://127.0.0.1:6379}
 RUN_SECONDS=${BENCH_SECONDS:-15}
 CLIENTS=${BENCH_CLIENTS:-"1 16 64"}
+DRIVERS=${BENCH_DRIVERS:-"wrk loadgen"}
+ISOLATIONS=${BENCH_ISOLATIONS:-serializable}
+EXTRA=${BENCH_EXTRA:-0}
 SCALE=${PGBENCH_SCALE:-16}
 PORT=${BENCH_PORT:-18080}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -88,8 +96,13 @@ stop_server() {
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
+# The server's CPU time so far (user + system), in seconds.
+server_cpu_seconds() {
+  awk -v ticks="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / ticks }' "/proc/$SERVER_PID/stat"
+}
+
 # Runs loadgen (with any further flags) while sampling the server's RSS; prints
-# "payments/s p99_ms max_rss_mib violations".
+# "payments/s p50_ms p99_ms max_rss_mib payments violations".
 run_loadgen() {
   local clients=$1 hot=$2
   shift 2
@@ -98,7 +111,48 @@ run_loadgen() {
   "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency "$clients" \
     --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json "$@" >"$out" &
   peak=$(peak_rss_while $!)
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("%.1f %.2f %s %d" % (r["payments_per_second"], r["payment_latency_ms"]["p99"], sys.argv[2], len(r["violations"])))' "$out" "$peak"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["payment_latency_ms"]; print("%.1f %.2f %.2f %s %d %d" % (r["payments_per_second"], l["p50"], l["p99"], sys.argv[2], r["payments"], len(r["violations"])))' "$out" "$peak"
+  rm -f "$out"
+}
+
+# Creates 200 UNBOUNDED accounts (20 per request) on the running server; prints their
+# ids comma-separated.
+create_wrk_accounts() {
+  local request aliases ids=""
+  for request in $(seq 1 10); do
+    aliases=""
+    for n in $(seq 1 20); do
+      aliases="$aliases a$n: createAccount(input: {idempotencyKey: \\\"wrk-account-$$-$request-$n\\\", currency: \\\"USD\\\", balanceRule: UNBOUNDED}) { account { id } }"
+    done
+    ids="$ids$(curl -fsS "http://127.0.0.1:$PORT/graphql" -H 'Content-Type: application/json' \
+      -H "Authorization: Bearer $KEY" -d "{\"query\": \"mutation { $aliases }\"}" \
+      | python3 -c 'import json,sys; print(",".join(a["account"]["id"] for a in json.load(sys.stdin)["data"].values()), end=",")')"
+  done
+  echo "${ids%,}"
+}
+
+# Runs wrk with bench/payments.lua while sampling the server's RSS; counts the payments
+# it made in the database and audits the ledger. Prints the same fields as run_loadgen.
+run_wrk() {
+  local clients=$1 hot=$2 build=$3
+  local out peak run accounts threads=$1 stored verified
+  [ "$threads" -gt 2 ] && threads=2
+  out=$(mktemp)
+  run="wrk-$$-$RANDOM$RANDOM"
+  accounts=$(create_wrk_accounts)
+  API_KEY=$KEY ACCOUNTS=$accounts HOT_SHARE=$hot RUN=$run \
+    wrk -t "$threads" -c "$clients" -d "${RUN_SECONDS}s" --timeout 10s -s bench/payments.lua \
+    "http://127.0.0.1:$PORT" >"$out" 2>&1 &
+  peak=$(peak_rss_while $!)
+  read -r _ responses errors p50 p99 seconds <<<"$(grep '^wrk-result' "$out")"
+  stored=$(psql -Atc "SELECT count(*) FROM payments WHERE idempotency_key LIKE '$run-%'" "${URL[$build]}")
+  verified=0
+  DATABASE_URL="${URL[$build]}" "${BIN[$build]}" verify >/dev/null 2>&1 || verified=1
+  # Violations: a response that is not a payment, an acknowledged payment the database
+  # does not have, more payments than requests (beyond the ones still in flight when
+  # wrk stopped), or a failed audit.
+  python3 -c 'import sys; s, r, e, c, sec, p50, p99, peak, v = map(float, sys.argv[1:]); print("%.1f %.3f %.3f %d %d %d" % (s / sec, p50, p99, peak, s, e + max(0, r - e - s) + max(0, s - r - c) + v))' \
+    "$stored" "$responses" "$errors" "$clients" "$seconds" "$p50" "$p99" "$peak" "$verified"
   rm -f "$out"
 }
 
@@ -110,49 +164,58 @@ run_pgbench() {
 }
 
 echo
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; loadgen over 200 accounts"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; 200 accounts"
 echo
-echo "| build | isolation | group commit | clients | hot share | payments/s | p99 ms | server RSS MiB (peak) | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
-echo "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
+echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
 declare -A TPS
 for clients in $CLIENTS 16; do
   [ -n "${TPS[$clients]:-}" ] || TPS[$clients]=$(run_pgbench "$clients")
 done
 declare -A BASELINE_RATE
+# row BUILD DRIVER ISOLATION GROUPING CLIENTS HOT [LOADGEN FLAGS...]
 row() {
-  local build=$1 isolation=$2 grouping=$3 clients=$4 hot=$5 payments p99 rss violations ratio versus="" id
-  shift 5
-  read -r payments p99 rss violations <<<"$(run_loadgen "$clients" "$hot" "$@")"
-  ratio=$(python3 -c "print('%.2f' % ($payments / ${TPS[$clients]}))")
-  id="$isolation/$grouping/$clients/$hot"
-  if [ "$build" = baseline ]; then
-    BASELINE_RATE[$id]=$payments
-  elif [ -n "${BASELINE_RATE[$id]:-}" ]; then
-    versus=$(python3 -c "print('%.2f' % ($payments / ${BASELINE_RATE[$id]}))")
+  local build=$1 driver=$2 isolation=$3 grouping=$4 clients=$5 hot=$6
+  local rate p50 p99 rss payments violations ratio versus="" id cpu_before cpu_per_1000
+  shift 6
+  cpu_before=$(server_cpu_seconds)
+  if [ "$driver" = wrk ]; then
+    read -r rate p50 p99 rss payments violations <<<"$(run_wrk "$clients" "$hot" "$build")"
+  else
+    read -r rate p50 p99 rss payments violations <<<"$(run_loadgen "$clients" "$hot" "$@")"
   fi
-  echo "| $build | $isolation | $grouping | $clients | $hot | $payments | $p99 | $rss | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") | $versus |"
+  cpu_per_1000=$(python3 -c "print('%.2f' % (($(server_cpu_seconds) - $cpu_before) * 1000 / max($payments, 1)))")
+  ratio=$(python3 -c "print('%.2f' % ($rate / ${TPS[$clients]}))")
+  id="$driver/$isolation/$grouping/$clients/$hot"
+  if [ "$build" = baseline ]; then
+    BASELINE_RATE[$id]=$rate
+  elif [ -n "${BASELINE_RATE[$id]:-}" ]; then
+    versus=$(python3 -c "print('%.2f' % ($rate / ${BASELINE_RATE[$id]}))")
+  fi
+  echo "| $build | $driver | $isolation | $grouping | $clients | $hot | $rate | $p50 | $p99 | $rss | $cpu_per_1000 | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") | $versus |"
 }
-for isolation in serializable read-committed; do
-  for clients in $CLIENTS; do
-    for build in $BUILDS; do
-      start_server "$build" "$isolation"
-      row "$build" "$isolation" on "$clients" 0
-      stop_server
+for isolation in $ISOLATIONS; do
+  for driver in $DRIVERS; do
+    for load in $CLIENTS "16 0.5"; do
+      read -r clients hot <<<"$load"
+      for build in $BUILDS; do
+        start_server "$build" "$isolation"
+        row "$build" "$driver" "$isolation" on "$clients" "${hot:-0}"
+        stop_server
+      done
     done
   done
+  [ "$EXTRA" = 1 ] || continue
   for build in $BUILDS; do
-    start_server "$build" "$isolation"
-    row "$build" "$isolation" on 16 0.5
-    stop_server
     # The baseline for group commit itself: one transaction per payment, up to 16 at
     # once (the write path as it was before group commit).
     start_server "$build" "$isolation" 1 16
-    row "$build" "$isolation" off 16 0
+    row "$build" loadgen "$isolation" off 16 0
     stop_server
   done
   # Holds, each captured as soon as it is acknowledged: payments/s counts pairs (a
   # baseline build from before holds cannot run it).
   start_server this "$isolation"
-  row this "$isolation" "on, hold+capture pairs" 16 0 --hold-and-capture
+  row this loadgen "$isolation" "on, hold+capture pairs" 16 0 --hold-and-capture
   stop_server
 done

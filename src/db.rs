@@ -33,9 +33,10 @@ impl Backend {
     /// How a transaction that writes money begins.
     pub fn write_transaction_options(self, isolation: WriteIsolation) -> TransactionOptions {
         match self {
+            // The write pool's connections default to `isolation` (set when they
+            // connect), so BEGIN needs no isolation clause; naming it anyway keeps a
+            // transaction begun on another pool at the level writes need.
             Self::Postgres => TransactionOptions {
-                // READ COMMITTED is every connection's default (set when it connects),
-                // so it needs no extra SET TRANSACTION round trip.
                 isolation_level: match isolation {
                     WriteIsolation::Serializable => Some(IsolationLevel::Serializable),
                     WriteIsolation::ReadCommitted => None,
@@ -83,13 +84,19 @@ impl Backend {
 }
 
 /// Opens the pool. SQLite runs in WAL mode with full fsync: an acknowledged payment
-/// survives a power cut.
+/// survives a power cut. On PostgreSQL `isolation` is every connection's default, so a
+/// statement sent outside a transaction (a payment batch in one round trip) runs at it.
 pub async fn connect(
     config: &DatabaseConfig,
     max_connections: u32,
     statements: Counter,
+    isolation: WriteIsolation,
 ) -> Result<DatabaseConnection, DbErr> {
     let lock_timeout = format!("{}ms", config.lock_timeout_ms);
+    let isolation = match isolation {
+        WriteIsolation::Serializable => "serializable",
+        WriteIsolation::ReadCommitted => "read committed",
+    };
     let mut options = ConnectOptions::new(config.url.clone());
     options
         .max_connections(max_connections)
@@ -97,11 +104,11 @@ pub async fn connect(
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds))
         .sqlx_logging(false)
         .map_sqlx_postgres_opts(move |options| {
-            // Sent once when a connection opens, so no statement pays for them: reads
-            // and READ COMMITTED writes do not depend on the server's default, and no
-            // statement waits for a row lock longer than the configured bound.
+            // Sent once when a connection opens, so no statement pays for them: no
+            // transaction depends on the server's default isolation, and no statement
+            // waits for a row lock longer than the configured bound.
             options.options([
-                ("default_transaction_isolation", "read committed".to_owned()),
+                ("default_transaction_isolation", isolation.to_owned()),
                 ("lock_timeout", lock_timeout.clone()),
             ])
         })

@@ -98,6 +98,9 @@ pub struct Metrics {
     pub write_retries: Counter,
     pub write_retries_exhausted: Counter,
     pub write_batch_payments: Histogram,
+    /// Payment batches written in one statement, and those the database refused.
+    pub write_one_trip_batches: Counter,
+    pub write_one_trip_fallbacks: Counter,
     pub database_statements: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
 }
@@ -166,6 +169,18 @@ impl Metrics {
             "Payments per write transaction (group commit): how many concurrent payments shared one commit",
             write_batch_payments.clone(),
         );
+        let write_one_trip_batches = Counter::default();
+        registry.register(
+            "write_one_trip_batches",
+            "Payment batches written in one statement and one round trip, decided on the account rows this instance last committed",
+            write_one_trip_batches.clone(),
+        );
+        let write_one_trip_fallbacks = Counter::default();
+        registry.register(
+            "write_one_trip_fallbacks",
+            "One-statement batches the database refused (an account moved since, a key was taken, a conflict) and that ran the long way",
+            write_one_trip_fallbacks.clone(),
+        );
         let database_statements = Counter::default();
         registry.register(
             "database_statements",
@@ -192,6 +207,8 @@ impl Metrics {
             write_retries,
             write_retries_exhausted,
             write_batch_payments,
+            write_one_trip_batches,
+            write_one_trip_fallbacks,
             database_statements,
             request_duration,
         }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheSettings, Caches, RedisL2};
-use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations};
+use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, WriteIsolation};
 use crate::db::{self, Backend};
 use crate::entity::client;
 use crate::graphql::build_schema;
@@ -37,7 +37,13 @@ impl Application {
             .database
             .write_connections
             .max(u32::from(config.database.write_batches_in_flight) + 1);
-        let write_db = connect(&config, write_connections, &metrics).await?;
+        let write_db = connect(
+            &config,
+            write_connections,
+            &metrics,
+            config.database.write_isolation,
+        )
+        .await?;
         let caches = Arc::new(Caches::new(
             &cache_settings(&config.cache),
             Arc::clone(&metrics),
@@ -154,7 +160,15 @@ pub async fn connect_and_migrate(
     config: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<DatabaseConnection> {
-    let db = connect(config, config.database.max_connections, metrics).await?;
+    // Reads run at READ COMMITTED; the rare transaction on this pool that writes names
+    // its isolation in its BEGIN.
+    let db = connect(
+        config,
+        config.database.max_connections,
+        metrics,
+        WriteIsolation::ReadCommitted,
+    )
+    .await?;
     match config.database.migrations {
         Migrations::Apply => db::migrate(&db).await.context("cannot apply migrations")?,
         Migrations::Check => {
@@ -176,11 +190,13 @@ async fn connect(
     config: &Config,
     max_connections: u32,
     metrics: &Metrics,
+    isolation: WriteIsolation,
 ) -> anyhow::Result<DatabaseConnection> {
     db::connect(
         &config.database,
         max_connections,
         metrics.database_statements.clone(),
+        isolation,
     )
     .await
     .with_context(|| {

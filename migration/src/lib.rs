@@ -15,12 +15,14 @@ mod m20261127_000001_balance_history;
 mod m20261127_000002_metadata;
 mod m20261128_000001_payment_groups;
 mod m20261128_000002_account_lifecycle;
+mod m20261206_000001_one_round_trip;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
 pub use m20261127_000001_balance_history::HISTORY_GUARD_TRIGGERS;
 pub use m20261128_000001_payment_groups::GROUP_GUARD_TRIGGERS;
 pub use m20261128_000002_account_lifecycle::ACCOUNT_GUARD_TRIGGERS;
+pub use m20261206_000001_one_round_trip::ACCOUNTS_MOVED_SQLSTATE;
 
 pub struct Migrator;
 
@@ -37,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_metadata::Migration),
             Box::new(m20261128_000001_payment_groups::Migration),
             Box::new(m20261128_000002_account_lifecycle::Migration),
+            Box::new(m20261206_000001_one_round_trip::Migration),
         ]
     }
 }

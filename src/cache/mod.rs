@@ -114,9 +114,15 @@ pub struct Caches {
     /// Idempotency keys this instance has seen used: (client, key) -> (fingerprint,
     /// resource). A key's record never changes once committed.
     idempotency_keys: Option<Cache<(Uuid, String), (Fingerprint, Uuid)>>,
-    l2: Option<RedisL2>,
+    l2: Option<Arc<RedisL2>>,
+    /// Write-throughs to L2 running off the answer's path (see `write_through`).
+    l2_writes_in_flight: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
+
+/// How many L2 write-throughs may run in the background at once; past that a writer
+/// does its own inline, so a slow Redis slows writers down instead of piling up tasks.
+const L2_WRITES_IN_FLIGHT_MAX: usize = 64;
 
 impl Caches {
     pub fn new(settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
@@ -124,7 +130,7 @@ impl Caches {
         let l2 = settings
             .redis_url
             .as_deref()
-            .map(|url| RedisL2::new(url, settings, Arc::clone(&metrics)))
+            .map(|url| RedisL2::new(url, settings, Arc::clone(&metrics)).map(Arc::new))
             .transpose()?;
         Ok(Self {
             balances: l1(settings.l1_balance_capacity, settings.l1_balance_ttl),
@@ -138,12 +144,13 @@ impl Caches {
             entries: l1(capacity, ttl),
             idempotency_keys: l1(capacity, ttl),
             l2,
+            l2_writes_in_flight: Arc::new(tokio::sync::Semaphore::new(L2_WRITES_IN_FLIGHT_MAX)),
             metrics,
         })
     }
 
     pub fn l2(&self) -> Option<&RedisL2> {
-        self.l2.as_ref()
+        self.l2.as_deref()
     }
 
     /// Stores `balance` in L1 unless L1 already holds the same or a newer state.
@@ -167,8 +174,23 @@ impl Caches {
         for (account, balance) in balances {
             self.put_l1_balance(*account, *balance).await;
         }
-        if let Some(l2) = &self.l2 {
-            l2.put_and_publish(balances).await;
+        let Some(l2) = &self.l2 else {
+            return;
+        };
+        // L2 and the other instances hear of the write after the answer, not before:
+        // this instance's L1 already has it (read-your-writes here), other instances
+        // learn of it from the invalidation as they always did (after the commit, at
+        // an unknown later moment), and L2's compare-and-set keeps it from going back
+        // if two write-throughs arrive out of order. The answer saves a Redis round trip.
+        match Arc::clone(&self.l2_writes_in_flight).try_acquire_owned() {
+            Ok(permit) => {
+                let (l2, balances) = (Arc::clone(l2), balances.to_vec());
+                tokio::spawn(async move {
+                    l2.put_and_publish(&balances).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => l2.put_and_publish(balances).await,
         }
     }
 

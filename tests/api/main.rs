@@ -27,6 +27,7 @@ mod loaders;
 mod loadgen;
 mod lost_connections;
 mod metadata;
+mod one_trip;
 mod pagination;
 mod payments;
 mod roles;

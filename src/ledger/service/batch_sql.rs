@@ -1,16 +1,19 @@
 //! The statements of a payment batch. However many payments a batch carries, it costs
 //! the same three statements between BEGIN and COMMIT: lock the accounts, claim the
 //! keys, write payments + balances + entries. On PostgreSQL each is one statement over
-//! arrays (`unnest`), so its text never changes with the batch size and stays prepared.
-//! SQLite runs in-process, so it takes the same steps row by row through sea-orm.
+//! arrays (`unnest`), so its text never changes with the batch size and stays prepared;
+//! a batch of plain payments decided on rows the instance knows is all three in one
+//! statement with no transaction around it (`write_postings_in_one_trip`). SQLite runs
+//! in-process, so it takes the same steps row by row through sea-orm.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult, Value,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement, TryInsertResult, Value,
 };
 use uuid::Uuid;
 
@@ -279,14 +282,6 @@ pub async fn claim_keys(
     }
     match backend {
         Backend::Postgres => {
-            let texts = |field: fn(&idempotency_key::Model) -> &String| {
-                Value::from(
-                    records
-                        .iter()
-                        .map(|row| field(row).clone())
-                        .collect::<Vec<_>>(),
-                )
-            };
             let statement = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "INSERT INTO idempotency_keys
@@ -295,14 +290,7 @@ pub async fn claim_keys(
                                       $6::timestamptz[])
                  ON CONFLICT (client_id, idempotency_key) DO NOTHING
                  RETURNING resource_id",
-                [
-                    Value::from(records.iter().map(|row| row.client_id).collect::<Vec<_>>()),
-                    texts(|row| &row.idempotency_key),
-                    texts(|row| &row.operation),
-                    texts(|row| &row.request_fingerprint),
-                    Value::from(records.iter().map(|row| row.resource_id).collect::<Vec<_>>()),
-                    Value::from(records.iter().map(|row| row.created_at).collect::<Vec<_>>()),
-                ],
+                key_values(records),
             );
             let rows = transaction.query_all_raw(statement).await?;
             rows.iter()
@@ -325,6 +313,18 @@ pub async fn claim_keys(
             Ok(claimed)
         }
     }
+}
+
+/// The six columns of key records, as array parameters in insert order.
+fn key_values(records: &[idempotency_key::Model]) -> [Value; 6] {
+    [
+        array(records, |row| row.client_id),
+        array(records, |row| row.idempotency_key.clone()),
+        array(records, |row| row.operation.clone()),
+        array(records, |row| row.request_fingerprint.clone()),
+        array(records, |row| row.resource_id),
+        array(records, |row| row.created_at),
+    ]
 }
 
 /// SQLite only: the `feed_seq` of the rows this transaction inserts for `clients` into
@@ -474,12 +474,12 @@ where
 /// The moved count and the transaction's `feed_seq` (which the column defaults gave
 /// the new rows) that both posting statements return.
 async fn run_posting_statement(
-    transaction: &DatabaseTransaction,
+    connection: &impl ConnectionTrait,
     sql: &str,
     values: Vec<Value>,
 ) -> Result<(u64, i64), DbErr> {
     let statement = Statement::from_sql_and_values(DbBackend::Postgres, sql, values);
-    let row = transaction
+    let row = connection
         .query_one_raw(statement)
         .await?
         .ok_or_else(|| DbErr::Custom("the posting statement returned no row".to_owned()))?;
@@ -488,16 +488,12 @@ async fn run_posting_statement(
     Ok((u64::try_from(moved).unwrap_or(0), feed_seq))
 }
 
-/// Payments that neither hold nor refund, in one statement.
-async fn write_postings_postgres(
-    transaction: &DatabaseTransaction,
-    payments: &[payment::Model],
-    moves: &[AccountMove],
-    entries: &[ledger_entry::Model],
-) -> Result<(u64, i64), DbErr> {
-    run_posting_statement(
-        transaction,
-        "WITH new_payments AS (
+/// The plain posting statement's three parts (insert the payments, move the accounts,
+/// append the entries), each refused until `gate` (a condition, `true` when nothing
+/// must come first) holds.
+fn plain_posting_ctes(gate: &str) -> String {
+    format!(
+        "new_payments AS (
            INSERT INTO payments
              (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
               currency, status, decline_reason, description, created_at)
@@ -512,6 +508,7 @@ async fn write_postings_postgres(
              AS p(id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
                   currency, status, decline_reason, has_decline_reason, description,
                   has_description, created_at)
+           WHERE {gate}
          ),
          moved AS (
            UPDATE accounts AS a
@@ -520,7 +517,7 @@ async fn write_postings_postgres(
                                     ELSE a.last_entry_at END
            FROM unnest($14::uuid[], $15::int8[], $16::int8[], $17::int8[], $28::timestamptz[])
              AS m(id, balance_minor, locked_version, version, last_entry_at)
-           WHERE a.id = m.id AND a.version = m.locked_version
+           WHERE a.id = m.id AND a.version = m.locked_version AND {gate}
            RETURNING a.id
          ),
          new_entries AS (
@@ -530,11 +527,100 @@ async fn write_postings_postgres(
            SELECT * FROM unnest($18::uuid[], $19::uuid[], $20::uuid[], $21::uuid[], $22::text[],
                                 $23::text[], $24::int8[], $25::int8[], $26::int8[],
                                 $27::timestamptz[])
-         )
-         SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
+           WHERE {gate}
+         )"
+    )
+}
+
+/// The plain posting statement, inside a transaction that has locked the accounts.
+static PLAIN_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH {} SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
+        plain_posting_ctes("true")
+    )
+});
+
+/// A batch of plain payments in one statement and one round trip, sent outside any
+/// transaction so it commits on its own. It locks the batch's accounts in id order
+/// (`locked`), fails unless each still has the version, hold sequence and change
+/// sequence the batch was decided on (`checked`), claims the keys (a key already
+/// taken fails it with a unique violation), and only then writes: every part below is
+/// gated on `checked`, so no row lock or key wait begins before all of the accounts are
+/// locked, the order every writer keeps. $29..$32 are the accounts as decided on,
+/// $33..$38 the key records.
+static ONE_TRIP_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH locked AS MATERIALIZED (
+           SELECT id, version, hold_seq, change_seq FROM accounts
+           WHERE id = ANY($29::uuid[])
+           ORDER BY id
+           FOR UPDATE
+         ),
+         checked AS MATERIALIZED (
+           SELECT ledger_accounts_unchanged(
+                    (SELECT COUNT(*) FROM locked) = cardinality($29::uuid[])
+                    AND (SELECT COUNT(*)
+                         FROM locked
+                         JOIN unnest($29::uuid[], $30::int8[], $31::int8[], $32::int8[])
+                           AS decided_on(id, version, hold_seq, change_seq)
+                         USING (id, version, hold_seq, change_seq))
+                        = cardinality($29::uuid[])) AS ok
+         ),
+         claimed AS (
+           INSERT INTO idempotency_keys
+             (client_id, idempotency_key, operation, request_fingerprint, resource_id, created_at)
+           SELECT * FROM unnest($33::uuid[], $34::text[], $35::text[], $36::text[], $37::uuid[],
+                                $38::timestamptz[])
+           WHERE (SELECT ok FROM checked)
+         ),
+         {}
+         SELECT ledger_accounts_unchanged(COUNT(*) = cardinality($14::uuid[])) AS unchanged,
+                COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq
+         FROM moved",
+        plain_posting_ctes("(SELECT ok FROM checked)")
+    )
+});
+
+/// Payments that neither hold nor refund, in one statement.
+async fn write_postings_postgres(
+    transaction: &DatabaseTransaction,
+    payments: &[payment::Model],
+    moves: &[AccountMove],
+    entries: &[ledger_entry::Model],
+) -> Result<(u64, i64), DbErr> {
+    run_posting_statement(
+        transaction,
+        &PLAIN_POSTING_SQL,
         posting_values(payments, moves, entries),
     )
     .await
+}
+
+/// PostgreSQL: writes a batch of plain payments (no holds, refunds, metadata or groups)
+/// in one round trip, with no transaction open (`ONE_TRIP_POSTING_SQL`), and sets the
+/// rows' `feed_seq`. `decided_on` are the rows the batch was decided against (every
+/// account its payments name), `keys` its key records in claiming order. Any error
+/// means nothing was written, unless the answer was lost with the connection: then
+/// the batch may have committed, and its keys say so.
+pub async fn write_postings_in_one_trip(
+    connection: &DatabaseConnection,
+    payments: &mut [payment::Model],
+    moves: &[AccountMove],
+    entries: &mut [ledger_entry::Model],
+    decided_on: &[account::Model],
+    keys: &[idempotency_key::Model],
+) -> Result<(), DbErr> {
+    let mut values = posting_values(payments, moves, entries);
+    values.extend([
+        array(decided_on, |row| row.id),
+        array(decided_on, |row| row.version),
+        array(decided_on, |row| row.hold_seq),
+        array(decided_on, |row| row.change_seq),
+    ]);
+    values.extend(key_values(keys));
+    let (_, feed_seq) = run_posting_statement(connection, &ONE_TRIP_POSTING_SQL, values).await?;
+    set_feed_seq(payments, entries, feed_seq);
+    Ok(())
 }
 
 /// Any batch with holds, settlements, refunds, metadata or groups, in one statement:

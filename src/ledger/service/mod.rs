@@ -12,6 +12,7 @@
 mod account_changes;
 mod batch_sql;
 mod commit_queue;
+mod known_accounts;
 mod payment_batch;
 mod reads;
 mod write;

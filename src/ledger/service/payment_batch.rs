@@ -7,6 +7,11 @@
 //! the keys of those that can be carried out, write everything with one statement,
 //! commit. Each job keeps its own outcome; docs/consistency.md ("Group commit") argues
 //! why no guarantee is weaker than with one transaction per job.
+//!
+//! On PostgreSQL a batch of plain payments whose account rows the instance knows
+//! (`known_accounts`) skips the round trips before the write: it is decided on those
+//! rows and sent as one statement that checks them under its locks (`Batcher::one_trip`;
+//! docs/consistency.md, "One round trip").
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,6 +22,7 @@ use uuid::Uuid;
 
 use super::batch_sql::{self, AccountClaim, AccountMove, BatchContext, LifecycleWrites};
 use super::commit_queue::{CommitQueue, Queued};
+use super::known_accounts::KnownAccounts;
 use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
 use crate::db::Backend;
@@ -94,6 +100,17 @@ impl PaymentJob {
         )
     }
 
+    /// A payment alone: no hold, no metadata (what the one-statement batch carries).
+    fn is_plain_payment(&self) -> bool {
+        matches!(
+            &self.work,
+            Work::Pay {
+                request,
+                hold_expires_at: None,
+            } if request.metadata.is_none()
+        )
+    }
+
     /// The accounts the job changes, each payment's payer first.
     fn accounts(&self) -> Vec<Uuid> {
         match &self.work {
@@ -139,6 +156,8 @@ struct CommittedBatch {
     decided: Vec<(payment::Model, Vec<ledger_entry::Model>)>,
     settlements: Vec<(payment_settlement::Model, Vec<ledger_entry::Model>)>,
     balances: Vec<(Uuid, VersionedBalance)>,
+    /// The batch's account rows as it committed them.
+    accounts: Vec<account::Model>,
 }
 
 /// Group commit for one instance: the queue payments wait in, and what runs a batch.
@@ -152,6 +171,7 @@ struct Batcher {
     writer: Arc<Writer>,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
+    known: KnownAccounts,
 }
 
 impl PaymentBatches {
@@ -174,6 +194,7 @@ impl PaymentBatches {
                 writer,
                 caches,
                 metrics,
+                known: KnownAccounts::new(),
             }),
         }
     }
@@ -267,10 +288,15 @@ impl Batcher {
         claims.dedup();
         let mut accounts: Vec<Uuid> = claims.iter().map(|claim| claim.id).collect();
         accounts.dedup();
-        let committed = self
-            .writer
-            .run(&accounts, || self.attempt(jobs, &claims))
-            .await?;
+        let committed = match self.one_trip(jobs, &accounts).await {
+            Some(committed) => committed,
+            None => {
+                self.writer
+                    .run(&accounts, || self.attempt(jobs, &claims))
+                    .await?
+            }
+        };
+        self.known.remember(committed.accounts);
         for (payment, entries) in committed.decided {
             self.caches.remember_payment(&payment, entries).await;
         }
@@ -279,6 +305,65 @@ impl Batcher {
         }
         self.caches.write_through(&committed.balances).await;
         Ok(committed.outcomes)
+    }
+
+    /// A batch of plain payments (no holds, refunds, metadata or groups) whose accounts
+    /// this instance knows without holds, in one statement and one round trip: decided
+    /// here against the rows as this instance last committed them, then sent with the
+    /// rows it was decided on, which the statement locks in id order and checks before
+    /// it claims the keys and writes (`batch_sql::write_postings_in_one_trip`; why
+    /// that is the same as locking first, in docs/consistency.md). `None` when the
+    /// batch does not qualify, or the database refused it: an account moved since, a
+    /// key was taken, or anything else. Nothing was written then, unless the answer
+    /// was lost with the connection; either way the batch runs the long way next, whose
+    /// key claims find out.
+    async fn one_trip(&self, jobs: &[&PaymentJob], accounts: &[Uuid]) -> Option<CommittedBatch> {
+        if self.writer.backend() != Backend::Postgres
+            || !jobs.iter().all(|job| job.is_plain_payment())
+        {
+            return None;
+        }
+        let known = self.known.rows_without_holds(accounts)?;
+        let (outcomes, candidates) = screen(jobs, &known);
+        let (decisions, states) = decide(jobs, &candidates, &known, None);
+        if decisions.iter().any(|(_, decided)| decided.is_err()) {
+            return None;
+        }
+        let mut built = build_rows(jobs, decisions, &known, &states, None).ok()?;
+        let mut decided_on: Vec<account::Model> = candidates
+            .iter()
+            .flat_map(|&index| jobs[index].accounts())
+            .filter_map(|id| known.get(&id).cloned())
+            .collect();
+        decided_on.sort_unstable_by_key(|row| row.id);
+        decided_on.dedup_by_key(|row| row.id);
+        let keys = key_records_in_claim_order(jobs, candidates);
+        let written = self
+            .writer
+            .run_once(
+                accounts,
+                batch_sql::write_postings_in_one_trip(
+                    self.writer.connection(),
+                    &mut built.payments,
+                    &built.moves,
+                    &mut built.entries,
+                    &decided_on,
+                    &keys,
+                ),
+            )
+            .await;
+        match written {
+            Ok(()) => {
+                self.metrics.write_one_trip_batches.inc();
+                Some(finish(outcomes, built, &known, None))
+            }
+            Err(error) => {
+                self.metrics.write_one_trip_fallbacks.inc();
+                self.known.forget(accounts);
+                tracing::debug!(error = %error, "a one-statement batch was refused; running it the long way");
+                None
+            }
+        }
     }
 
     /// One attempt at a batch: lock every account in id order, check each job against
@@ -299,20 +384,7 @@ impl Batcher {
                 .map(|row| (row.id, row))
                 .collect();
 
-        let mut outcomes: Vec<Option<CommitResult>> = jobs.iter().map(|_| None).collect();
-        let mut candidates: Vec<usize> = Vec::with_capacity(jobs.len());
-        let mut keys_in_batch = HashSet::with_capacity(jobs.len());
-        for (index, job) in jobs.iter().enumerate() {
-            if let Err(error) = check_accounts(job, &locked) {
-                outcomes[index] = Some(Err(WriteError::Invalid(error)));
-            } else if !keys_in_batch.insert((job.client, job.idempotency_key.as_str())) {
-                // The same key twice in one batch: the first claims it, the second
-                // replays it once the batch has committed.
-                outcomes[index] = Some(Err(WriteError::KeyTaken));
-            } else {
-                candidates.push(index);
-            }
-        }
+        let (mut outcomes, candidates) = screen(jobs, &locked);
         let context = read_context(&transaction, backend, jobs, &candidates, &locked).await?;
 
         // Decide first, so a job that cannot be carried out (a hold already settled, a
@@ -333,16 +405,7 @@ impl Batcher {
                 }
             }
         }
-        // Keys are inserted in one global order, so two batches holding some of the
-        // same keys wait for each other in one direction only.
-        to_claim.sort_by(|&a, &b| {
-            (jobs[a].client.0, jobs[a].idempotency_key.as_str())
-                .cmp(&(jobs[b].client.0, jobs[b].idempotency_key.as_str()))
-        });
-        let records: Vec<idempotency_key::Model> = to_claim
-            .iter()
-            .map(|&index| jobs[index].key_record())
-            .collect();
+        let records = key_records_in_claim_order(jobs, to_claim.clone());
         let owned = batch_sql::claim_keys(&transaction, backend, &records).await?;
         let mut claimed = Vec::with_capacity(to_claim.len());
         for index in to_claim {
@@ -375,150 +438,13 @@ impl Batcher {
         } else {
             decide(jobs, &claimed, &locked, context.as_ref())
         };
-        let now = crate::entity::stored_now();
-        let mut rows = BatchRows::default();
-        let mut last_entry_at: HashMap<Uuid, DateTime<Utc>> = locked
-            .values()
-            .filter_map(|row| Some((row.id, row.last_entry_at?)))
-            .collect();
-        // Entries are stamped no earlier than the last entry on either account.
-        let mut stamp = |plan: &PostingPlan, from: Uuid, to: Uuid| match plan {
-            PostingPlan::Post { .. } => {
-                let at = posting_time(
-                    now,
-                    [last_entry_at.get(&from), last_entry_at.get(&to)].map(|at| at.copied()),
-                );
-                last_entry_at.insert(from, at);
-                last_entry_at.insert(to, at);
-                at
-            }
-            _ => now,
-        };
-        for (index, decided) in decisions {
-            let job = jobs[index];
-            match (decided, &job.work) {
-                (
-                    Ok(Decided::One(decision)),
-                    Work::Pay {
-                        request,
-                        hold_expires_at,
-                    },
-                ) => {
-                    let posted_at = stamp(&decision.plan, request.from.0, request.to.0);
-                    let payment = requested_payment(
-                        job,
-                        job.resource_id,
-                        request,
-                        *hold_expires_at,
-                        &decision,
-                        posted_at,
-                    )?;
-                    rows.add_payment(index, payment, decision.plan, request.metadata.as_ref());
-                }
-                (
-                    Ok(Decided::One(decision)),
-                    Work::Refund {
-                        original, reason, ..
-                    },
-                ) => {
-                    let (from, to) = (original.to_account_id, original.from_account_id);
-                    let posted_at = stamp(&decision.plan, from, to);
-                    let payment = payment::Model {
-                        from_account_id: from,
-                        to_account_id: to,
-                        currency: original.currency.clone(),
-                        description: reason.clone(),
-                        refund_of: Some(original.id),
-                        ..decided_payment(job, job.resource_id, &decision, posted_at)?
-                    };
-                    rows.add_payment(index, payment, decision.plan, None);
-                }
-                (Ok(Decided::One(decision)), Work::Capture { hold, .. } | Work::Void { hold }) => {
-                    let posted_at = stamp(&decision.plan, hold.from_account_id, hold.to_account_id);
-                    let (kind, amount_minor) = match decision.plan {
-                        PostingPlan::Post { debit, credit } => {
-                            // A capture's entries are the hold's, written now.
-                            rows.entries
-                                .extend(entry_rows(hold, [debit, credit]).map(|row| {
-                                    ledger_entry::Model {
-                                        created_at: posted_at,
-                                        ..row
-                                    }
-                                }));
-                            (SettlementKind::Capture, decision.amount_minor)
-                        }
-                        _ => (SettlementKind::Void, 0),
-                    };
-                    rows.writes.settled.push(hold.id);
-                    rows.writes.settlements.push(payment_settlement::Model {
-                        id: job.resource_id,
-                        client_id: job.client.0,
-                        payment_id: hold.id,
-                        kind,
-                        amount_minor,
-                        created_at: now,
-                    });
-                    rows.answers.push((index, hold.clone()));
-                }
-                (
-                    Ok(Decided::Group(plans)),
-                    Work::Group {
-                        group,
-                        payment_ids,
-                        hold_expiries,
-                    },
-                ) => {
-                    rows.writes.groups.push(payment_group::Model {
-                        id: job.resource_id,
-                        client_id: job.client.0,
-                        idempotency_key: job.idempotency_key.as_str().to_owned(),
-                        payment_count: i32::try_from(plans.len()).unwrap_or(i32::MAX),
-                        metadata: group.metadata.as_ref().map(Metadata::to_json),
-                        created_at: now,
-                    });
-                    let members = group.payments.iter().zip(payment_ids).zip(hold_expiries);
-                    for (group_index, (plan, ((request, &id), &hold_expires_at))) in
-                        plans.into_iter().zip(members).enumerate()
-                    {
-                        let posted_at = stamp(&plan, request.from.0, request.to.0);
-                        let decision = Decision {
-                            plan,
-                            amount_minor: request.amount.minor(),
-                        };
-                        let payment = payment::Model {
-                            group_id: Some(job.resource_id),
-                            group_index: i32::try_from(group_index).ok(),
-                            ..requested_payment(
-                                job,
-                                id,
-                                request,
-                                hold_expires_at,
-                                &decision,
-                                posted_at,
-                            )?
-                        };
-                        rows.add_payment(index, payment, plan, request.metadata.as_ref());
-                    }
-                }
-                _ => return Err(WriteError::Tangled),
-            }
-        }
-        let BatchRows {
+        let Built {
             mut payments,
             mut entries,
-            mut writes,
+            writes,
             answers,
-        } = rows;
-        let moves = account_moves(&locked, &states, &last_entry_at, &writes, context.as_ref());
-        if let Some(context) = &context {
-            writes.expired_on = context
-                .pending
-                .iter()
-                .filter(|(_, pending)| pending.has_expired)
-                .map(|(account, _)| *account)
-                .collect();
-            writes.expired_at = Some(context.now);
-        }
+            moves,
+        } = build_rows(jobs, decisions, &locked, &states, context.as_ref())?;
         if !payments.is_empty() || !moves.is_empty() || !writes.settlements.is_empty() {
             let moved = batch_sql::write_postings(
                 &transaction,
@@ -541,50 +467,312 @@ impl Batcher {
             }
         }
         write::commit(transaction).await?;
-        let balances = new_balances(&moves, &writes, context.as_ref());
-        let feed_seq_of: HashMap<Uuid, i64> =
-            payments.iter().map(|row| (row.id, row.feed_seq)).collect();
-        let mut entries_of: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
-        for entry in entries {
-            entries_of.entry(entry.payment_id).or_default().push(entry);
-        }
-        let mut decided = Vec::with_capacity(payments.len());
-        for (index, mut payment) in answers {
-            if let Some(&feed_seq) = feed_seq_of.get(&payment.id) {
-                payment.feed_seq = feed_seq;
-                let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
-                decided.push((payment.clone(), payment_entries));
-            }
-            // A group answers with its first payment; the service reads the group.
-            outcomes[index].get_or_insert(Ok(payment));
-        }
-        let settlements = writes
-            .settlements
-            .into_iter()
-            .map(|settlement| {
-                let settled = entries_of
-                    .remove(&settlement.payment_id)
-                    .unwrap_or_default();
-                (settlement, settled)
-            })
-            .collect();
-        let outcomes = outcomes
-            .into_iter()
-            .map(|outcome| {
-                outcome.unwrap_or_else(|| {
-                    Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
-                        "a job in a batch got no outcome"
-                    ))))
-                })
-            })
-            .collect();
-        Ok(CommittedBatch {
+        Ok(finish(
             outcomes,
-            decided,
-            settlements,
-            balances,
-        })
+            Built {
+                payments,
+                entries,
+                writes,
+                answers,
+                moves,
+            },
+            &locked,
+            context.as_ref(),
+        ))
     }
+}
+
+/// The key records of `selected` jobs in one global order, so two batches holding some
+/// of the same keys wait for each other in one direction only.
+fn key_records_in_claim_order(
+    jobs: &[&PaymentJob],
+    mut selected: Vec<usize>,
+) -> Vec<idempotency_key::Model> {
+    selected.sort_by(|&a, &b| {
+        (jobs[a].client.0, jobs[a].idempotency_key.as_str())
+            .cmp(&(jobs[b].client.0, jobs[b].idempotency_key.as_str()))
+    });
+    selected
+        .iter()
+        .map(|&index| jobs[index].key_record())
+        .collect()
+}
+
+/// Everything a batch writes once its jobs are decided, and what each job answers.
+struct Built {
+    payments: Vec<payment::Model>,
+    entries: Vec<ledger_entry::Model>,
+    writes: LifecycleWrites,
+    answers: Vec<(usize, payment::Model)>,
+    moves: Vec<AccountMove>,
+}
+
+/// Each job's check against its accounts and against the batch's other keys: the jobs
+/// that go on to be decided (indexes into `jobs`), and an outcome for each that does
+/// not.
+fn screen(
+    jobs: &[&PaymentJob],
+    locked: &HashMap<Uuid, account::Model>,
+) -> (Vec<Option<CommitResult>>, Vec<usize>) {
+    let mut outcomes: Vec<Option<CommitResult>> = jobs.iter().map(|_| None).collect();
+    let mut candidates: Vec<usize> = Vec::with_capacity(jobs.len());
+    let mut keys_in_batch = HashSet::with_capacity(jobs.len());
+    for (index, job) in jobs.iter().enumerate() {
+        if let Err(error) = check_accounts(job, locked) {
+            outcomes[index] = Some(Err(WriteError::Invalid(error)));
+        } else if !keys_in_batch.insert((job.client, job.idempotency_key.as_str())) {
+            // The same key twice in one batch: the first claims it, the second
+            // replays it once the batch has committed.
+            outcomes[index] = Some(Err(WriteError::KeyTaken));
+        } else {
+            candidates.push(index);
+        }
+    }
+    (outcomes, candidates)
+}
+
+/// The rows that carry out `decisions` (made against `locked`, leaving `states`):
+/// payments stamped in order, their entries, hold and metadata writes, and the
+/// accounts' moves.
+fn build_rows(
+    jobs: &[&PaymentJob],
+    decisions: Decisions,
+    locked: &HashMap<Uuid, account::Model>,
+    states: &HashMap<Uuid, AccountState>,
+    context: Option<&BatchContext>,
+) -> Result<Built, WriteError> {
+    let now = crate::entity::stored_now();
+    let mut rows = BatchRows::default();
+    let mut last_entry_at: HashMap<Uuid, DateTime<Utc>> = locked
+        .values()
+        .filter_map(|row| Some((row.id, row.last_entry_at?)))
+        .collect();
+    // Entries are stamped no earlier than the last entry on either account.
+    let mut stamp = |plan: &PostingPlan, from: Uuid, to: Uuid| match plan {
+        PostingPlan::Post { .. } => {
+            let at = posting_time(
+                now,
+                [last_entry_at.get(&from), last_entry_at.get(&to)].map(|at| at.copied()),
+            );
+            last_entry_at.insert(from, at);
+            last_entry_at.insert(to, at);
+            at
+        }
+        _ => now,
+    };
+    for (index, decided) in decisions {
+        let job = jobs[index];
+        match (decided, &job.work) {
+            (
+                Ok(Decided::One(decision)),
+                Work::Pay {
+                    request,
+                    hold_expires_at,
+                },
+            ) => {
+                let posted_at = stamp(&decision.plan, request.from.0, request.to.0);
+                let payment = requested_payment(
+                    job,
+                    job.resource_id,
+                    request,
+                    *hold_expires_at,
+                    &decision,
+                    posted_at,
+                )?;
+                rows.add_payment(index, payment, decision.plan, request.metadata.as_ref());
+            }
+            (
+                Ok(Decided::One(decision)),
+                Work::Refund {
+                    original, reason, ..
+                },
+            ) => {
+                let (from, to) = (original.to_account_id, original.from_account_id);
+                let posted_at = stamp(&decision.plan, from, to);
+                let payment = payment::Model {
+                    from_account_id: from,
+                    to_account_id: to,
+                    currency: original.currency.clone(),
+                    description: reason.clone(),
+                    refund_of: Some(original.id),
+                    ..decided_payment(job, job.resource_id, &decision, posted_at)?
+                };
+                rows.add_payment(index, payment, decision.plan, None);
+            }
+            (Ok(Decided::One(decision)), Work::Capture { hold, .. } | Work::Void { hold }) => {
+                let posted_at = stamp(&decision.plan, hold.from_account_id, hold.to_account_id);
+                let (kind, amount_minor) = match decision.plan {
+                    PostingPlan::Post { debit, credit } => {
+                        // A capture's entries are the hold's, written now.
+                        rows.entries
+                            .extend(entry_rows(hold, [debit, credit]).map(|row| {
+                                ledger_entry::Model {
+                                    created_at: posted_at,
+                                    ..row
+                                }
+                            }));
+                        (SettlementKind::Capture, decision.amount_minor)
+                    }
+                    _ => (SettlementKind::Void, 0),
+                };
+                rows.writes.settled.push(hold.id);
+                rows.writes.settlements.push(payment_settlement::Model {
+                    id: job.resource_id,
+                    client_id: job.client.0,
+                    payment_id: hold.id,
+                    kind,
+                    amount_minor,
+                    created_at: now,
+                });
+                rows.answers.push((index, hold.clone()));
+            }
+            (
+                Ok(Decided::Group(plans)),
+                Work::Group {
+                    group,
+                    payment_ids,
+                    hold_expiries,
+                },
+            ) => {
+                rows.writes.groups.push(payment_group::Model {
+                    id: job.resource_id,
+                    client_id: job.client.0,
+                    idempotency_key: job.idempotency_key.as_str().to_owned(),
+                    payment_count: i32::try_from(plans.len()).unwrap_or(i32::MAX),
+                    metadata: group.metadata.as_ref().map(Metadata::to_json),
+                    created_at: now,
+                });
+                let members = group.payments.iter().zip(payment_ids).zip(hold_expiries);
+                for (group_index, (plan, ((request, &id), &hold_expires_at))) in
+                    plans.into_iter().zip(members).enumerate()
+                {
+                    let posted_at = stamp(&plan, request.from.0, request.to.0);
+                    let decision = Decision {
+                        plan,
+                        amount_minor: request.amount.minor(),
+                    };
+                    let payment = payment::Model {
+                        group_id: Some(job.resource_id),
+                        group_index: i32::try_from(group_index).ok(),
+                        ..requested_payment(
+                            job,
+                            id,
+                            request,
+                            hold_expires_at,
+                            &decision,
+                            posted_at,
+                        )?
+                    };
+                    rows.add_payment(index, payment, plan, request.metadata.as_ref());
+                }
+            }
+            _ => return Err(WriteError::Tangled),
+        }
+    }
+    let BatchRows {
+        payments,
+        entries,
+        mut writes,
+        answers,
+    } = rows;
+    let moves = account_moves(locked, states, &last_entry_at, &writes, context);
+    if let Some(context) = context {
+        writes.expired_on = context
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.has_expired)
+            .map(|(account, _)| *account)
+            .collect();
+        writes.expired_at = Some(context.now);
+    }
+    Ok(Built {
+        payments,
+        entries,
+        writes,
+        answers,
+        moves,
+    })
+}
+
+/// A committed batch's answers: each job's outcome, and what the caches learn.
+fn finish(
+    mut outcomes: Vec<Option<CommitResult>>,
+    built: Built,
+    locked: &HashMap<Uuid, account::Model>,
+    context: Option<&BatchContext>,
+) -> CommittedBatch {
+    let Built {
+        payments,
+        entries,
+        writes,
+        answers,
+        moves,
+    } = built;
+    let balances = new_balances(&moves, &writes, context);
+    let accounts = rows_after(locked, &moves);
+    let feed_seq_of: HashMap<Uuid, i64> =
+        payments.iter().map(|row| (row.id, row.feed_seq)).collect();
+    let mut entries_of: HashMap<Uuid, Vec<ledger_entry::Model>> = HashMap::new();
+    for entry in entries {
+        entries_of.entry(entry.payment_id).or_default().push(entry);
+    }
+    let mut decided = Vec::with_capacity(payments.len());
+    for (index, mut payment) in answers {
+        if let Some(&feed_seq) = feed_seq_of.get(&payment.id) {
+            payment.feed_seq = feed_seq;
+            let payment_entries = entries_of.remove(&payment.id).unwrap_or_default();
+            decided.push((payment.clone(), payment_entries));
+        }
+        // A group answers with its first payment; the service reads the group.
+        outcomes[index].get_or_insert(Ok(payment));
+    }
+    let settlements = writes
+        .settlements
+        .into_iter()
+        .map(|settlement| {
+            let settled = entries_of
+                .remove(&settlement.payment_id)
+                .unwrap_or_default();
+            (settlement, settled)
+        })
+        .collect();
+    let outcomes = outcomes
+        .into_iter()
+        .map(|outcome| {
+            outcome.unwrap_or_else(|| {
+                Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
+                    "a job in a batch got no outcome"
+                ))))
+            })
+        })
+        .collect();
+    CommittedBatch {
+        outcomes,
+        decided,
+        settlements,
+        balances,
+        accounts,
+    }
+}
+
+/// The batch's account rows as it committed them: as locked, with its moves applied.
+fn rows_after(
+    locked: &HashMap<Uuid, account::Model>,
+    moves: &[AccountMove],
+) -> Vec<account::Model> {
+    let mut rows = locked.clone();
+    for moved in moves {
+        if let Some(row) = rows.get_mut(&moved.id) {
+            row.balance_minor = moved.balance_minor;
+            row.version = moved.version;
+            row.pending_minor = moved.pending_minor;
+            row.hold_seq = moved.hold_seq;
+            if moved.version > moved.locked_version {
+                row.last_entry_at = moved.last_entry_at;
+            }
+        }
+    }
+    rows.into_values().collect()
 }
 
 /// Each decided job (an index into the batch) and what deciding it came to.

@@ -121,6 +121,18 @@ impl Writer {
         self.backend
     }
 
+    /// The write pool, for a batch sent as one statement outside any transaction.
+    pub(super) fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Waits for the gate lanes of `accounts` (sorted, distinct), then runs `write`
+    /// once: a write that is never rerun here (its caller falls back instead).
+    pub(super) async fn run_once<T>(&self, accounts: &[Uuid], write: impl Future<Output = T>) -> T {
+        let _lanes = self.gate.enter(accounts).await;
+        write.await
+    }
+
     pub(super) async fn begin(&self) -> Result<DatabaseTransaction, DbErr> {
         self.db
             .begin_with_options(self.backend.write_transaction_options(self.isolation))
