@@ -1,6 +1,7 @@
 //! The database connection breaks at the worst moments: before the COMMIT reaches
 //! PostgreSQL, after it committed but before its answer came back, and with the
-//! database then unreachable. Each answer must be true (docs/api.md, "Error codes"):
+//! database then unreachable; and the same for a payment sent as one statement that
+//! commits on its own. Each answer must be true (docs/api.md, "Error codes"):
 //! a payment that committed is this request's own (`replayed: false`, counted as
 //! posted), one that did not is run again, and only a write that cannot be settled
 //! answers OUTCOME_UNKNOWN, never "nothing happened".
@@ -128,5 +129,81 @@ async fn a_commit_that_cannot_be_settled_answers_outcome_unknown() {
     assert_eq!(payment(&again)["payment"]["status"], "POSTED", "{again}");
     assert_eq!(app.count("payments").await, 2, "paid once");
     assert_eq!(app.balance(&source).await, ("60.00".to_owned(), 2));
+    app.assert_ledger_sound().await;
+}
+
+/// A payment on accounts the server knows goes as one statement that commits on its
+/// own. Its answer lost, the server cannot tell whether it committed; it runs the
+/// payment the long way, whose key claim finds the payment, and answers with it as its
+/// own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_statement_payment_whose_answer_is_lost_is_answered_as_posted_once() {
+    let Some(link) = FaultyLink::to_test_database().await else {
+        return;
+    };
+    let (app, source, destination) = app_through(&link).await;
+    // The accounts become known to the instance.
+    let warm = app.pay("warm", &source, &destination, "1.00", "USD").await;
+    assert_eq!(payment(&warm)["payment"]["status"], "POSTED", "{warm}");
+    let one_trips_before = app.metric("ledger_write_one_trip_batches_total").await;
+
+    // The key travels in the statement's parameters, so the fault finds its message.
+    link.arm(Fault::DropAnswerTo(b"one-trip-answer-lost"));
+    let response = app
+        .pay(
+            "one-trip-answer-lost",
+            &source,
+            &destination,
+            "30.00",
+            "USD",
+        )
+        .await;
+    assert!(link.fired(), "the statement's answer was dropped");
+    assert_eq!(
+        payment(&response)["payment"]["status"],
+        "POSTED",
+        "{response}"
+    );
+    assert_eq!(payment(&response)["replayed"], false, "{response}");
+    assert_eq!(
+        app.metric("ledger_write_one_trip_fallbacks_total").await,
+        1.0,
+        "the lost answer sent the payment the long way"
+    );
+    assert_eq!(
+        app.metric("ledger_write_one_trip_batches_total").await,
+        one_trips_before
+    );
+    assert_eq!(app.count("payments").await, 3, "funding, warm-up, this one");
+    assert_eq!(app.balance(&source).await, ("69.00".to_owned(), 3));
+    app.assert_ledger_sound().await;
+}
+
+/// The one statement committed, its answer was lost, and the database then went dark:
+/// the answer is OUTCOME_UNKNOWN, never "nothing happened"; the same key later finds
+/// the payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_one_statement_payment_that_cannot_be_settled_answers_outcome_unknown() {
+    let Some(link) = FaultyLink::to_test_database().await else {
+        return;
+    };
+    let (app, source, destination) = app_through(&link).await;
+    let warm = app.pay("warm", &source, &destination, "1.00", "USD").await;
+    assert_eq!(payment(&warm)["payment"]["status"], "POSTED", "{warm}");
+
+    link.arm(Fault::GoDarkAfter(b"one-trip-unsettled"));
+    let response = app
+        .pay("one-trip-unsettled", &source, &destination, "40.00", "USD")
+        .await;
+    assert!(link.fired());
+    assert_eq!(error_code(&response), Some("OUTCOME_UNKNOWN"), "{response}");
+
+    link.heal();
+    let again = app
+        .pay_until_final("one-trip-unsettled", &source, &destination, "40.00", "USD")
+        .await;
+    assert_eq!(payment(&again)["payment"]["status"], "POSTED", "{again}");
+    assert_eq!(app.count("payments").await, 3, "paid once");
+    assert_eq!(app.balance(&source).await, ("59.00".to_owned(), 3));
     app.assert_ledger_sound().await;
 }

@@ -25,7 +25,7 @@ use super::commit_queue::{CommitQueue, Queued};
 use super::known_accounts::KnownAccounts;
 use super::write::{self, WriteError, Writer};
 use crate::cache::{Caches, VersionedBalance};
-use crate::db::Backend;
+use crate::db::{self, Backend};
 use crate::entity::payment::StoredStatus;
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
@@ -143,6 +143,15 @@ struct Decision {
 enum Decided {
     One(Decision),
     Group(Vec<PostingPlan>),
+}
+
+/// How a batch's one round trip went.
+enum OneTrip {
+    Committed(CommittedBatch),
+    /// Not tried, or refused by the database: nothing was written.
+    NotTaken,
+    /// Sent, and its answer lost with the connection: it may have committed.
+    Unanswered,
 }
 
 /// What a batch did for one of its jobs: the committed payment (for a capture or void,
@@ -288,13 +297,11 @@ impl Batcher {
         claims.dedup();
         let mut accounts: Vec<Uuid> = claims.iter().map(|claim| claim.id).collect();
         accounts.dedup();
+        let long_way = || self.attempt(jobs, &claims);
         let committed = match self.one_trip(jobs, &accounts).await {
-            Some(committed) => committed,
-            None => {
-                self.writer
-                    .run(&accounts, || self.attempt(jobs, &claims))
-                    .await?
-            }
+            OneTrip::Committed(committed) => committed,
+            OneTrip::NotTaken => self.writer.run(&accounts, long_way).await?,
+            OneTrip::Unanswered => self.writer.settle(&accounts, long_way).await?,
         };
         self.known.remember(committed.accounts);
         for (payment, entries) in committed.decided {
@@ -317,19 +324,23 @@ impl Batcher {
     /// key was taken, or anything else. Nothing was written then, unless the answer
     /// was lost with the connection; either way the batch runs the long way next, whose
     /// key claims find out.
-    async fn one_trip(&self, jobs: &[&PaymentJob], accounts: &[Uuid]) -> Option<CommittedBatch> {
+    async fn one_trip(&self, jobs: &[&PaymentJob], accounts: &[Uuid]) -> OneTrip {
         if self.writer.backend() != Backend::Postgres
             || !jobs.iter().all(|job| job.is_plain_payment())
         {
-            return None;
+            return OneTrip::NotTaken;
         }
-        let known = self.known.rows_without_holds(accounts)?;
+        let Some(known) = self.known.rows_without_holds(accounts) else {
+            return OneTrip::NotTaken;
+        };
         let (outcomes, candidates) = screen(jobs, &known);
         let (decisions, states) = decide(jobs, &candidates, &known, None);
         if decisions.iter().any(|(_, decided)| decided.is_err()) {
-            return None;
+            return OneTrip::NotTaken;
         }
-        let mut built = build_rows(jobs, decisions, &known, &states, None).ok()?;
+        let Ok(mut built) = build_rows(jobs, decisions, &known, &states, None) else {
+            return OneTrip::NotTaken;
+        };
         let mut decided_on: Vec<account::Model> = candidates
             .iter()
             .flat_map(|&index| jobs[index].accounts())
@@ -355,13 +366,21 @@ impl Batcher {
         match written {
             Ok(()) => {
                 self.metrics.write_one_trip_batches.inc();
-                Some(finish(outcomes, built, &known, None))
+                OneTrip::Committed(finish(outcomes, built, &known, None))
             }
             Err(error) => {
                 self.metrics.write_one_trip_fallbacks.inc();
                 self.known.forget(accounts);
-                tracing::debug!(error = %error, "a one-statement batch was refused; running it the long way");
-                None
+                // No connection means nothing was sent; an answer means the database
+                // judged the statement, and a refused statement wrote nothing.
+                let sent = !matches!(error, sea_orm::DbErr::ConnectionAcquire(_));
+                if !sent || db::has_database_answer(&error) {
+                    tracing::debug!(error = %error, "a one-statement batch was refused; running it the long way");
+                    OneTrip::NotTaken
+                } else {
+                    tracing::warn!(error = %error, "a one-statement batch got no answer; running it the long way to learn its outcome");
+                    OneTrip::Unanswered
+                }
             }
         }
     }

@@ -151,6 +151,34 @@ impl Writer {
     pub(super) async fn run<T, F, Fut>(
         &self,
         accounts: &[Uuid],
+        attempt: F,
+    ) -> Result<T, WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, WriteError>>,
+    {
+        self.run_from(accounts, false, attempt).await
+    }
+
+    /// Like `run`, for a write that an earlier try outside this loop may have committed
+    /// (a statement whose answer was lost with its connection): its key claims settle
+    /// it, and until one does, no failure may say "nothing happened".
+    pub(super) async fn settle<T, F, Fut>(
+        &self,
+        accounts: &[Uuid],
+        attempt: F,
+    ) -> Result<T, WriteError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, WriteError>>,
+    {
+        self.run_from(accounts, true, attempt).await
+    }
+
+    async fn run_from<T, F, Fut>(
+        &self,
+        accounts: &[Uuid],
+        mut may_have_committed: bool,
         mut attempt: F,
     ) -> Result<T, WriteError>
     where
@@ -158,7 +186,6 @@ impl Writer {
         Fut: Future<Output = Result<T, WriteError>>,
     {
         let _lanes = self.gate.enter(accounts).await;
-        let mut may_have_committed = false;
         let mut attempt_number = 1;
         let failed = loop {
             let error = match attempt().await {
