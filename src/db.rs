@@ -83,6 +83,9 @@ impl Backend {
     }
 }
 
+/// A pooled connection idle at least this long is pinged before it is handed out.
+const POOL_PING_AFTER_IDLE_SECONDS: u64 = 30;
+
 /// Opens the pool. SQLite runs in WAL mode with full fsync: an acknowledged payment
 /// survives a power cut. On PostgreSQL `isolation` is every connection's default, so a
 /// statement sent outside a transaction (a payment batch in one round trip) runs at it.
@@ -102,6 +105,13 @@ pub async fn connect(
         .max_connections(max_connections)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(config.acquire_timeout_seconds))
+        // sea-orm pings every connection it hands out by default: one more round trip
+        // in front of every statement outside a transaction (a payment batch sent as
+        // one statement paid two) and every BEGIN. Only a connection idle long enough
+        // to have been dropped by the server or a proxy is pinged now; one that breaks
+        // anyway fails its statement, which every write already survives (reruns,
+        // OUTCOME_UNKNOWN) and a read reports as an error.
+        .test_before_acquire_if_idle_for(Duration::from_secs(POOL_PING_AFTER_IDLE_SECONDS))
         .sqlx_logging(false)
         .map_sqlx_postgres_opts(move |options| {
             // Sent once when a connection opens, so no statement pays for them: no
