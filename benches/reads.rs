@@ -237,7 +237,7 @@ fn main() {
         warm / rate("{ __typename }")
     );
     println!(
-        "warm L1 / STRONG:         {:.2}x (goal >= 5x)",
+        "warm L1 / STRONG:         {:.2}x (goal >= 8x)",
         warm / rate("balance, STRONG (uncached)")
     );
     println!(
