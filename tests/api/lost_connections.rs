@@ -30,6 +30,15 @@ async fn app_through(link: &FaultyLink) -> (TestApp, String, String) {
     (app, source, destination)
 }
 
+/// Like `app_through`, after one payment of 1.00 between the two accounts: the
+/// instance knows both rows, so the next payment goes as one statement.
+async fn app_with_known_accounts(link: &FaultyLink) -> (TestApp, String, String) {
+    let (app, source, destination) = app_through(link).await;
+    let warm = app.pay("warm", &source, &destination, "1.00", "USD").await;
+    assert_eq!(payment(&warm)["payment"]["status"], "POSTED", "{warm}");
+    (app, source, destination)
+}
+
 fn payment(response: &Value) -> &Value {
     &response["data"]["createPayment"]
 }
@@ -141,10 +150,7 @@ async fn a_one_statement_payment_whose_answer_is_lost_is_answered_as_posted_once
     let Some(link) = FaultyLink::to_test_database().await else {
         return;
     };
-    let (app, source, destination) = app_through(&link).await;
-    // The accounts become known to the instance.
-    let warm = app.pay("warm", &source, &destination, "1.00", "USD").await;
-    assert_eq!(payment(&warm)["payment"]["status"], "POSTED", "{warm}");
+    let (app, source, destination) = app_with_known_accounts(&link).await;
     let one_trips_before = app.metric("ledger_write_one_trip_batches_total").await;
 
     // The key travels in the statement's parameters, so the fault finds its message.
@@ -187,9 +193,7 @@ async fn a_one_statement_payment_that_cannot_be_settled_answers_outcome_unknown(
     let Some(link) = FaultyLink::to_test_database().await else {
         return;
     };
-    let (app, source, destination) = app_through(&link).await;
-    let warm = app.pay("warm", &source, &destination, "1.00", "USD").await;
-    assert_eq!(payment(&warm)["payment"]["status"], "POSTED", "{warm}");
+    let (app, source, destination) = app_with_known_accounts(&link).await;
 
     link.arm(Fault::GoDarkAfter(b"one-trip-unsettled"));
     let response = app

@@ -27,6 +27,22 @@ fn decline_reason(response: &Value) -> &Value {
     &response["data"]["createPayment"]["payment"]["declineReason"]
 }
 
+/// A payer holding 10.00 and an empty payee (NON_NEGATIVE, USD), with `warm` payments
+/// of 1.00 between them: the first locks both the long way, so the instance knows both
+/// rows afterwards.
+async fn known_pair(app: &TestApp, warm: usize) -> (String, String) {
+    let payer = app.create_account("USD", "NON_NEGATIVE", None).await;
+    app.fund(&payer, "10.00", "USD").await;
+    let payee = app.create_account("USD", "NON_NEGATIVE", None).await;
+    for index in 0..warm {
+        let paid = app
+            .pay(&format!("warm-{index}"), &payer, &payee, "1.00", "USD")
+            .await;
+        assert_eq!(status(&paid), "POSTED", "{paid}");
+    }
+    (payer, payee)
+}
+
 async fn one_trip_counts(app: &TestApp) -> (f64, f64) {
     (
         app.metric("ledger_write_one_trip_batches_total").await,
@@ -38,13 +54,7 @@ async fn payments_on_known_accounts_take_one_statement(backend: Backend) {
     let Some(app) = spawn_app(backend).await else {
         return;
     };
-    let payer = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&payer, "10.00", "USD").await;
-    let payee = app.create_account("USD", "NON_NEGATIVE", None).await;
-    // The first payment to the payee locks it the long way; from then on the instance
-    // knows both rows.
-    let first = app.pay("first", &payer, &payee, "1.00", "USD").await;
-    assert_eq!(status(&first), "POSTED", "{first}");
+    let (payer, payee) = known_pair(&app, 1).await;
 
     let (batches_before, fallbacks_before) = one_trip_counts(&app).await;
     let statements_before = app.metric("ledger_database_statements_total").await;
@@ -90,14 +100,8 @@ async fn a_stale_guess_never_decides_a_payment(backend: Backend) {
         return;
     };
     let other = app.spawn_replica().await;
-    let payer = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&payer, "10.00", "USD").await;
-    let payee = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let (payer, payee) = known_pair(&app, 2).await;
     let funding = app.create_account("USD", "UNBOUNDED", None).await;
-    for key in ["warm-1", "warm-2"] {
-        let paid = app.pay(key, &payer, &payee, "1.00", "USD").await;
-        assert_eq!(status(&paid), "POSTED", "{paid}");
-    }
     let (_, fallbacks_before) = one_trip_counts(&app).await;
 
     // B drains the payer: A still believes it holds 8.00.
@@ -157,11 +161,7 @@ async fn a_key_taken_elsewhere_replays_after_one_trip_is_refused(backend: Backen
         return;
     };
     let other = app.spawn_replica().await;
-    let payer = app.create_account("USD", "NON_NEGATIVE", None).await;
-    app.fund(&payer, "10.00", "USD").await;
-    let payee = app.create_account("USD", "NON_NEGATIVE", None).await;
-    let warm = app.pay("warm", &payer, &payee, "1.00", "USD").await;
-    assert_eq!(status(&warm), "POSTED", "{warm}");
+    let (payer, payee) = known_pair(&app, 1).await;
     let (_, fallbacks_before) = one_trip_counts(&app).await;
 
     let first = app
