@@ -5,8 +5,10 @@
 # the same client counts. Two drivers: loadgen (which verifies every payment it was
 # acknowledged) and wrk (a light C client: bench/payments.lua, a new key per request; its
 # payments are counted in the database and audited by `payments-ledger verify`). Prints
-# one markdown table: payments/s, p50 and p99, the server's peak RSS and its CPU-seconds
-# per 1 000 payments, pgbench's tps and the ratio.
+# one markdown table: payments/s, p50 and p99, the server's peak RSS, the CPU-seconds
+# per 1 000 payments of the server and of PostgreSQL (every postgres process, while the
+# driver runs; with loadgen this includes its closing checks), pgbench's tps and the
+# ratio.
 #
 #   bash bench/writes.sh
 #   BASELINE_BIN=/path/to/older/payments-ledger bash bench/writes.sh
@@ -101,17 +103,32 @@ server_cpu_seconds() {
   awk -v ticks="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / ticks }' "/proc/$SERVER_PID/stat"
 }
 
+# The CPU time so far (user + system) of every PostgreSQL process, in seconds: the
+# backends serving the server and the WAL writer, checkpointer and friends. Steadier
+# than throughput on a shared VM, so a change to the SQL or the guards shows here.
+postgres_cpu_seconds() {
+  local stat total=0
+  for stat in /proc/[0-9]*/stat; do
+    read -r -a fields <"$stat" 2>/dev/null || continue
+    [ "${fields[1]}" = "(postgres)" ] || continue
+    total=$((total + fields[13] + fields[14]))
+  done
+  awk -v total="$total" -v ticks="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", total / ticks }'
+}
+
 # Runs loadgen (with any further flags) while sampling the server's RSS; prints
 # "payments/s p50_ms p99_ms max_rss_mib payments violations".
 run_loadgen() {
   local clients=$1 hot=$2
   shift 2
-  local out peak
+  local out peak pg_cpu
   out=$(mktemp)
+  pg_cpu=$(postgres_cpu_seconds)
   "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency "$clients" \
     --duration "${RUN_SECONDS}s" --accounts 200 --hot-share "$hot" --no-poller --quiet --json "$@" >"$out" &
   peak=$(peak_rss_while $!)
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["payment_latency_ms"]; print("%.1f %.2f %.2f %s %d %d" % (r["payments_per_second"], l["p50"], l["p99"], sys.argv[2], r["payments"], len(r["violations"])))' "$out" "$peak"
+  pg_cpu=$(python3 -c "print($(postgres_cpu_seconds) - $pg_cpu)")
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["payment_latency_ms"]; print("%.1f %.2f %.2f %s %d %d %s" % (r["payments_per_second"], l["p50"], l["p99"], sys.argv[2], r["payments"], len(r["violations"]), sys.argv[3]))' "$out" "$peak" "$pg_cpu"
   rm -f "$out"
 }
 
@@ -135,15 +152,17 @@ create_wrk_accounts() {
 # it made in the database and audits the ledger. Prints the same fields as run_loadgen.
 run_wrk() {
   local clients=$1 hot=$2 build=$3
-  local out peak run accounts threads=$1 stored verified
+  local out peak run accounts threads=$1 stored verified pg_cpu
   [ "$threads" -gt 2 ] && threads=2
   out=$(mktemp)
   run="wrk-$$-$RANDOM$RANDOM"
   accounts=$(create_wrk_accounts)
+  pg_cpu=$(postgres_cpu_seconds)
   API_KEY=$KEY ACCOUNTS=$accounts HOT_SHARE=$hot RUN=$run \
     wrk -t "$threads" -c "$clients" -d "${RUN_SECONDS}s" --timeout 10s -s bench/payments.lua \
     "http://127.0.0.1:$PORT" >"$out" 2>&1 &
   peak=$(peak_rss_while $!)
+  pg_cpu=$(python3 -c "print($(postgres_cpu_seconds) - $pg_cpu)")
   read -r _ responses errors p50 p99 seconds <<<"$(grep '^wrk-result' "$out")"
   stored=$(psql -Atc "SELECT count(*) FROM payments WHERE idempotency_key LIKE '$run-%'" "${URL[$build]}")
   verified=0
@@ -151,8 +170,8 @@ run_wrk() {
   # Violations: a response that is not a payment, an acknowledged payment the database
   # does not have, more payments than requests (beyond the ones still in flight when
   # wrk stopped), or a failed audit.
-  python3 -c 'import sys; s, r, e, c, sec, p50, p99, peak, v = map(float, sys.argv[1:]); print("%.1f %.3f %.3f %d %d %d" % (s / sec, p50, p99, peak, s, e + max(0, r - e - s) + max(0, s - r - c) + v))' \
-    "$stored" "$responses" "$errors" "$clients" "$seconds" "$p50" "$p99" "$peak" "$verified"
+  python3 -c 'import sys; s, r, e, c, sec, p50, p99, peak, v = map(float, sys.argv[1:]); print("%.1f %.3f %.3f %d %d %d" % (s / sec, p50, p99, peak, s, e + max(0, r - e - s) + max(0, s - r - c) + v), sys.argv[10])' \
+    "$stored" "$responses" "$errors" "$clients" "$seconds" "$p50" "$p99" "$peak" "$verified" "$pg_cpu"
   rm -f "$out"
 }
 
@@ -166,8 +185,8 @@ run_pgbench() {
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; 200 accounts"
 echo
-echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
-echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
+echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | PostgreSQL CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
+echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
 declare -A TPS
 for clients in $CLIENTS 16; do
   [ -n "${TPS[$clients]:-}" ] || TPS[$clients]=$(run_pgbench "$clients")
@@ -176,15 +195,16 @@ declare -A BASELINE_RATE
 # row BUILD DRIVER ISOLATION GROUPING CLIENTS HOT [LOADGEN FLAGS...]
 row() {
   local build=$1 driver=$2 isolation=$3 grouping=$4 clients=$5 hot=$6
-  local rate p50 p99 rss payments violations ratio versus="" id cpu_before cpu_per_1000
+  local rate p50 p99 rss payments violations ratio versus="" id cpu_before cpu_per_1000 pg_cpu pg_cpu_per_1000
   shift 6
   cpu_before=$(server_cpu_seconds)
   if [ "$driver" = wrk ]; then
-    read -r rate p50 p99 rss payments violations <<<"$(run_wrk "$clients" "$hot" "$build")"
+    read -r rate p50 p99 rss payments violations pg_cpu <<<"$(run_wrk "$clients" "$hot" "$build")"
   else
-    read -r rate p50 p99 rss payments violations <<<"$(run_loadgen "$clients" "$hot" "$@")"
+    read -r rate p50 p99 rss payments violations pg_cpu <<<"$(run_loadgen "$clients" "$hot" "$@")"
   fi
   cpu_per_1000=$(python3 -c "print('%.2f' % (($(server_cpu_seconds) - $cpu_before) * 1000 / max($payments, 1)))")
+  pg_cpu_per_1000=$(python3 -c "print('%.2f' % ($pg_cpu * 1000 / max($payments, 1)))")
   ratio=$(python3 -c "print('%.2f' % ($rate / ${TPS[$clients]}))")
   id="$driver/$isolation/$grouping/$clients/$hot"
   if [ "$build" = baseline ]; then
@@ -192,7 +212,7 @@ row() {
   elif [ -n "${BASELINE_RATE[$id]:-}" ]; then
     versus=$(python3 -c "print('%.2f' % ($rate / ${BASELINE_RATE[$id]}))")
   fi
-  echo "| $build | $driver | $isolation | $grouping | $clients | $hot | $rate | $p50 | $p99 | $rss | $cpu_per_1000 | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") | $versus |"
+  echo "| $build | $driver | $isolation | $grouping | $clients | $hot | $rate | $p50 | $p99 | $rss | $cpu_per_1000 | $pg_cpu_per_1000 | ${TPS[$clients]} | $ratio | $([ "$violations" = 0 ] && echo ok || echo "$violations violations") | $versus |"
 }
 for isolation in $ISOLATIONS; do
   for driver in $DRIVERS; do

@@ -56,6 +56,9 @@ pub struct AppState {
     pub ledger: Ledger,
     pub authenticator: Authenticator,
     pub schema: AppSchema,
+    /// The schema for documents that passed validation before
+    /// (`graphql::build_schema_for_validated_documents`).
+    pub schema_for_validated: AppSchema,
     pub metrics: Arc<Metrics>,
     pub caches: Arc<Caches>,
     pub parsed_queries: Arc<ParsedQueries>,
@@ -449,7 +452,7 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
             }
             Err(refusal) => return refused(refusal, &headers),
         };
-        let parsed = state.parsed_queries.prepare(&mut request);
+        let prepared = state.parsed_queries.prepare(&mut request);
         // A document that does not parse is left for execution to report.
         let (weight, is_query) = match request.parsed_query() {
             Ok(document) => (
@@ -490,9 +493,15 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
         } else {
             None
         };
-        let request = with_scope(request, &state, caller);
-        let mut response = state.schema.execute(request).await;
-        if let Some(parsed) = parsed
+        let mut response = if prepared.validated && matches!(caller, Caller::Client(_)) {
+            execute_validated(&state, request, caller).await
+        } else {
+            state
+                .schema
+                .execute(with_scope(request, &state, caller))
+                .await
+        };
+        if let Some(parsed) = prepared.fresh
             && matches!(caller, Caller::Client(_))
             && response.data != async_graphql::Value::Null
         {
@@ -551,6 +560,33 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
         .headers_mut()
         .insert(header::CONTENT_TYPE, response_content_type(&headers));
     http_response
+}
+
+/// Runs a query that passed full validation before and validates alike for any
+/// variables (`graphql::ParsedQueries::prepare`) without validating it again. A request
+/// that errs runs again under full validation, so every error answer is exactly the one
+/// a first sight of the document gives (a variable of the wrong type is a request
+/// error, not a field error); it is a query, so running it twice changes nothing.
+async fn execute_validated(
+    state: &AppState,
+    request: GraphQLRequest,
+    caller: Caller,
+) -> async_graphql::Response {
+    let mut again = GraphQLRequest::new(request.query.clone()).variables(request.variables.clone());
+    again.operation_name.clone_from(&request.operation_name);
+    again.extensions.clone_from(&request.extensions);
+    state.metrics.graphql_validations_skipped.inc();
+    let response = state
+        .schema_for_validated
+        .execute(with_scope(request, state, caller))
+        .await;
+    if response.errors.is_empty() {
+        return response;
+    }
+    state.metrics.graphql_validated_reruns.inc();
+    // Parsed again from the cache: the document is still there or parses anew.
+    let _ = state.parsed_queries.prepare(&mut again);
+    state.schema.execute(with_scope(again, state, caller)).await
 }
 
 /// Whether a response is a request error (the document did not parse or validate, or

@@ -102,6 +102,10 @@ pub struct Metrics {
     pub write_one_trip_batches: Counter,
     pub write_one_trip_fallbacks: Counter,
     pub database_statements: Counter,
+    /// Queries run without validating again (known documents), and those of them that
+    /// erred and ran again under full validation.
+    pub graphql_validations_skipped: Counter,
+    pub graphql_validated_reruns: Counter,
     pub request_duration: Family<RequestLabels, Histogram>,
 }
 
@@ -181,6 +185,18 @@ impl Metrics {
             "One-statement batches the database refused (an account moved since, a key was taken, a conflict) and that ran the long way",
             write_one_trip_fallbacks.clone(),
         );
+        let graphql_validations_skipped = Counter::default();
+        registry.register(
+            "graphql_validations_skipped",
+            "Queries whose document passed full validation before and validates alike for any variables, run without validating again",
+            graphql_validations_skipped.clone(),
+        );
+        let graphql_validated_reruns = Counter::default();
+        registry.register(
+            "graphql_validated_reruns",
+            "Of those, the ones that erred and ran again under full validation, so the error is the one a first sight gives",
+            graphql_validated_reruns.clone(),
+        );
         let database_statements = Counter::default();
         registry.register(
             "database_statements",
@@ -210,6 +226,8 @@ impl Metrics {
             write_one_trip_batches,
             write_one_trip_fallbacks,
             database_statements,
+            graphql_validations_skipped,
+            graphql_validated_reruns,
             request_duration,
         }
     }

@@ -14,7 +14,7 @@ use crate::cache::{CacheSettings, Caches, RedisL2};
 use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, WriteIsolation};
 use crate::db::{self, Backend};
 use crate::entity::client;
-use crate::graphql::build_schema;
+use crate::graphql::{build_schema, build_schema_for_validated_documents};
 use crate::http::{self, AppState};
 use crate::ledger::Ledger;
 use crate::ledger::service::WriteSettings;
@@ -65,6 +65,7 @@ impl Application {
                 Duration::from_secs(config.server.api_key_cache_seconds),
             ),
             schema: build_schema(),
+            schema_for_validated: build_schema_for_validated_documents(),
             metrics,
             caches,
             parsed_queries: Arc::default(),

@@ -7,6 +7,7 @@ use crate::on_both_backends;
 
 on_both_backends!(
     http_follows_graphql_over_http,
+    a_known_query_answers_as_a_new_one,
     limits_really_apply,
     every_response_names_its_request
 );
@@ -191,6 +192,87 @@ async fn http_follows_graphql_over_http(backend: Backend) {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+}
+
+/// A query the server has run before skips validation (`graphql::ParsedQueries`) and
+/// still answers each request as on first sight: data for new variables, and for a
+/// variable of the wrong type or a missing one, the same request error, not a field
+/// error.
+async fn a_known_query_answers_as_a_new_one(backend: Backend) {
+    const BALANCE: &str =
+        "query($id: ID!) { account(id: $id) { currency balance { amount version } } }";
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let dollars = app.create_account("USD", "UNBOUNDED", None).await;
+    let euros = app.create_account("EUR", "UNBOUNDED", None).await;
+    let url = format!("{}/graphql", app.address);
+    let post = |variables: Value| {
+        let request = app
+            .http
+            .post(&url)
+            .bearer_auth(&app.api_key)
+            .header("accept", "application/graphql-response+json")
+            .json(&json!({ "query": BALANCE, "variables": variables }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let bad_variables = [
+        json!({ "id": true }),
+        json!({ "id": null }),
+        json!({ "id": ["a"] }),
+        json!({}),
+    ];
+    // Before the document has ever run: full validation. A value of the wrong type is
+    // a request error (async-graphql leaves a missing variable to execution: a field
+    // error, checked below to stay one).
+    let mut first_sight = Vec::new();
+    for variables in &bad_variables {
+        let answer = post(variables.clone()).await;
+        assert_eq!(error_code(&answer.1), Some("BAD_USER_INPUT"), "{answer:?}");
+        if variables.get("id").is_some() {
+            assert_eq!(answer.0, 400, "{answer:?}");
+            assert!(answer.1.get("data").is_none(), "{answer:?}");
+        }
+        first_sight.push(answer);
+    }
+    let skipped = || app.metrics.graphql_validations_skipped.get();
+    assert_eq!(skipped(), 0);
+
+    let answer = app.graphql(BALANCE, json!({ "id": dollars })).await;
+    assert_eq!(answer["data"]["account"]["currency"], "USD", "{answer}");
+    assert_eq!(skipped(), 0, "the first run validates in full");
+    let answer = app.graphql(BALANCE, json!({ "id": euros })).await;
+    assert_eq!(answer["data"]["account"]["currency"], "EUR", "{answer}");
+    assert_eq!(
+        answer["data"]["account"]["balance"]["version"], 0,
+        "{answer}"
+    );
+    assert_eq!(skipped(), 1, "a known document skips validation");
+
+    for (variables, expected) in bad_variables.iter().zip(first_sight) {
+        assert_eq!(post(variables.clone()).await, expected, "{variables}");
+    }
+    assert_eq!(skipped(), 1 + bad_variables.len() as u64);
+    assert_eq!(
+        app.metrics.graphql_validated_reruns.get(),
+        bad_variables.len() as u64
+    );
+    // A field error is the same field error: another tenant's account is not found.
+    let theirs = app
+        .create_account_as(&app.other_client_key().await, "USD", "UNBOUNDED", None)
+        .await;
+    let (status, unknown) = post(json!({ "id": theirs })).await;
+    assert_eq!(status, 200, "{unknown}");
+    assert_eq!(error_code(&unknown), Some("NOT_FOUND"), "{unknown}");
+    assert_eq!(
+        unknown["errors"][0]["path"],
+        json!(["account"]),
+        "{unknown}"
+    );
 }
 
 async fn limits_really_apply(backend: Backend) {
