@@ -170,7 +170,7 @@ run_wrk() {
   # Violations: a response that is not a payment, an acknowledged payment the database
   # does not have, more payments than requests (beyond the ones still in flight when
   # wrk stopped), or a failed audit.
-  python3 -c 'import sys; s, r, e, c, sec, p50, p99, peak, v = map(float, sys.argv[1:]); print("%.1f %.3f %.3f %d %d %d" % (s / sec, p50, p99, peak, s, e + max(0, r - e - s) + max(0, s - r - c) + v), sys.argv[10])' \
+  python3 -c 'import sys; s, r, e, c, sec, p50, p99, peak, v = map(float, sys.argv[1:10]); print("%.1f %.3f %.3f %d %d %d" % (s / sec, p50, p99, peak, s, e + max(0, r - e - s) + max(0, s - r - c) + v), sys.argv[10])' \
     "$stored" "$responses" "$errors" "$clients" "$seconds" "$p50" "$p99" "$peak" "$verified" "$pg_cpu"
   rm -f "$out"
 }
