@@ -16,6 +16,7 @@ mod m20261127_000002_metadata;
 mod m20261128_000001_payment_groups;
 mod m20261128_000002_account_lifecycle;
 mod m20261206_000001_one_round_trip;
+mod m20261206_000002_entry_references_by_guard;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_payment_groups::Migration),
             Box::new(m20261128_000002_account_lifecycle::Migration),
             Box::new(m20261206_000001_one_round_trip::Migration),
+            Box::new(m20261206_000002_entry_references_by_guard::Migration),
         ]
     }
 }

@@ -163,6 +163,17 @@ fn checks() -> Vec<(&'static str, Subject, String)> {
             ),
         ),
         (
+            // On PostgreSQL the double-entry guard checks this, not a foreign key.
+            "an entry is on an account and of a payment that exist",
+            Subject::LedgerEntry,
+            "SELECT e.id AS subject, CASE WHEN a.id IS NULL THEN 'its account does not exist' \
+             ELSE 'its payment does not exist' END AS detail \
+             FROM ledger_entries e LEFT JOIN accounts a ON a.id = e.account_id \
+             LEFT JOIN payments p ON p.id = e.payment_id \
+             WHERE a.id IS NULL OR p.id IS NULL"
+                .to_owned(),
+        ),
+        (
             "a payment's entries sit at its place in the feeds (one transaction wrote them)",
             Subject::LedgerEntry,
             "SELECT e.id AS subject, 'entry feed_seq ' || CAST(e.feed_seq AS TEXT) \

@@ -111,6 +111,12 @@ async fn payment_p1_and_account(app: &TestApp, account: Uuid) -> (payment::Model
 /// Runs `statements` in one transaction and insists the database refuses it with a
 /// guard's error.
 async fn assert_guard_refuses(app: &TestApp, what: &str, statements: Vec<Statement>) {
+    assert_refused_with(app, what, statements, "ledger guard").await;
+}
+
+/// Runs `statements` in one transaction and insists the database refuses it with an
+/// error that says `reason`.
+async fn assert_refused_with(app: &TestApp, what: &str, statements: Vec<Statement>, reason: &str) {
     let transaction = app.db.begin().await.unwrap();
     let mut refused = None;
     for statement in statements {
@@ -127,7 +133,7 @@ async fn assert_guard_refuses(app: &TestApp, what: &str, statements: Vec<Stateme
             .expect_err(&format!("{what} was accepted")),
     };
     assert!(
-        error.to_string().contains("ledger guard"),
+        error.to_string().contains(reason),
         "{what} was refused for the wrong reason: {error}"
     );
 }
@@ -280,6 +286,43 @@ async fn guards_refuse_changing_an_account_without_its_entries(backend: Backend)
             ],
         );
         assert_guard_refuses(&app, "a POSTED payment without entries", vec![posted_alone]).await;
+        // No foreign key checks an entry's account or payment here: the double-entry
+        // guard does (the entry references migration).
+        let nowhere = account::Model {
+            id: Uuid::now_v7(),
+            ..row.clone()
+        };
+        let on_no_account = entry_insert(db_backend, &nowhere, p1.id, 100, 1);
+        assert_refused_with(
+            &app,
+            "an entry on an account that does not exist",
+            vec![on_no_account],
+            "is not on an account that moved over it",
+        )
+        .await;
+        // With its account's move in the same statement, so only the payment is amiss.
+        let of_no_payment = Statement::from_sql_and_values(
+            db_backend,
+            "WITH moved AS (UPDATE accounts SET balance_minor = $5, version = $6 WHERE id = $2)
+             INSERT INTO ledger_entries (id, client_id, account_id, payment_id, currency,
+               direction, amount_minor, balance_after_minor, account_version, created_at)
+             VALUES ($1, $3, $2, $4, 'USD', 'CREDIT', 100, $5, $6, now())",
+            [
+                Uuid::now_v7().into(),
+                row.id.into(),
+                row.client_id.into(),
+                Uuid::now_v7().into(),
+                (row.balance_minor + 100).into(),
+                (row.version + 1).into(),
+            ],
+        );
+        assert_refused_with(
+            &app,
+            "an entry of a payment that does not exist",
+            vec![of_no_payment],
+            "is not one POSTED payment with its two entries",
+        )
+        .await;
         let truncate = plain("TRUNCATE accounts CASCADE".to_owned());
         assert_guard_refuses(&app, "a truncation", vec![truncate]).await;
     }
@@ -381,6 +424,35 @@ async fn the_audit_catches_each_broken_invariant(backend: Backend) {
             .any(|invariant| invariant.starts_with("a payment's entries sit")),
         "{violations:?}"
     );
+
+    if backend == Backend::Postgres {
+        // With the guards gone nothing refuses an entry of no payment on no account
+        // there (SQLite's foreign keys still do).
+        let orphan = Uuid::now_v7();
+        ledger_entry::Entity::insert(ledger_entry::ActiveModel {
+            id: Set(orphan),
+            client_id: Set(row.client_id),
+            account_id: Set(Uuid::now_v7()),
+            payment_id: Set(Uuid::now_v7()),
+            currency: Set("USD".to_owned()),
+            direction: Set(EntryDirection::Debit),
+            amount_minor: Set(100),
+            balance_after_minor: Set(-100),
+            account_version: Set(1),
+            created_at: Set(Utc::now()),
+            ..Default::default()
+        })
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+        let violations = find_violations(&app.db).await.unwrap();
+        assert!(
+            violations.iter().any(|violation| violation.invariant
+                == "an entry is on an account and of a payment that exist"
+                && violation.detail.contains(&orphan.simple().to_string())),
+            "{violations:?}"
+        );
+    }
 
     // Invariant 4: a payment that is not the effect of its idempotency key.
     let Some(app) = spawn_app(backend).await else {
