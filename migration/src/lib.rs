@@ -25,6 +25,19 @@ pub use m20261128_000001_payment_groups::GROUP_GUARD_TRIGGERS;
 pub use m20261128_000002_account_lifecycle::ACCOUNT_GUARD_TRIGGERS;
 pub use m20261206_000001_one_round_trip::ACCOUNTS_MOVED_SQLSTATE;
 
+/// Runs `sql` on PostgreSQL and does nothing on SQLite: for the migrations whose whole
+/// point is a PostgreSQL statement (SQLite runs in process and has nothing to gain).
+pub(crate) async fn on_postgres(manager: &SchemaManager<'_>, sql: &str) -> Result<(), DbErr> {
+    if manager.get_database_backend() != sea_orm_migration::sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    manager
+        .get_connection()
+        .execute_unprepared(sql)
+        .await
+        .map(drop)
+}
+
 pub struct Migrator;
 
 #[async_trait::async_trait]

@@ -10,7 +10,8 @@
 //! nothing to gain, so it gets nothing.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DatabaseBackend;
+
+use crate::on_postgres;
 
 pub struct Migration;
 
@@ -26,14 +27,11 @@ pub const ACCOUNTS_MOVED_SQLSTATE: &str = "LDG01";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
         // VOLATILE (the default), so the planner never folds a call away or runs it
         // early: it runs when the statement reaches it, after the rows are locked.
-        manager
-            .get_connection()
-            .execute_unprepared(&format!(
+        on_postgres(
+            manager,
+            &format!(
                 "CREATE FUNCTION ledger_accounts_unchanged(unchanged boolean) RETURNS boolean \
                  LANGUAGE plpgsql AS $$ BEGIN \
                    IF unchanged IS NOT TRUE THEN \
@@ -42,19 +40,16 @@ impl MigrationTrait for Migration {
                    END IF; \
                    RETURN true; \
                  END $$"
-            ))
-            .await
-            .map(drop)
+            ),
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared("DROP FUNCTION IF EXISTS ledger_accounts_unchanged(boolean)")
-            .await
-            .map(drop)
+        on_postgres(
+            manager,
+            "DROP FUNCTION IF EXISTS ledger_accounts_unchanged(boolean)",
+        )
+        .await
     }
 }

@@ -14,7 +14,8 @@
 //! turned off. SQLite keeps both: its row-by-row guards do not check existence.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DatabaseBackend;
+
+use crate::on_postgres;
 
 pub struct Migration;
 
@@ -27,31 +28,21 @@ impl MigrationName for Migration {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE ledger_entries DROP CONSTRAINT fk_ledger_entries_account, \
-                 DROP CONSTRAINT fk_ledger_entries_payment",
-            )
-            .await
-            .map(drop)
+        on_postgres(
+            manager,
+            "ALTER TABLE ledger_entries DROP CONSTRAINT fk_ledger_entries_account, \
+             DROP CONSTRAINT fk_ledger_entries_payment",
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DatabaseBackend::Postgres {
-            return Ok(());
-        }
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE ledger_entries \
-                 ADD CONSTRAINT fk_ledger_entries_account FOREIGN KEY (account_id) REFERENCES accounts (id), \
-                 ADD CONSTRAINT fk_ledger_entries_payment FOREIGN KEY (payment_id) REFERENCES payments (id)",
-            )
-            .await
-            .map(drop)
+        on_postgres(
+            manager,
+            "ALTER TABLE ledger_entries \
+             ADD CONSTRAINT fk_ledger_entries_account FOREIGN KEY (account_id) REFERENCES accounts (id), \
+             ADD CONSTRAINT fk_ledger_entries_payment FOREIGN KEY (payment_id) REFERENCES payments (id)",
+        )
+        .await
     }
 }
