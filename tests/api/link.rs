@@ -14,8 +14,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// The simple-query message sqlx sends to commit: `Q`, its length (11), `COMMIT\0`.
-pub const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+/// The simple-query message a write transaction commits with (`write::commit`): `Q`, its
+/// length (21), `COMMIT AND CHAIN\0`.
+pub const COMMIT: &[u8] = b"Q\0\0\0\x15COMMIT AND CHAIN\0";
 
 #[derive(Debug, Clone, Copy)]
 pub enum Fault {
@@ -54,11 +55,11 @@ struct LinkState {
 }
 
 impl FaultyLink {
-    /// A link to the PostgreSQL server of `LEDGER_TEST_DATABASE_URL`; `None` (after a
-    /// SKIP line) when it is not set.
+    /// A link to the tests' PostgreSQL server (`services`); `None` (after a SKIP line)
+    /// when there is none.
     pub async fn to_test_database() -> Option<Self> {
-        let Ok(url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
-            crate::helpers::skip("LEDGER_TEST_DATABASE_URL is not set");
+        let Some(url) = crate::services::postgres_admin_url() else {
+            crate::helpers::skip(crate::services::MISSING_POSTGRES);
             return None;
         };
         let rest = &url[url.find("://").expect("a URL") + 3..];

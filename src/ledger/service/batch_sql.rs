@@ -542,12 +542,16 @@ static PLAIN_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// A batch of plain payments in one statement and one round trip, sent outside any
 /// transaction so it commits on its own. It locks the batch's accounts in id order
-/// (`locked`), fails unless each still has the version, hold sequence and change
-/// sequence the batch was decided on (`checked`), claims the keys (a key already
-/// taken fails it with a unique violation), and only then writes: every part below is
-/// gated on `checked`, so no row lock or key wait begins before all of the accounts are
-/// locked, the order every writer keeps. $29..$32 are the accounts as decided on,
-/// $33..$38 the key records.
+/// (`locked`), checks that each still has the version, hold sequence and change
+/// sequence the batch was decided on (`unchanged`) and that none of its keys is taken
+/// (`taken`), and writes only when both hold (`gate`): every part below waits for the
+/// gate, so no row lock or key wait begins before all of the accounts are locked, the
+/// order every writer keeps. A moved account or a taken key is an expected event, not
+/// an error: the statement then writes nothing and says which (the server runs the
+/// batch the long way). Only a key that a concurrent statement claims between the
+/// look-up and the insert fails it (`ledger_batch_keys_claimed`, SQLSTATE LDG02), which
+/// undoes the keys it did claim. $29..$32 are the accounts as decided on, $33..$38 the
+/// key records.
 static ONE_TRIP_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH locked AS MATERIALIZED (
@@ -556,28 +560,48 @@ static ONE_TRIP_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
            ORDER BY id
            FOR UPDATE
          ),
-         checked AS MATERIALIZED (
-           SELECT ledger_accounts_unchanged(
-                    (SELECT COUNT(*) FROM locked) = cardinality($29::uuid[])
-                    AND (SELECT COUNT(*)
-                         FROM locked
-                         JOIN unnest($29::uuid[], $30::int8[], $31::int8[], $32::int8[])
-                           AS decided_on(id, version, hold_seq, change_seq)
-                         USING (id, version, hold_seq, change_seq))
-                        = cardinality($29::uuid[])) AS ok
+         unchanged AS MATERIALIZED (
+           SELECT (SELECT COUNT(*) FROM locked) = cardinality($29::uuid[])
+                  AND (SELECT COUNT(*)
+                       FROM locked
+                       JOIN unnest($29::uuid[], $30::int8[], $31::int8[], $32::int8[])
+                         AS decided_on(id, version, hold_seq, change_seq)
+                       USING (id, version, hold_seq, change_seq))
+                      = cardinality($29::uuid[]) AS ok
+         ),
+         taken AS MATERIALIZED (
+           SELECT COUNT(*) AS keys
+           FROM idempotency_keys AS k
+           JOIN unnest($33::uuid[], $34::text[]) AS n(client_id, idempotency_key)
+             USING (client_id, idempotency_key)
+           WHERE (SELECT ok FROM unchanged)
+         ),
+         gate AS MATERIALIZED (
+           SELECT (SELECT ok FROM unchanged) AND (SELECT keys FROM taken) = 0 AS ok
          ),
          claimed AS (
            INSERT INTO idempotency_keys
              (client_id, idempotency_key, operation, request_fingerprint, resource_id, created_at)
            SELECT * FROM unnest($33::uuid[], $34::text[], $35::text[], $36::text[], $37::uuid[],
                                 $38::timestamptz[])
-           WHERE (SELECT ok FROM checked)
+           WHERE (SELECT ok FROM gate)
+           ON CONFLICT (client_id, idempotency_key) DO NOTHING
+           RETURNING 1
          ),
          {}
-         SELECT ledger_accounts_unchanged(COUNT(*) = cardinality($14::uuid[])) AS unchanged,
+         SELECT (SELECT ok FROM unchanged) AS unchanged, (SELECT keys FROM taken) AS taken,
+                -- CASE, not OR: only CASE promises not to evaluate the checks when
+                -- nothing was meant to be written.
+                CASE WHEN (SELECT ok FROM gate)
+                     THEN ledger_batch_keys_claimed(
+                            (SELECT COUNT(*) FROM claimed) = cardinality($33::uuid[]))
+                          AND ledger_accounts_unchanged(COUNT(*) = cardinality($14::uuid[]))
+                     ELSE false END AS written,
                 COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq
          FROM moved",
-        plain_posting_ctes("(SELECT ok FROM checked)")
+        plain_posting_ctes(
+            "(SELECT ok FROM gate) AND (SELECT COUNT(*) FROM claimed) = cardinality($33::uuid[])"
+        )
     )
 });
 
@@ -596,12 +620,23 @@ async fn write_postings_postgres(
     .await
 }
 
+/// How a one-statement batch went when the database answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OneTripAnswer {
+    /// Written and committed.
+    Written,
+    /// Nothing written: an account moved since the batch was decided on it.
+    AccountsMoved,
+    /// Nothing written: this many of its keys were already taken.
+    KeysTaken(i64),
+}
+
 /// PostgreSQL: writes a batch of plain payments (no holds, refunds, metadata or groups)
 /// in one round trip, with no transaction open (`ONE_TRIP_POSTING_SQL`), and sets the
 /// rows' `feed_seq`. `decided_on` are the rows the batch was decided against (every
-/// account its payments name), `keys` its key records in claiming order. Any error
-/// means nothing was written, unless the answer was lost with the connection: then
-/// the batch may have committed, and its keys say so.
+/// account its payments name), `keys` its key records in claiming order. Anything but
+/// `Written`, and any error, means nothing was written, unless the answer was lost
+/// with the connection: then the batch may have committed, and its keys say so.
 pub async fn write_postings_in_one_trip(
     connection: &DatabaseConnection,
     payments: &mut [payment::Model],
@@ -609,7 +644,7 @@ pub async fn write_postings_in_one_trip(
     entries: &mut [ledger_entry::Model],
     decided_on: &[account::Model],
     keys: &[idempotency_key::Model],
-) -> Result<(), DbErr> {
+) -> Result<OneTripAnswer, DbErr> {
     let mut values = posting_values(payments, moves, entries);
     values.extend([
         array(decided_on, |row| row.id),
@@ -618,9 +653,26 @@ pub async fn write_postings_in_one_trip(
         array(decided_on, |row| row.change_seq),
     ]);
     values.extend(key_values(keys));
-    let (_, feed_seq) = run_posting_statement(connection, &ONE_TRIP_POSTING_SQL, values).await?;
-    set_feed_seq(payments, entries, feed_seq);
-    Ok(())
+    let statement =
+        Statement::from_sql_and_values(DbBackend::Postgres, ONE_TRIP_POSTING_SQL.as_str(), values);
+    let row = connection
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::Custom("the one-statement batch returned no row".to_owned()))?;
+    if !row.try_get::<bool>("", "unchanged")? {
+        return Ok(OneTripAnswer::AccountsMoved);
+    }
+    let taken: i64 = row.try_get("", "taken")?;
+    if taken > 0 {
+        return Ok(OneTripAnswer::KeysTaken(taken));
+    }
+    if !row.try_get::<bool>("", "written")? {
+        return Err(DbErr::Custom(
+            "a one-statement batch passed its checks and wrote nothing".to_owned(),
+        ));
+    }
+    set_feed_seq(payments, entries, row.try_get("", "feed_seq")?);
+    Ok(OneTripAnswer::Written)
 }
 
 /// Any batch with holds, settlements, refunds, metadata or groups, in one statement:

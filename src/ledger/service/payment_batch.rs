@@ -20,7 +20,9 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::batch_sql::{self, AccountClaim, AccountMove, BatchContext, LifecycleWrites};
+use super::batch_sql::{
+    self, AccountClaim, AccountMove, BatchContext, LifecycleWrites, OneTripAnswer,
+};
 use super::commit_queue::{CommitQueue, Queued};
 use super::known_accounts::KnownAccounts;
 use super::write::{self, WriteError, Writer};
@@ -364,9 +366,21 @@ impl Batcher {
             )
             .await;
         match written {
-            Ok(()) => {
+            Ok(OneTripAnswer::Written) => {
                 self.metrics.write_one_trip_batches.inc();
                 OneTrip::Committed(finish(outcomes, built, &known, None))
+            }
+            Ok(refused) => {
+                self.metrics.write_one_trip_fallbacks.inc();
+                // A taken key leaves the rows as this instance knows them.
+                if refused == OneTripAnswer::AccountsMoved {
+                    self.known.forget(accounts);
+                }
+                tracing::debug!(
+                    ?refused,
+                    "a one-statement batch wrote nothing; running it the long way"
+                );
+                OneTrip::NotTaken
             }
             Err(error) => {
                 self.metrics.write_one_trip_fallbacks.inc();

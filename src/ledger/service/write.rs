@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
-use sea_orm::{DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbErr, SqlErr, TransactionTrait,
+};
 use uuid::Uuid;
 
 use super::write_gate::WriteGate;
@@ -78,14 +80,39 @@ impl WriteError {
 
 /// Commits, telling a COMMIT the database refused (nothing happened) from one whose
 /// answer never came (it may have committed).
+///
+/// On PostgreSQL the COMMIT is sent as `COMMIT AND CHAIN`, and a refused one is followed
+/// by `BEGIN`: sqlx counts a transaction as open until its COMMIT succeeds, so after a
+/// refused COMMIT (a serialization failure is one) it would send ROLLBACK to a session
+/// with no transaction, which PostgreSQL answers with the warning "there is no
+/// transaction in progress", logged on both sides for what is a routine rerun. Either
+/// way a transaction is open when this one is dropped, and its ROLLBACK ends an empty
+/// transaction; it travels with the ping the pool sends when the connection comes back,
+/// so a commit costs no more round trips than before.
 pub(super) async fn commit(transaction: DatabaseTransaction) -> Result<(), WriteError> {
-    transaction.commit().await.map_err(|error| {
-        if db::has_database_answer(&error) {
-            WriteError::Db(error)
-        } else {
-            WriteError::CommitUnanswered(error)
+    if Backend::of(&transaction) == Backend::Sqlite {
+        return transaction.commit().await.map_err(commit_error);
+    }
+    match transaction.execute_unprepared("COMMIT AND CHAIN").await {
+        Ok(_) => Ok(()),
+        Err(error) => {
+            if db::has_database_answer(&error) {
+                // The refused COMMIT ended the transaction on the server.
+                if let Err(begin) = transaction.execute_unprepared("BEGIN").await {
+                    tracing::debug!(error = %begin, "no transaction reopened after a refused COMMIT");
+                }
+            }
+            Err(commit_error(error))
         }
-    })
+    }
+}
+
+fn commit_error(error: DbErr) -> WriteError {
+    if db::has_database_answer(&error) {
+        WriteError::Db(error)
+    } else {
+        WriteError::CommitUnanswered(error)
+    }
 }
 
 pub(super) fn is_unique_violation(error: &DbErr) -> bool {
