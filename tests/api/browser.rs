@@ -7,6 +7,7 @@
 //! `LEDGER_TEST_REQUIRE_BROWSER` is set (as `.ci/run` sets it), when they fail.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -20,16 +21,34 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A chromedriver process and one browser session on it; both end when dropped.
+/// A chromedriver process and one browser session on it. `close` ends the session,
+/// which makes chromedriver quit the browser; on every other path (a failing test
+/// included) dropping the driver kills its whole process group.
 struct Browser {
     client: Client,
-    driver: Child,
+    _driver: Driver,
 }
 
-impl Drop for Browser {
+impl Browser {
+    async fn close(self) {
+        if let Err(error) = self.client.clone().close().await {
+            eprintln!("the WebDriver session did not end cleanly: {error}");
+        }
+    }
+}
+
+/// chromedriver, leading its own process group (`process_group(0)`): dropping it kills
+/// the group, so the browser it started and that browser's helpers go with it.
+struct Driver(Child);
+
+impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -45,12 +64,15 @@ async fn browser() -> Option<Browser> {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let driver = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
+    let driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts"),
+    );
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
         "goog:chromeOptions".to_owned(),
@@ -72,7 +94,12 @@ async fn browser() -> Option<Browser> {
     builder.capabilities(capabilities);
     for _ in 0..100 {
         match builder.connect(&address).await {
-            Ok(client) => return Some(Browser { client, driver }),
+            Ok(client) => {
+                return Some(Browser {
+                    client,
+                    _driver: driver,
+                });
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
@@ -202,6 +229,7 @@ async fn graphiql_renders_and_runs_a_query_once_a_key_is_set() {
     save_screenshot(client, "graphiql").await;
     let url = client.current_url().await.unwrap();
     assert!(!url.as_str().contains(&app.api_key));
+    browser.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -312,6 +340,7 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     .await;
     assert!(range.as_str().unwrap().starts_with("2 entries"), "{range}");
     save_screenshot(client, "dashboard").await;
+    browser.close().await;
 }
 
 /// With `LEDGER_TEST_SCREENSHOTS=<dir>`, keeps a PNG of the page for a person to look at.

@@ -42,8 +42,8 @@ const SHORT_LIVED_BOUND: Duration = Duration::from_millis(1_300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_puts_keep_the_newest_version_in_l1_and_redis() {
-    let Ok(redis_url) = std::env::var("LEDGER_TEST_REDIS_URL") else {
-        skip("LEDGER_TEST_REDIS_URL is not set");
+    let Some(redis_url) = crate::services::redis_url() else {
+        skip(crate::services::MISSING_REDIS);
         return;
     };
     let settings = cache_settings(&CacheConfig {
@@ -217,8 +217,8 @@ fn free_port() -> u16 {
 }
 
 async fn redis_going_away_fails_no_request_and_l2_comes_back(backend: Backend) {
-    if std::env::var("LEDGER_TEST_REDIS_URL").is_err() {
-        skip("LEDGER_TEST_REDIS_URL is not set");
+    if crate::services::redis_url().is_none() {
+        skip(crate::services::MISSING_REDIS);
         return;
     }
     let port = free_port();

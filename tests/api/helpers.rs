@@ -1,11 +1,10 @@
 //! Test harness: a real server on port 0 over a fresh database per test, spoken to
 //! over HTTP.
 //!
-//! SQLite tests use a temporary file. PostgreSQL tests read `LEDGER_TEST_DATABASE_URL`
-//! (an admin connection, e.g. `postgres://postgres@127.0.0.1:5432/postgres`); migrations
-//! run once into a template database and each test clones it with
-//! `CREATE DATABASE … TEMPLATE …`, dropping its clone when it ends. Without the
-//! variable, PostgreSQL tests print a SKIP line and pass.
+//! SQLite tests use a temporary file. PostgreSQL tests use the server `services` finds or
+//! starts (an admin connection); migrations run once into a template database and each
+//! test clones it with `CREATE DATABASE … TEMPLATE …`, dropping its clone when it ends.
+//! Without PostgreSQL, PostgreSQL tests print a SKIP line and pass.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -21,6 +20,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
+
+use crate::services;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -92,10 +93,10 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     payments_ledger::telemetry::init();
     let redis_url = match (&options.redis_url, options.redis) {
         (Some(url), _) => Some(url.clone()),
-        (None, true) => match std::env::var("LEDGER_TEST_REDIS_URL") {
-            Ok(url) => Some(url),
-            Err(_) => {
-                skip("LEDGER_TEST_REDIS_URL is not set");
+        (None, true) => match services::redis_url() {
+            Some(url) => Some(url),
+            None => {
+                skip(services::MISSING_REDIS);
                 return None;
             }
         },
@@ -518,8 +519,8 @@ impl TestDatabase {
     }
 
     async fn postgres_from(template: Template) -> Option<Self> {
-        let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
-            skip("LEDGER_TEST_DATABASE_URL is not set");
+        let Some(admin_url) = services::postgres_admin_url() else {
+            skip(services::MISSING_POSTGRES);
             return None;
         };
         let template = match template {
@@ -560,6 +561,9 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261127_000002_metadata.rs"),
         include_str!("../../migration/src/m20261128_000001_payment_groups.rs"),
         include_str!("../../migration/src/m20261128_000002_account_lifecycle.rs"),
+        include_str!("../../migration/src/m20261206_000001_one_round_trip.rs"),
+        include_str!("../../migration/src/m20261206_000002_entry_references_by_guard.rs"),
+        include_str!("../../migration/src/m20261206_000003_one_trip_keys_claimed.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

@@ -23,7 +23,7 @@ async fn app_through(link: &FaultyLink) -> (TestApp, String, String) {
     };
     let app = spawn_app_with(Backend::Postgres, options)
         .await
-        .expect("LEDGER_TEST_DATABASE_URL is set");
+        .expect("a PostgreSQL server for tests");
     let source = app.create_account("USD", "NON_NEGATIVE", None).await;
     app.fund(&source, "100.00", "USD").await;
     let destination = app.create_account("USD", "NON_NEGATIVE", None).await;

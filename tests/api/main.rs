@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, on SQLite and on PostgreSQL.
 
 mod helpers;
+mod services;
 
 mod hostile;
 
@@ -17,6 +18,7 @@ mod export;
 mod feeds;
 mod group_commit;
 mod groups;
+mod guards_sql;
 mod history;
 mod http;
 mod idempotency;

@@ -68,8 +68,8 @@ async fn refused(db: &DatabaseConnection, statement: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_server_runs_as_a_role_that_cannot_disable_the_guards() {
-    let Ok(admin_url) = std::env::var("LEDGER_TEST_DATABASE_URL") else {
-        crate::helpers::skip("LEDGER_TEST_DATABASE_URL is not set");
+    let Some(admin_url) = crate::services::postgres_admin_url() else {
+        crate::helpers::skip(crate::services::MISSING_POSTGRES);
         return;
     };
     // Declared first, dropped last: the database goes before the roles owning it.
