@@ -10,15 +10,15 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::batch_sql::{self, AccountClaim};
+use super::batch::{AccountClaim, BatchStore};
+use super::keyed::KeyedRequest;
 use super::write::{self, WriteError, is_unique_violation};
-use super::{Created, KeyUse, Ledger};
+use super::{Created, Ledger, claim_key};
 use crate::cache::VersionedBalance;
 use crate::db::Backend;
 use crate::entity::account_change;
 use crate::entity::{account, live_hold, payment};
 use crate::error::{AppError, AppResult};
-use crate::idempotency;
 use crate::ids::{AccountId, ClientId};
 use crate::ledger::account_lifecycle::{Holdings, NewAccountChange, plan_change};
 
@@ -36,25 +36,23 @@ impl Ledger {
         client: ClientId,
         request: NewAccountChange,
     ) -> AppResult<Created<AccountChanged>> {
-        let fingerprint = request.fingerprint();
-        let change_id = Uuid::now_v7();
-        let key = KeyUse {
+        let keyed = KeyedRequest {
             client,
-            key: &request.idempotency_key,
+            key: request.idempotency_key.clone(),
             operation: request.operation(),
-            fingerprint: &fingerprint,
-            resource_id: change_id,
+            fingerprint: request.fingerprint(),
+            resource_id: Uuid::now_v7(),
         };
         let accounts = [request.account.0];
         let execute = self.writer.run(&accounts, || async {
             let transaction = self.writer.begin().await?;
             let changed =
-                record_change(&transaction, client, &request, &fingerprint, change_id).await?;
+                record_change(self.store.as_ref(), &transaction, &keyed, &request).await?;
             write::commit(transaction).await?;
             Ok(changed)
         });
         let created = self
-            .create_once(key, |id| self.account_change(client, id), execute)
+            .create_once(&keyed, |id| self.account_change(client, id), execute)
             .await?;
         if !created.replayed {
             let account = &created.value.account;
@@ -111,18 +109,19 @@ impl Ledger {
 
 /// Locks, decides, claims the key, records the change and moves the account.
 async fn record_change(
+    store: &dyn BatchStore,
     transaction: &DatabaseTransaction,
-    client: ClientId,
+    keyed: &KeyedRequest,
     request: &NewAccountChange,
-    fingerprint: &idempotency::Fingerprint,
-    change_id: Uuid,
 ) -> Result<AccountChanged, WriteError> {
+    let client = keyed.client;
     let backend = Backend::of(transaction);
     let claim = AccountClaim {
         id: request.account.0,
         client: client.0,
     };
-    let locked = batch_sql::lock_accounts(transaction, backend, &[claim])
+    let locked = store
+        .lock_accounts(transaction, &[claim])
         .await?
         .into_iter()
         .find(|row| row.client_id == client.0)
@@ -142,22 +141,7 @@ async fn record_change(
         Holdings::default()
     };
     let settings = plan_change(&locked, &request.change, holdings).map_err(WriteError::Invalid)?;
-    let record = idempotency::record(
-        client,
-        &request.idempotency_key,
-        request.operation(),
-        fingerprint,
-        change_id,
-    );
-    idempotency::claim(transaction, record)
-        .await
-        .map_err(|error| {
-            if is_unique_violation(&error) {
-                WriteError::KeyTaken
-            } else {
-                WriteError::Db(error)
-            }
-        })?;
+    claim_key(store, transaction, keyed).await?;
     // Closing releases the holds that expired on it, so it holds nothing once closed.
     let released = closing && locked.pending_minor > 0;
     if released {
@@ -168,7 +152,7 @@ async fn record_change(
             .await?;
     }
     let change = account_change::Model {
-        id: change_id,
+        id: keyed.resource_id,
         client_id: client.0,
         account_id: locked.id,
         change_seq: locked.change_seq + 1,

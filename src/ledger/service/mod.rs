@@ -1,19 +1,21 @@
 //! The ledger service: the only code that opens write transactions.
 //!
-//! Read top-down, a payment goes: `Ledger::create_payment` (here) -> `create_once`
-//! (here: the idempotent shape every creating mutation shares) -> `PaymentBatches::commit`
-//! (`payment_batch`: group commit; the queue is `commit_queue`) -> `Writer::run`
-//! (`write`: the in-process gate `write_gate`, the transaction and its retries) ->
-//! `Batcher::attempt` (`payment_batch`: lock, check, claim keys, decide, write with the
-//! statements in `batch_sql`, COMMIT). Each payment keeps its own outcome: one whose key
-//! someone else owns turns into a replay of that owner's outcome, one with a bad account
-//! fails alone before anything is stored. Reads are in `reads`.
+//! Read top-down, a payment goes: `Ledger::create_payment` (here) -> `move_money` (here:
+//! the shape every money movement shares) -> `create_once` (here: the idempotent shape
+//! every creating mutation shares, around a `KeyedRequest`) -> `PaymentBatches::commit`
+//! (`batch`: group commit, the queue being `commit_queue`) -> `Batcher::run` (`batch`:
+//! the ladder from one trip to one job at a time, each transaction run by `write`'s
+//! `Writer`) -> `batch::decide` and `batch::rows` (pure) and `batch::store` (the
+//! statements). Each payment keeps its own outcome: one whose key someone else owns
+//! turns into a replay of that owner's outcome, one with a bad account fails alone
+//! before anything is stored. Reads are in `reads`; account changes in
+//! `account_changes`.
 
 mod account_changes;
-mod batch_sql;
+mod batch;
 mod commit_queue;
+mod keyed;
 mod known_accounts;
-mod payment_batch;
 mod reads;
 mod write;
 mod write_gate;
@@ -28,7 +30,8 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use self::payment_batch::{PaymentBatches, PaymentJob, Work};
+use self::batch::{BatchStore, Job, PaymentBatches, Work, next_feed_seq, store_for};
+use self::keyed::KeyedRequest;
 use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
 use crate::config::WriteIsolation;
@@ -36,7 +39,7 @@ use crate::db::Backend;
 use crate::entity::payment::StoredStatus;
 use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
-use crate::idempotency::{self, Fingerprint, IdempotencyKey};
+use crate::idempotency::{self, Operation};
 use crate::ids::{AccountId, ClientId, PaymentGroupId, PaymentId};
 use crate::ledger::lifecycle;
 use crate::ledger::metadata::Metadata;
@@ -65,44 +68,6 @@ pub struct WriteSettings {
     pub hold_ttl: chrono::Duration,
 }
 
-/// A money movement's request: whose, its key and fingerprint, and what it creates (the
-/// payment or refund, or the settlement of a hold).
-struct Movement {
-    client: ClientId,
-    idempotency_key: IdempotencyKey,
-    operation: idempotency::Operation,
-    fingerprint: Fingerprint,
-    resource_id: Uuid,
-}
-
-impl Movement {
-    /// A capture or void: what it creates is the hold's settlement.
-    fn settling(
-        client: ClientId,
-        idempotency_key: &IdempotencyKey,
-        operation: idempotency::Operation,
-        fingerprint: Fingerprint,
-    ) -> Self {
-        Self {
-            client,
-            idempotency_key: idempotency_key.clone(),
-            operation,
-            fingerprint,
-            resource_id: Uuid::now_v7(),
-        }
-    }
-}
-
-/// One request's use of an idempotency key: whose, for what, and what it would create.
-#[derive(Clone, Copy)]
-struct KeyUse<'a> {
-    client: ClientId,
-    key: &'a IdempotencyKey,
-    operation: idempotency::Operation,
-    fingerprint: &'a Fingerprint,
-    resource_id: Uuid,
-}
-
 /// The ledger service. Cloned for every request, so it is one `Arc`.
 #[derive(Clone)]
 pub struct Ledger(Arc<LedgerParts>);
@@ -111,6 +76,8 @@ pub struct LedgerParts {
     db: DatabaseConnection,
     hold_ttl: chrono::Duration,
     writer: Arc<Writer>,
+    /// The database's side of a write: row locks and key claims (`batch::store`).
+    store: Box<dyn BatchStore>,
     payments: PaymentBatches,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
@@ -149,6 +116,7 @@ impl Ledger {
         Self(Arc::new(LedgerParts {
             db,
             hold_ttl: settings.hold_ttl,
+            store: store_for(writer.backend()),
             writer,
             payments,
             caches,
@@ -167,8 +135,13 @@ impl Ledger {
         client: ClientId,
         request: NewPayment,
     ) -> AppResult<Created<payment::Model>> {
-        let fingerprint = request.fingerprint();
-        let idempotency_key = request.idempotency_key.clone();
+        let keyed = KeyedRequest {
+            client,
+            key: request.idempotency_key.clone(),
+            operation: Operation::CreatePayment,
+            fingerprint: request.fingerprint(),
+            resource_id: PaymentId::generate().0,
+        };
         let hold_ttl = self.hold_ttl;
         // Inside the key's judgement: a retry of a hold made long ago replays, whatever
         // the clock says of its holdExpiresAt now.
@@ -184,14 +157,8 @@ impl Ledger {
                 hold_expires_at,
             })
         };
-        let movement = Movement {
-            client,
-            idempotency_key,
-            operation: idempotency::Operation::CreatePayment,
-            fingerprint,
-            resource_id: PaymentId::generate().0,
-        };
-        self.move_money(movement, |id| self.payment_by_id(client, id), prepare)
+        let load = |id| self.payment_by_id(client, id);
+        self.move_money(keyed, load, prepare, async |payment| Ok(payment))
             .await
     }
 
@@ -203,17 +170,16 @@ impl Ledger {
         client: ClientId,
         request: NewPaymentGroup,
     ) -> AppResult<Created<PaymentGroup>> {
-        let fingerprint = request.fingerprint();
         let group_id = PaymentGroupId::generate().0;
-        let key = KeyUse {
+        let keyed = KeyedRequest {
             client,
-            key: &request.idempotency_key,
-            operation: idempotency::Operation::CreatePayments,
-            fingerprint: &fingerprint,
+            key: request.idempotency_key.clone(),
+            operation: Operation::CreatePayments,
+            fingerprint: request.fingerprint(),
             resource_id: group_id,
         };
-        let load = |id| self.payment_group(client, id);
-        let execute = async {
+        let hold_ttl = self.hold_ttl;
+        let prepare = async move {
             let now = crate::entity::stored_now();
             let hold_expiries = request
                 .payments
@@ -221,31 +187,24 @@ impl Ledger {
                 .map(|payment| {
                     payment
                         .hold
-                        .map(|hold| lifecycle::hold_expiry(hold.expires_at, now, self.hold_ttl))
+                        .map(|hold| lifecycle::hold_expiry(hold.expires_at, now, hold_ttl))
                         .transpose()
                 })
-                .collect::<AppResult<Vec<_>>>()
-                .map_err(WriteError::Invalid)?;
+                .collect::<AppResult<Vec<_>>>()?;
             let payment_ids = request
                 .payments
                 .iter()
                 .map(|_| PaymentId::generate().0)
                 .collect();
-            self.payments
-                .commit(PaymentJob {
-                    client,
-                    idempotency_key: request.idempotency_key.clone(),
-                    operation: idempotency::Operation::CreatePayments,
-                    fingerprint: fingerprint.clone(),
-                    resource_id: group_id,
-                    work: Work::Group {
-                        group: request.clone(),
-                        payment_ids,
-                        hold_expiries,
-                    },
-                    span: tracing::Span::current(),
-                })
-                .await?;
+            Ok(Work::Group {
+                group: request,
+                payment_ids,
+                hold_expiries,
+            })
+        };
+        let load = |id| self.payment_group(client, id);
+        // The batch answers a group's first payment; the group is read back whole.
+        let answer = async |_first_payment| {
             load(group_id)
                 .await
                 .map_err(WriteError::Failed)?
@@ -255,17 +214,7 @@ impl Ledger {
                     )))
                 })
         };
-        let created = self.create_once(key, load, execute).await;
-        match &created {
-            Ok(created) if created.replayed => self.metrics.payment(PaymentOutcome::Replayed),
-            Ok(created) => {
-                for payment in &created.value.payments {
-                    self.metrics.payment(payment_outcome(payment.status));
-                }
-            }
-            Err(_) => self.metrics.payment(PaymentOutcome::Rejected),
-        }
-        created
+        self.move_money(keyed, load, prepare, answer).await
     }
 
     /// Captures all or part of a live hold; answers the hold's payment.
@@ -275,6 +224,12 @@ impl Ledger {
         client: ClientId,
         request: NewCapture,
     ) -> AppResult<Created<payment::Model>> {
+        let keyed = KeyedRequest::settling(
+            client,
+            &request.idempotency_key,
+            Operation::CapturePayment,
+            request.fingerprint(),
+        );
         let prepare = async {
             let hold = self.hold_of(client, request.payment).await?;
             let currency = Currency::from_stored(&hold.currency)?;
@@ -293,13 +248,8 @@ impl Ledger {
             }
             Ok(Work::Capture { hold, amount })
         };
-        let movement = Movement::settling(
-            client,
-            &request.idempotency_key,
-            idempotency::Operation::CapturePayment,
-            request.fingerprint(),
-        );
-        self.move_money(movement, |id| self.payment_settled_by(client, id), prepare)
+        let load = |id| self.payment_settled_by(client, id);
+        self.move_money(keyed, load, prepare, async |hold| Ok(hold))
             .await
     }
 
@@ -310,17 +260,18 @@ impl Ledger {
         client: ClientId,
         request: NewVoid,
     ) -> AppResult<Created<payment::Model>> {
+        let keyed = KeyedRequest::settling(
+            client,
+            &request.idempotency_key,
+            Operation::VoidPayment,
+            request.fingerprint(),
+        );
         let prepare = async {
             let hold = self.hold_of(client, request.payment).await?;
             Ok(Work::Void { hold })
         };
-        let movement = Movement::settling(
-            client,
-            &request.idempotency_key,
-            idempotency::Operation::VoidPayment,
-            request.fingerprint(),
-        );
-        self.move_money(movement, |id| self.payment_settled_by(client, id), prepare)
+        let load = |id| self.payment_settled_by(client, id);
+        self.move_money(keyed, load, prepare, async |hold| Ok(hold))
             .await
     }
 
@@ -331,6 +282,13 @@ impl Ledger {
         client: ClientId,
         request: NewRefund,
     ) -> AppResult<Created<payment::Model>> {
+        let keyed = KeyedRequest {
+            client,
+            key: request.idempotency_key.clone(),
+            operation: Operation::RefundPayment,
+            fingerprint: request.fingerprint(),
+            resource_id: PaymentId::generate().0,
+        };
         let original_id = request.payment;
         let prepare = async {
             let original = self.payment_of(client, original_id).await?;
@@ -355,69 +313,52 @@ impl Ledger {
                 reason: request.reason.clone(),
             })
         };
-        let movement = Movement {
-            client,
-            idempotency_key: request.idempotency_key.clone(),
-            operation: idempotency::Operation::RefundPayment,
-            fingerprint: request.fingerprint(),
-            resource_id: PaymentId::generate().0,
-        };
-        self.move_money(movement, |id| self.payment_by_id(client, id), prepare)
+        let load = |id| self.payment_by_id(client, id);
+        self.move_money(keyed, load, prepare, async |refund| Ok(refund))
             .await
     }
 
     /// The shape every money movement shares: `prepare` reads and checks what needs no
     /// lock (its refusals go through `create_once` as `Invalid`, so a key that names an
-    /// earlier request still replays or says IDEMPOTENCY_KEY_REUSED), then the job goes
-    /// through group commit. Payments and refunds are counted by outcome.
-    async fn move_money<Load, LoadFuture>(
+    /// earlier request still replays or says IDEMPOTENCY_KEY_REUSED), the job goes
+    /// through group commit, and `answer` turns the payment the batch answered into
+    /// what the request answers. Payments, refunds and groups are counted by outcome.
+    async fn move_money<T, Load, LoadFuture>(
         &self,
-        movement: Movement,
+        keyed: KeyedRequest,
         load: Load,
         prepare: impl Future<Output = AppResult<Work>>,
-    ) -> AppResult<Created<payment::Model>>
+        answer: impl AsyncFnOnce(payment::Model) -> Result<T, WriteError>,
+    ) -> AppResult<Created<T>>
     where
+        T: PaymentStatuses,
         Load: Fn(Uuid) -> LoadFuture,
-        LoadFuture: Future<Output = AppResult<Option<payment::Model>>>,
+        LoadFuture: Future<Output = AppResult<Option<T>>>,
     {
-        let Movement {
-            client,
-            idempotency_key,
-            operation,
-            fingerprint,
-            resource_id,
-        } = movement;
-        let key = KeyUse {
-            client,
-            key: &idempotency_key,
-            operation,
-            fingerprint: &fingerprint,
-            resource_id,
-        };
         let execute = async {
             let work = prepare.await.map_err(WriteError::Invalid)?;
-            self.payments
-                .commit(PaymentJob {
-                    client,
-                    idempotency_key: idempotency_key.clone(),
-                    operation,
-                    fingerprint: fingerprint.clone(),
-                    resource_id,
-                    work,
-                    span: tracing::Span::current(),
-                })
-                .await
+            let job = Job {
+                request: keyed.clone(),
+                work,
+                span: tracing::Span::current(),
+            };
+            let committed = self.payments.commit(job).await?;
+            answer(committed).await
         };
-        let created = self.create_once(key, load, execute).await;
+        let created = self.create_once(&keyed, load, execute).await;
         if matches!(
-            operation,
-            idempotency::Operation::CreatePayment | idempotency::Operation::RefundPayment
+            keyed.operation,
+            Operation::CreatePayment | Operation::RefundPayment | Operation::CreatePayments
         ) {
-            self.metrics.payment(match &created {
-                Ok(created) if created.replayed => PaymentOutcome::Replayed,
-                Ok(created) => payment_outcome(created.value.status),
-                Err(_) => PaymentOutcome::Rejected,
-            });
+            match &created {
+                Ok(created) if created.replayed => self.metrics.payment(PaymentOutcome::Replayed),
+                Ok(created) => {
+                    for status in created.value.statuses() {
+                        self.metrics.payment(payment_outcome(status));
+                    }
+                }
+                Err(_) => self.metrics.payment(PaymentOutcome::Rejected),
+            }
         }
         created
     }
@@ -477,22 +418,22 @@ impl Ledger {
         client: ClientId,
         request: NewAccount,
     ) -> AppResult<Created<account::Model>> {
-        let fingerprint = request.fingerprint();
         let account_id = AccountId::generate();
-        let key = KeyUse {
+        let keyed = KeyedRequest {
             client,
-            key: &request.idempotency_key,
-            operation: idempotency::Operation::CreateAccount,
-            fingerprint: &fingerprint,
+            key: request.idempotency_key.clone(),
+            operation: Operation::CreateAccount,
+            fingerprint: request.fingerprint(),
             resource_id: account_id.0,
         };
         self.create_once(
-            key,
+            &keyed,
             |id| async move { Ok(self.accounts_by_ids(client, &[id]).await?.pop()) },
             self.writer.run(&[account_id.0], || async {
                 let transaction = self.writer.begin().await?;
+                claim_key(self.store.as_ref(), &transaction, &keyed).await?;
                 let row = account_row(client, &request, account_id);
-                let row = insert_account(&transaction, &request, &fingerprint, row).await?;
+                let row = insert_account(&transaction, &request, row).await?;
                 write::commit(transaction).await?;
                 Ok(row)
             }),
@@ -508,7 +449,7 @@ impl Ledger {
     /// IDEMPOTENCY_KEY_REUSED if its key already names something else.
     async fn create_once<T, Load, LoadFuture>(
         &self,
-        key: KeyUse<'_>,
+        key: &KeyedRequest,
         load: Load,
         execute: impl Future<Output = Result<T, WriteError>>,
     ) -> AppResult<Created<T>>
@@ -534,8 +475,9 @@ impl Ledger {
             Ok(Created { value, replayed })
         };
         let replay = |resource_id: Uuid| found(resource_id, true);
-        if let Some((fingerprint, resource_id)) = self.caches.known_key(key.client, key.key).await {
-            if &fingerprint != key.fingerprint {
+        if let Some((fingerprint, resource_id)) = self.caches.known_key(key.client, &key.key).await
+        {
+            if fingerprint != key.fingerprint {
                 return Err(AppError::IdempotencyKeyReused);
             }
             return replay(resource_id).await;
@@ -543,7 +485,7 @@ impl Ledger {
         match execute.await {
             Ok(value) => {
                 self.caches
-                    .remember_key(key.client, key.key, key.fingerprint, key.resource_id)
+                    .remember_key(key.client, &key.key, &key.fingerprint, key.resource_id)
                     .await;
                 Ok(Created {
                     value,
@@ -552,19 +494,19 @@ impl Ledger {
             }
             Err(WriteError::KeyTaken) => {
                 let resource_id =
-                    idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
+                    idempotency::find_replay(&self.db, key.client, &key.key, &key.fingerprint)
                         .await?
                         // The owner of the key committed, so its record is there.
                         .ok_or(AppError::RetryLater)?;
                 self.caches
-                    .remember_key(key.client, key.key, key.fingerprint, resource_id)
+                    .remember_key(key.client, &key.key, &key.fingerprint, resource_id)
                     .await;
                 // The key names what this very request would have created: its own
                 // earlier attempt committed, and only the COMMIT's answer was lost.
                 found(resource_id, resource_id != key.resource_id).await
             }
             Err(WriteError::Invalid(error)) => {
-                match idempotency::find_replay(&self.db, key.client, key.key, key.fingerprint)
+                match idempotency::find_replay(&self.db, key.client, &key.key, &key.fingerprint)
                     .await?
                 {
                     Some(resource_id) => replay(resource_id).await,
@@ -573,6 +515,39 @@ impl Ledger {
             }
             Err(error) => Err(error.into_app_error()),
         }
+    }
+}
+
+/// Claims `keyed`'s key in the caller's transaction: `KeyTaken` when another request
+/// owns it (the caller rolls back and replays that request's outcome). The one way
+/// every write claims a key; a batch claims many at once the same way.
+async fn claim_key(
+    store: &dyn BatchStore,
+    transaction: &DatabaseTransaction,
+    keyed: &KeyedRequest,
+) -> Result<(), WriteError> {
+    let owned = store.claim_keys(transaction, &[keyed.record()]).await?;
+    if owned.contains(&keyed.resource_id) {
+        Ok(())
+    } else {
+        Err(WriteError::KeyTaken)
+    }
+}
+
+/// What a money movement answers, as the payments it counts by outcome.
+trait PaymentStatuses {
+    fn statuses(&self) -> Vec<StoredStatus>;
+}
+
+impl PaymentStatuses for payment::Model {
+    fn statuses(&self) -> Vec<StoredStatus> {
+        vec![self.status]
+    }
+}
+
+impl PaymentStatuses for PaymentGroup {
+    fn statuses(&self) -> Vec<StoredStatus> {
+        self.payments.iter().map(|payment| payment.status).collect()
     }
 }
 
@@ -606,35 +581,17 @@ fn account_row(client: ClientId, request: &NewAccount, account_id: AccountId) ->
     }
 }
 
-/// Claims the key and inserts the account, in the caller's transaction.
+/// Inserts the account, in the caller's transaction (which claimed its key).
 async fn insert_account(
     transaction: &DatabaseTransaction,
     request: &NewAccount,
-    fingerprint: &Fingerprint,
     row: account::Model,
 ) -> Result<account::Model, WriteError> {
-    let record = idempotency::record(
-        ClientId(row.client_id),
-        &request.idempotency_key,
-        idempotency::Operation::CreateAccount,
-        fingerprint,
-        row.id,
-    );
-    idempotency::claim(transaction, record)
-        .await
-        .map_err(|error| {
-            // A unique violation while claiming a key means another request owns it.
-            if is_unique_violation(&error) {
-                WriteError::KeyTaken
-            } else {
-                WriteError::Db(error)
-            }
-        })?;
     let mut active = account::ActiveModel::from(row.clone());
     active.feed_seq = match Backend::of(transaction) {
         // The column default, the transaction's id; RETURNING brings it back.
         Backend::Postgres => NotSet,
-        Backend::Sqlite => Set(batch_sql::next_feed_seq::<account::Entity>(
+        Backend::Sqlite => Set(next_feed_seq::<account::Entity>(
             transaction,
             account::Column::ClientId,
             [row.client_id],
