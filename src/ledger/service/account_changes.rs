@@ -178,6 +178,17 @@ async fn record_change(
         hold_seq: locked.hold_seq + i64::from(released),
         ..locked.clone()
     };
+    move_settings(transaction, &locked, &account).await?;
+    Ok(AccountChanged { change, account })
+}
+
+/// Writes the account's new settings (and, on closing, its released holds), from the
+/// change sequence it was locked at.
+async fn move_settings(
+    transaction: &DatabaseTransaction,
+    locked: &account::Model,
+    account: &account::Model,
+) -> Result<(), WriteError> {
     let moved = account::Entity::update_many()
         .col_expr(
             account::Column::Status,
@@ -202,10 +213,10 @@ async fn record_change(
         .exec(transaction)
         .await;
     match moved {
-        Ok(done) if done.rows_affected == 1 => Ok(AccountChanged { change, account }),
+        Ok(done) if done.rows_affected == 1 => Ok(()),
         Ok(_) => Err(AppError::internal(anyhow::anyhow!(
             "account {} changed while locked",
-            request.account
+            AccountId(locked.id)
         ))
         .into()),
         // The only unique index the update can break is the external ref's.

@@ -335,3 +335,216 @@ pub(super) fn account_state(
         status: account.status,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixtures::{account, at, job, pay, stored};
+    use super::*;
+    use crate::entity::account::BalanceRule;
+    use crate::entity::payment::StoredStatus;
+    use crate::ledger::posting::DeclineReason;
+
+    fn locked(rows: Vec<account::Model>) -> HashMap<Uuid, account::Model> {
+        rows.into_iter().map(|row| (row.id, row)).collect()
+    }
+
+    fn plan_of(decision: &AppResult<Decision>) -> PostingPlan {
+        match decision {
+            Ok(Decision::Single { plan, .. }) => *plan,
+            other => panic!("not a single decision: {other:?}"),
+        }
+    }
+
+    /// A context read at `at(60)` with `holds` live until `at(3_600)`.
+    fn context_with(holds: &[u128], refunded: &[(u128, i64)]) -> BatchContext {
+        let mut context = BatchContext::at(at(60));
+        for &hold in holds {
+            context.live_holds.insert(Uuid::from_u128(hold), at(3_600));
+        }
+        for &(original, amount) in refunded {
+            context.refunded.insert(Uuid::from_u128(original), amount);
+        }
+        context
+    }
+
+    #[test]
+    fn jobs_are_decided_in_order_against_what_the_earlier_ones_left() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let jobs = [
+            job("a", 10, pay(1, 2, 700, None)),
+            job("b", 11, pay(1, 2, 700, None)),
+            job("c", 12, pay(1, 2, 300, None)),
+        ];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let (decisions, states) = decide(&jobs, &[0, 1, 2], &rows, None);
+        assert!(matches!(plan_of(&decisions[0].1), PostingPlan::Post { .. }));
+        assert_eq!(
+            plan_of(&decisions[1].1),
+            PostingPlan::Decline(DeclineReason::InsufficientFunds)
+        );
+        assert!(matches!(plan_of(&decisions[2].1), PostingPlan::Post { .. }));
+        let payer = &states[&Uuid::from_u128(1)];
+        assert_eq!((payer.balance_minor, payer.version), (0, 3));
+        assert_eq!(states[&Uuid::from_u128(2)].balance_minor, 1_000);
+    }
+
+    #[test]
+    fn a_hold_settles_once_per_batch() {
+        let mut payer = account(1, BalanceRule::NonNegative, 1_000);
+        payer.pending_minor = 400;
+        let rows = locked(vec![payer, account(2, BalanceRule::NonNegative, 0)]);
+        let hold = stored(50, (1, 2), 400, StoredStatus::Pending);
+        let jobs = [
+            job("void", 10, Work::Void { hold: hold.clone() }),
+            job(
+                "capture",
+                11,
+                Work::Capture {
+                    hold,
+                    amount: PositiveAmount::from_minor(400).unwrap(),
+                },
+            ),
+        ];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let context = context_with(&[50], &[]);
+        let (decisions, _) = decide(&jobs, &[0, 1], &rows, Some(&context));
+        assert_eq!(plan_of(&decisions[0].1), PostingPlan::Release);
+        let refused = decisions[1].1.as_ref().unwrap_err();
+        assert_eq!(refused.code(), "PAYMENT_NOT_PENDING", "{refused}");
+    }
+
+    #[test]
+    fn an_expired_hold_is_not_captured() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let hold = stored(50, (1, 2), 400, StoredStatus::Pending);
+        let jobs = [job(
+            "capture",
+            10,
+            Work::Capture {
+                hold,
+                amount: PositiveAmount::from_minor(100).unwrap(),
+            },
+        )];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let mut context = context_with(&[50], &[]);
+        context.now = at(3_600);
+        let (decisions, _) = decide(&jobs, &[0], &rows, Some(&context));
+        let refused = decisions[0].1.as_ref().unwrap_err();
+        assert_eq!(refused.code(), "PAYMENT_NOT_PENDING", "{refused}");
+    }
+
+    #[test]
+    fn refunds_never_give_back_more_than_was_posted_batch_included() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 0),
+            account(2, BalanceRule::NonNegative, 1_000),
+        ]);
+        let original = stored(60, (1, 2), 1_000, StoredStatus::Posted);
+        let refund = |key: &str, resource: u128, amount: i64| {
+            job(
+                key,
+                resource,
+                Work::Refund {
+                    original: original.clone(),
+                    amount: PositiveAmount::from_minor(amount),
+                    reason: None,
+                },
+            )
+        };
+        // 300 given back before this batch: 700 left.
+        let jobs = [
+            refund("r1", 10, 600),
+            refund("r2", 11, 200),
+            refund("r3", 12, 100),
+        ];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let context = context_with(&[], &[(60, 300)]);
+        let (decisions, states) = decide(&jobs, &[0, 1, 2], &rows, Some(&context));
+        assert!(matches!(
+            decisions[0].1,
+            Ok(Decision::Single {
+                amount_minor: 600,
+                ..
+            })
+        ));
+        let refused = decisions[1].1.as_ref().unwrap_err();
+        assert_eq!(refused.code(), "REFUND_EXCEEDS_PAYMENT", "{refused}");
+        assert!(matches!(
+            decisions[2].1,
+            Ok(Decision::Single {
+                amount_minor: 100,
+                ..
+            })
+        ));
+        // The refunds move money back from the payee to the payer.
+        assert_eq!(states[&Uuid::from_u128(1)].balance_minor, 700);
+    }
+
+    #[test]
+    fn screening_refuses_foreign_accounts_other_currencies_and_a_repeated_key() {
+        let mut foreign = account(3, BalanceRule::NonNegative, 1_000);
+        foreign.client_id = Uuid::from_u128(99);
+        let mut euros = account(4, BalanceRule::NonNegative, 1_000);
+        euros.currency = "EUR".to_owned();
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+            foreign,
+            euros,
+        ]);
+        let jobs = [
+            job("ok", 10, pay(1, 2, 100, None)),
+            job("foreign", 11, pay(3, 2, 100, None)),
+            job("euros", 12, pay(4, 2, 100, None)),
+            job("ok", 13, pay(1, 2, 100, None)),
+            job("missing", 14, pay(1, 5, 100, None)),
+        ];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let (outcomes, candidates) = screen(&jobs, &rows);
+        assert_eq!(candidates, [0]);
+        let code = |index: usize| match &outcomes[index] {
+            Some(Err(WriteError::Invalid(error))) => error.code(),
+            Some(Err(WriteError::KeyTaken)) => "KEY_TAKEN",
+            other => panic!("job {index}: {other:?}"),
+        };
+        assert_eq!(
+            code(1),
+            "NOT_FOUND",
+            "another client's account is not found"
+        );
+        assert_eq!(code(2), "CURRENCY_MISMATCH");
+        assert_eq!(
+            code(3),
+            "KEY_TAKEN",
+            "the second use of a key replays the first"
+        );
+        assert_eq!(code(4), "NOT_FOUND");
+    }
+
+    #[test]
+    fn a_hold_counts_as_pending_and_a_void_releases_it() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let jobs = [
+            job("hold", 10, pay(1, 2, 800, Some(at(3_600)))),
+            job("after", 11, pay(1, 2, 300, None)),
+        ];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let (decisions, states) = decide(&jobs, &[0, 1], &rows, None);
+        assert_eq!(plan_of(&decisions[0].1), PostingPlan::Hold);
+        assert_eq!(
+            plan_of(&decisions[1].1),
+            PostingPlan::Decline(DeclineReason::InsufficientFunds),
+            "800 of 1000 is held, so 300 more does not fit"
+        );
+        assert_eq!(states[&Uuid::from_u128(1)].pending_minor, 800);
+    }
+}

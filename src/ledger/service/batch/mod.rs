@@ -20,6 +20,8 @@
 //! weaker than with one transaction per job.
 
 mod decide;
+#[cfg(test)]
+mod fixtures;
 mod job;
 mod rows;
 mod store;

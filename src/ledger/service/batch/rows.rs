@@ -20,7 +20,7 @@ use crate::error::{AppError, AppResult};
 use crate::ids::LedgerEntryId;
 use crate::ledger::metadata::Metadata;
 use crate::ledger::posting::{AccountState, EntryPlan, PostingPlan, posting_time};
-use crate::ledger::requests::NewPayment;
+use crate::ledger::requests::{NewPayment, NewPaymentGroup};
 
 /// An account a batch changed: its balance (from `locked_version` to `version`), its
 /// holds (from `locked_hold_seq` to `hold_seq`), or both.
@@ -309,40 +309,56 @@ fn add_job(
                 payment_ids,
                 hold_expiries,
             },
-        ) => {
-            rows.writes.groups.push(payment_group::Model {
-                id: job.request.resource_id,
-                client_id: job.request.client.0,
-                idempotency_key: job.request.key.as_str().to_owned(),
-                payment_count: i32::try_from(plans.len()).unwrap_or(i32::MAX),
-                metadata: group.metadata.as_ref().map(Metadata::to_json),
-                created_at: now,
-            });
-            let members = group.payments.iter().zip(payment_ids).zip(hold_expiries);
-            for (group_index, (plan, ((request, &id), &hold_expires_at))) in
-                plans.into_iter().zip(members).enumerate()
-            {
-                let posted_at = stamps.stamp(&plan, request.from.0, request.to.0);
-                let payment = payment::Model {
-                    group_id: Some(job.request.resource_id),
-                    group_index: i32::try_from(group_index).ok(),
-                    ..requested_payment(
-                        job,
-                        id,
-                        request,
-                        hold_expires_at,
-                        (plan, request.amount.minor()),
-                        posted_at,
-                    )?
-                };
-                rows.add_payment(index, payment, plan, request.metadata.as_ref());
-            }
-        }
+        ) => add_group(
+            rows,
+            stamps,
+            (index, job),
+            plans,
+            (group, payment_ids, hold_expiries),
+        )?,
         (decision, _) => {
             return Err(AppError::internal(anyhow::anyhow!(
                 "decision {decision:?} does not fit its job"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The group of job `index` and its payments, in order.
+fn add_group(
+    rows: &mut BatchRows,
+    stamps: &mut Stamps,
+    (index, job): (usize, &Job),
+    plans: Vec<PostingPlan>,
+    (group, payment_ids, hold_expiries): (&NewPaymentGroup, &[Uuid], &[Option<DateTime<Utc>>]),
+) -> AppResult<()> {
+    rows.writes.groups.push(payment_group::Model {
+        id: job.request.resource_id,
+        client_id: job.request.client.0,
+        idempotency_key: job.request.key.as_str().to_owned(),
+        payment_count: i32::try_from(plans.len()).unwrap_or(i32::MAX),
+        metadata: group.metadata.as_ref().map(Metadata::to_json),
+        created_at: stamps.now,
+    });
+    let members = group.payments.iter().zip(payment_ids).zip(hold_expiries);
+    for (group_index, (plan, ((request, &id), &hold_expires_at))) in
+        plans.into_iter().zip(members).enumerate()
+    {
+        let posted_at = stamps.stamp(&plan, request.from.0, request.to.0);
+        let payment = payment::Model {
+            group_id: Some(job.request.resource_id),
+            group_index: i32::try_from(group_index).ok(),
+            ..requested_payment(
+                job,
+                id,
+                request,
+                hold_expires_at,
+                (plan, request.amount.minor()),
+                posted_at,
+            )?
+        };
+        rows.add_payment(index, payment, plan, request.metadata.as_ref());
     }
     Ok(())
 }
@@ -586,4 +602,180 @@ fn entry_rows(
         created_at: payment.created_at,
         feed_seq: payment.feed_seq,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decide::decide;
+    use super::super::fixtures::{account, at, job, pay};
+    use super::*;
+    use crate::entity::account::BalanceRule;
+    use crate::entity::ledger_entry::EntryDirection;
+
+    fn locked(rows: Vec<account::Model>) -> HashMap<Uuid, account::Model> {
+        rows.into_iter().map(|row| (row.id, row)).collect()
+    }
+
+    fn built(jobs: &[Job], rows: &HashMap<Uuid, account::Model>) -> BatchRows {
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let selected: Vec<usize> = (0..jobs.len()).collect();
+        let (decisions, states) = decide(&jobs, &selected, rows, None);
+        build_rows(&jobs, decisions, rows, &states, None).unwrap()
+    }
+
+    #[test]
+    fn a_posted_payment_writes_two_entries_and_moves_both_accounts() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 50),
+        ]);
+        let batch = built(&[job("a", 10, pay(1, 2, 400, None))], &rows);
+        assert_eq!(batch.payments.len(), 1);
+        assert_eq!(batch.payments[0].status, StoredStatus::Posted);
+        let entries: Vec<_> = batch
+            .entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.account_id,
+                    entry.direction,
+                    entry.amount_minor,
+                    entry.balance_after_minor,
+                    entry.account_version,
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (Uuid::from_u128(1), EntryDirection::Debit, 400, 600, 2),
+                (Uuid::from_u128(2), EntryDirection::Credit, 400, 450, 2),
+            ]
+        );
+        let moves: Vec<_> = batch
+            .moves
+            .iter()
+            .map(|moved| {
+                (
+                    moved.id,
+                    moved.locked_version,
+                    moved.version,
+                    moved.balance_minor,
+                )
+            })
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                (Uuid::from_u128(1), 1, 2, 600),
+                (Uuid::from_u128(2), 1, 2, 450)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_declined_payment_is_stored_and_moves_nothing() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 100),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let batch = built(&[job("a", 10, pay(1, 2, 400, None))], &rows);
+        assert_eq!(batch.payments[0].status, StoredStatus::Declined);
+        assert_eq!(
+            batch.payments[0].decline_reason.as_deref(),
+            Some("INSUFFICIENT_FUNDS")
+        );
+        assert!(batch.entries.is_empty());
+        assert!(batch.moves.is_empty());
+    }
+
+    #[test]
+    fn entries_never_go_back_in_time_on_an_account() {
+        let mut payer = account(1, BalanceRule::NonNegative, 1_000);
+        // Its last entry is stamped after this machine's clock: the next one follows it.
+        let later = crate::entity::stored_now() + chrono::Duration::hours(1);
+        payer.last_entry_at = Some(later);
+        let rows = locked(vec![payer, account(2, BalanceRule::NonNegative, 0)]);
+        let batch = built(&[job("a", 10, pay(1, 2, 100, None))], &rows);
+        assert!(batch.entries.iter().all(|entry| entry.created_at >= later));
+        assert_eq!(
+            batch.moves[0].last_entry_at,
+            Some(batch.entries[0].created_at)
+        );
+    }
+
+    #[test]
+    fn a_hold_is_placed_and_only_the_holds_move() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let batch = built(&[job("h", 10, pay(1, 2, 300, Some(at(3_600))))], &rows);
+        assert_eq!(batch.payments[0].status, StoredStatus::Pending);
+        assert_eq!(batch.writes.placed.len(), 1);
+        assert_eq!(batch.writes.placed[0].amount_minor, 300);
+        assert!(batch.entries.is_empty());
+        let payer = &batch.moves[0];
+        assert_eq!(
+            (payer.version, payer.pending_minor, payer.hold_seq),
+            (1, 300, 1),
+            "the balance stays; pending and the hold sequence move"
+        );
+        assert_eq!(batch.moves.len(), 1);
+    }
+
+    #[test]
+    fn a_decision_that_does_not_fit_its_job_is_internal() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let jobs = [job("a", 10, pay(1, 2, 100, None))];
+        let jobs: Vec<&Job> = jobs.iter().collect();
+        let (_, states) = decide(&jobs, &[0], &rows, None);
+        let wrong = vec![(0, Ok(Decision::Group(vec![PostingPlan::Hold])))];
+        match build_rows(&jobs, wrong, &rows, &states, None) {
+            Err(WriteError::Failed(error)) => assert_eq!(error.code(), "INTERNAL"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a mismatched decision was built"),
+        }
+    }
+
+    #[test]
+    fn a_committed_batch_answers_every_job_and_keeps_earlier_outcomes() {
+        let rows = locked(vec![
+            account(1, BalanceRule::NonNegative, 1_000),
+            account(2, BalanceRule::NonNegative, 0),
+        ]);
+        let jobs = [
+            job("a", 10, pay(1, 2, 100, None)),
+            job("a", 11, pay(1, 2, 100, None)),
+        ];
+        let job_refs: Vec<&Job> = jobs.iter().collect();
+        let (decisions, states) = decide(&job_refs, &[0], &rows, None);
+        let mut batch = build_rows(&job_refs, decisions, &rows, &states, None).unwrap();
+        batch.set_feed_seq(77);
+        let committed = finish(
+            vec![None, Some(Err(WriteError::KeyTaken))],
+            batch,
+            &rows,
+            None,
+        );
+        let paid = committed.outcomes[0].as_ref().unwrap();
+        assert_eq!((paid.id, paid.feed_seq), (Uuid::from_u128(10), 77));
+        assert!(matches!(committed.outcomes[1], Err(WriteError::KeyTaken)));
+        assert_eq!(committed.decided.len(), 1);
+        assert_eq!(
+            committed.decided[0].1.len(),
+            2,
+            "the payment with its entries"
+        );
+        let balances: HashMap<Uuid, i64> = committed
+            .balances
+            .iter()
+            .map(|(id, balance)| (*id, balance.balance_minor))
+            .collect();
+        assert_eq!(balances[&Uuid::from_u128(1)], 900);
+        assert_eq!(balances[&Uuid::from_u128(2)], 100);
+    }
 }

@@ -439,76 +439,10 @@ async fn write_in_one_trip(
     Ok(OneTripAnswer::Written)
 }
 
-/// Any batch with holds, settlements, refunds, metadata or groups, in one statement:
+/// The statement of any batch with holds, settlements, refunds, metadata or groups, in one statement:
 /// the plain one's parts with the hold, metadata and group columns, plus settlements,
 /// placed holds, released ones, metadata pairs and groups.
-async fn write_lifecycle_postgres(
-    transaction: &DatabaseTransaction,
-    payments: &[payment::Model],
-    moves: &[AccountMove],
-    entries: &[ledger_entry::Model],
-    writes: &LifecycleWrites,
-) -> Result<(u64, i64), DbErr> {
-    let mut values = posting_values(payments, moves, entries);
-    let (settlements, placed, pairs, groups) = (
-        &writes.settlements,
-        &writes.placed,
-        &writes.pairs,
-        &writes.groups,
-    );
-    values.extend([
-        // $29..$32: the payments' hold expiry and refunded payment
-        array(payments, |row| {
-            row.hold_expires_at.unwrap_or(row.created_at)
-        }),
-        array(payments, |row| row.hold_expires_at.is_some()),
-        array(payments, |row| row.refund_of.unwrap_or(row.id)),
-        array(payments, |row| row.refund_of.is_some()),
-        // $33..$35: the moves' holds
-        array(moves, |row| row.pending_minor),
-        array(moves, |row| row.locked_hold_seq),
-        array(moves, |row| row.hold_seq),
-        // $36..$41: the settlements
-        array(settlements, |row| row.id),
-        array(settlements, |row| row.client_id),
-        array(settlements, |row| row.payment_id),
-        array(settlements, |row| row.kind.to_value()),
-        array(settlements, |row| row.amount_minor),
-        array(settlements, |row| row.created_at),
-        // $42..$46: the holds placed
-        array(placed, |row| row.payment_id),
-        array(placed, |row| row.client_id),
-        array(placed, |row| row.account_id),
-        array(placed, |row| row.amount_minor),
-        array(placed, |row| row.expires_at),
-        // $47..$49: the holds released: settled, and expired on these accounts
-        Value::from(writes.settled.clone()),
-        Value::from(writes.expired_on.clone()),
-        Value::from(writes.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
-        // $50..$51: the payments' metadata
-        array(payments, |row| row.metadata.clone().unwrap_or_default()),
-        array(payments, |row| row.metadata.is_some()),
-        // $52..$55: the metadata pairs
-        array(pairs, |row| row.client_id),
-        array(pairs, |row| row.key.clone()),
-        array(pairs, |row| row.value.clone()),
-        array(pairs, |row| row.payment_id),
-        // $56..$58: the payments' group and place in it
-        array(payments, |row| row.group_id.unwrap_or(row.id)),
-        array(payments, |row| row.group_id.is_some()),
-        array(payments, |row| row.group_index.unwrap_or(0)),
-        // $59..$65: the groups
-        array(groups, |row| row.id),
-        array(groups, |row| row.client_id),
-        array(groups, |row| row.idempotency_key.clone()),
-        array(groups, |row| row.payment_count),
-        array(groups, |row| row.metadata.clone().unwrap_or_default()),
-        array(groups, |row| row.metadata.is_some()),
-        array(groups, |row| row.created_at),
-    ]);
-    run_posting_statement(
-        transaction,
-        "WITH new_payments AS (
+static LIFECYCLE_POSTING_SQL: &str = "WITH new_payments AS (
            INSERT INTO payments
              (id, client_id, idempotency_key, from_account_id, to_account_id, amount_minor,
               currency, status, decline_reason, description, created_at, hold_expires_at,
@@ -584,8 +518,85 @@ async fn write_lifecycle_postgres(
            WHERE payment_id = ANY($47::uuid[])
               OR (account_id = ANY($48::uuid[]) AND expires_at <= $49::timestamptz)
          )
-         SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved",
-        values,
-    )
-    .await
+         SELECT COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq FROM moved";
+
+/// Writes a batch with holds, settlements, refunds, metadata or groups
+/// (`LIFECYCLE_POSTING_SQL`).
+async fn write_lifecycle_postgres(
+    transaction: &DatabaseTransaction,
+    payments: &[payment::Model],
+    moves: &[AccountMove],
+    entries: &[ledger_entry::Model],
+    writes: &LifecycleWrites,
+) -> Result<(u64, i64), DbErr> {
+    let values = lifecycle_values(payments, moves, entries, writes);
+    run_posting_statement(transaction, LIFECYCLE_POSTING_SQL, values).await
+}
+
+/// $1..$65 of `LIFECYCLE_POSTING_SQL`: the plain statement's, then the hold, metadata
+/// and group columns.
+fn lifecycle_values(
+    payments: &[payment::Model],
+    moves: &[AccountMove],
+    entries: &[ledger_entry::Model],
+    writes: &LifecycleWrites,
+) -> Vec<Value> {
+    let mut values = posting_values(payments, moves, entries);
+    let (settlements, placed, pairs, groups) = (
+        &writes.settlements,
+        &writes.placed,
+        &writes.pairs,
+        &writes.groups,
+    );
+    values.extend([
+        // $29..$32: the payments' hold expiry and refunded payment
+        array(payments, |row| {
+            row.hold_expires_at.unwrap_or(row.created_at)
+        }),
+        array(payments, |row| row.hold_expires_at.is_some()),
+        array(payments, |row| row.refund_of.unwrap_or(row.id)),
+        array(payments, |row| row.refund_of.is_some()),
+        // $33..$35: the moves' holds
+        array(moves, |row| row.pending_minor),
+        array(moves, |row| row.locked_hold_seq),
+        array(moves, |row| row.hold_seq),
+        // $36..$41: the settlements
+        array(settlements, |row| row.id),
+        array(settlements, |row| row.client_id),
+        array(settlements, |row| row.payment_id),
+        array(settlements, |row| row.kind.to_value()),
+        array(settlements, |row| row.amount_minor),
+        array(settlements, |row| row.created_at),
+        // $42..$46: the holds placed
+        array(placed, |row| row.payment_id),
+        array(placed, |row| row.client_id),
+        array(placed, |row| row.account_id),
+        array(placed, |row| row.amount_minor),
+        array(placed, |row| row.expires_at),
+        // $47..$49: the holds released: settled, and expired on these accounts
+        Value::from(writes.settled.clone()),
+        Value::from(writes.expired_on.clone()),
+        Value::from(writes.expired_at.unwrap_or(DateTime::<Utc>::UNIX_EPOCH)),
+        // $50..$51: the payments' metadata
+        array(payments, |row| row.metadata.clone().unwrap_or_default()),
+        array(payments, |row| row.metadata.is_some()),
+        // $52..$55: the metadata pairs
+        array(pairs, |row| row.client_id),
+        array(pairs, |row| row.key.clone()),
+        array(pairs, |row| row.value.clone()),
+        array(pairs, |row| row.payment_id),
+        // $56..$58: the payments' group and place in it
+        array(payments, |row| row.group_id.unwrap_or(row.id)),
+        array(payments, |row| row.group_id.is_some()),
+        array(payments, |row| row.group_index.unwrap_or(0)),
+        // $59..$65: the groups
+        array(groups, |row| row.id),
+        array(groups, |row| row.client_id),
+        array(groups, |row| row.idempotency_key.clone()),
+        array(groups, |row| row.payment_count),
+        array(groups, |row| row.metadata.clone().unwrap_or_default()),
+        array(groups, |row| row.metadata.is_some()),
+        array(groups, |row| row.created_at),
+    ]);
+    values
 }

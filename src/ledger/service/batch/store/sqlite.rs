@@ -5,13 +5,13 @@ use std::collections::HashSet;
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TryInsertResult,
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, TryInsertResult,
 };
 use uuid::Uuid;
 
 use super::super::decide::BatchContext;
-use super::super::rows::BatchRows;
+use super::super::rows::{AccountMove, BatchRows};
 use super::{AccountClaim, BatchStore, OneTripAnswer};
 use crate::entity::payment_settlement::SettlementKind;
 use crate::entity::{
@@ -180,109 +180,80 @@ pub async fn next_feed_seq<E: EntityTrait>(
         .ok_or_else(|| DbErr::Custom("no feed_seq came back".to_owned()))
 }
 
-/// The batch's rows, table by table; settlements and entries before the moves.
+/// The batch's rows, table by table. Settlements and entries before the moves: the
+/// database accepts a move only over entries it can see, of payments that posted (the
+/// guards migrations).
 async fn write_rows(transaction: &DatabaseTransaction, rows: &BatchRows) -> Result<u64, DbErr> {
-    let BatchRows {
-        payments,
-        entries,
-        writes,
-        moves,
-        ..
-    } = rows;
-    let (holds, pairs) = (writes, &writes.pairs);
-    if !writes.groups.is_empty() {
-        payment_group::Entity::insert_many(
-            writes
-                .groups
-                .iter()
-                .cloned()
-                .map(payment_group::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
-    }
-    if !payments.is_empty() {
-        payment::Entity::insert_many(payments.iter().cloned().map(payment::ActiveModel::from))
-            .exec_without_returning(transaction)
-            .await?;
-    }
-    if !pairs.is_empty() {
-        payment_metadata::Entity::insert_many(
-            pairs
-                .iter()
-                .cloned()
-                .map(payment_metadata::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
-    }
-    // Settlements and entries before moves: the database accepts a move only over
-    // entries it can see, of payments that posted (the guards migrations).
-    if !holds.settlements.is_empty() {
-        payment_settlement::Entity::insert_many(
-            holds
-                .settlements
-                .iter()
-                .cloned()
-                .map(payment_settlement::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
-    }
-    if !holds.settled.is_empty() {
+    let writes = &rows.writes;
+    insert_all::<payment_group::ActiveModel, _>(transaction, &writes.groups).await?;
+    insert_all::<payment::ActiveModel, _>(transaction, &rows.payments).await?;
+    insert_all::<payment_metadata::ActiveModel, _>(transaction, &writes.pairs).await?;
+    insert_all::<payment_settlement::ActiveModel, _>(transaction, &writes.settlements).await?;
+    if !writes.settled.is_empty() {
         live_hold::Entity::delete_many()
-            .filter(live_hold::Column::PaymentId.is_in(holds.settled.iter().copied()))
+            .filter(live_hold::Column::PaymentId.is_in(writes.settled.iter().copied()))
             .exec(transaction)
             .await?;
     }
-    if let (false, Some(expired_at)) = (holds.expired_on.is_empty(), holds.expired_at) {
+    if let (false, Some(expired_at)) = (writes.expired_on.is_empty(), writes.expired_at) {
         live_hold::Entity::delete_many()
-            .filter(live_hold::Column::AccountId.is_in(holds.expired_on.iter().copied()))
+            .filter(live_hold::Column::AccountId.is_in(writes.expired_on.iter().copied()))
             .filter(live_hold::Column::ExpiresAt.lte(expired_at))
             .exec(transaction)
             .await?;
     }
-    if !holds.placed.is_empty() {
-        live_hold::Entity::insert_many(
-            holds
-                .placed
-                .iter()
-                .cloned()
-                .map(live_hold::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
-    }
-    if !entries.is_empty() {
-        ledger_entry::Entity::insert_many(
-            entries.iter().cloned().map(ledger_entry::ActiveModel::from),
-        )
-        .exec_without_returning(transaction)
-        .await?;
-    }
+    insert_all::<live_hold::ActiveModel, _>(transaction, &writes.placed).await?;
+    insert_all::<ledger_entry::ActiveModel, _>(transaction, &rows.entries).await?;
     let mut moved = 0;
-    for account_move in moves {
-        moved += account::Entity::update_many()
-            .col_expr(
-                account::Column::BalanceMinor,
-                Expr::value(account_move.balance_minor),
-            )
-            .col_expr(account::Column::Version, Expr::value(account_move.version))
-            .col_expr(
-                account::Column::LastEntryAt,
-                Expr::value(account_move.last_entry_at),
-            )
-            .col_expr(
-                account::Column::PendingMinor,
-                Expr::value(account_move.pending_minor),
-            )
-            .col_expr(account::Column::HoldSeq, Expr::value(account_move.hold_seq))
-            .filter(account::Column::Id.eq(account_move.id))
-            .filter(account::Column::Version.eq(account_move.locked_version))
-            .filter(account::Column::HoldSeq.eq(account_move.locked_hold_seq))
-            .exec(transaction)
-            .await?
-            .rows_affected;
+    for account_move in &rows.moves {
+        moved += move_account(transaction, account_move).await?;
     }
     Ok(moved)
+}
+
+/// Inserts `rows`, if any, in one statement.
+async fn insert_all<Active, Row>(
+    transaction: &DatabaseTransaction,
+    rows: &[Row],
+) -> Result<(), DbErr>
+where
+    Active: ActiveModelTrait + From<Row> + Send,
+    Row: Clone,
+{
+    if rows.is_empty() {
+        return Ok(());
+    }
+    Active::Entity::insert_many(rows.iter().cloned().map(Active::from))
+        .exec_without_returning(transaction)
+        .await
+        .map(drop)
+}
+
+/// Moves one account from the version and hold sequence it was locked at; 1 if it
+/// moved.
+async fn move_account(
+    transaction: &DatabaseTransaction,
+    account_move: &AccountMove,
+) -> Result<u64, DbErr> {
+    Ok(account::Entity::update_many()
+        .col_expr(
+            account::Column::BalanceMinor,
+            Expr::value(account_move.balance_minor),
+        )
+        .col_expr(account::Column::Version, Expr::value(account_move.version))
+        .col_expr(
+            account::Column::LastEntryAt,
+            Expr::value(account_move.last_entry_at),
+        )
+        .col_expr(
+            account::Column::PendingMinor,
+            Expr::value(account_move.pending_minor),
+        )
+        .col_expr(account::Column::HoldSeq, Expr::value(account_move.hold_seq))
+        .filter(account::Column::Id.eq(account_move.id))
+        .filter(account::Column::Version.eq(account_move.locked_version))
+        .filter(account::Column::HoldSeq.eq(account_move.locked_hold_seq))
+        .exec(transaction)
+        .await?
+        .rows_affected)
 }
