@@ -230,7 +230,7 @@ fn main() {
             .unwrap();
         Database::connect(&database_url).await.unwrap()
     });
-    let output = Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
+    let output = Command::new(support::server_bin())
         .args(["client", "create", "bench"])
         .env("DATABASE_URL", &database_url)
         .output()

@@ -6,7 +6,9 @@
 //! Reads `LEDGER_BENCH_DATABASE_URL` (an admin PostgreSQL URL; default
 //! postgres://postgres@127.0.0.1:5432/postgres) and `LEDGER_BENCH_REDIS_URL` (default
 //! redis://127.0.0.1:6379), `BENCH_SECONDS` per phase (default 5) and `BENCH_CONCURRENCY`
-//! (default 32). Creates and drops its own database. Prints numbers; asserts nothing.
+//! (default 32), and `LEDGER_BENCH_SERVER_BIN` to measure another build's server (say,
+//! the previous commit's) with the same driver. Creates and drops its own database.
+//! Prints numbers; asserts nothing.
 
 #[path = "support/mod.rs"]
 mod support;
@@ -158,7 +160,7 @@ fn main() {
     });
     let database_url = with_database(&admin_url, &database);
 
-    let output = Command::new(env!("CARGO_BIN_EXE_payments-ledger"))
+    let output = Command::new(support::server_bin())
         .args(["client", "create", "bench"])
         .env("DATABASE_URL", &database_url)
         .output()

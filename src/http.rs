@@ -2,9 +2,12 @@
 //! `/dashboard` (pages and files in `assets`), health at `/healthz` and `/readyz`,
 //! and CORS for the origins configured.
 //!
-//! The GraphQL handlers are written here rather than taken from async-graphql-axum's
-//! extractor so that every failure, including a malformed body, answers in the
-//! GraphQL error shape with an `extensions.code`, and so that GET can refuse mutations.
+//! Requests are read by async-graphql-axum's extractors, with a rejection of ours
+//! (`Unreadable`) so that every failure, including a malformed body, answers in the
+//! GraphQL error shape with an `extensions.code`. What stays hand-written is the
+//! HTTP around them: the Content-Type check before a body is read, refusing
+//! mutations over GET, the batch bound, and the answer (status per GraphQL over HTTP,
+//! `application/graphql-response+json` when asked for, refusals with Retry-After).
 //! Every response carries an `x-request-id` (the caller's, or a new one) and every log
 //! line of the request carries it too.
 
@@ -12,10 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
-use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequest, ServerError};
+use async_graphql::{
+    BatchRequest, BatchResponse, ParseRequestError, Request as GraphQLRequestBody, ServerError,
+};
+use async_graphql_axum::{GraphQLBatchRequest, GraphQLRequest};
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{RawQuery, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -325,38 +330,117 @@ fn response_content_type(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-async fn graphql_post(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let is_json = headers
+/// A POST's GraphQL request or batch, read by async-graphql-axum's extractor once the
+/// Content-Type says JSON: a form or a multipart body (file uploads, which this API
+/// has none of) is refused before anything of it is read.
+struct JsonBatch(BatchRequest);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBatch {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let accept = accept_only(request.headers());
+        if !is_json(request.headers()) {
+            return Err(error_response(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &AppError::bad_input("POST a JSON body with Content-Type: application/json"),
+                &accept,
+            ));
+        }
+        match GraphQLBatchRequest::<Unreadable>::from_request(request, state).await {
+            Ok(batch) => Ok(Self(batch.into_inner())),
+            Err(Unreadable(error)) => Err(unreadable(
+                &error,
+                "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}",
+                &accept,
+            )),
+        }
+    }
+}
+
+/// A GET's GraphQL request, read from the query string by async-graphql-axum.
+struct QueryString(GraphQLRequestBody);
+
+impl<S: Send + Sync> FromRequest<S> for QueryString {
+    type Rejection = Response;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
+        let accept = accept_only(request.headers());
+        match GraphQLRequest::<Unreadable>::from_request(request, state).await {
+            Ok(request) => Ok(Self(request.into_inner())),
+            Err(Unreadable(error)) => Err(unreadable(
+                &error,
+                "malformed query string: expected ?query=…&variables=…",
+                &accept,
+            )),
+        }
+    }
+}
+
+/// What async-graphql-axum's extractors could not read.
+struct Unreadable(ParseRequestError);
+
+impl From<ParseRequestError> for Unreadable {
+    fn from(error: ParseRequestError) -> Self {
+        Self(error)
+    }
+}
+
+impl IntoResponse for Unreadable {
+    fn into_response(self) -> Response {
+        unreadable(&self.0, "the request could not be read", &HeaderMap::new())
+    }
+}
+
+/// A body over the limit (refused while it was read, when it came without a length)
+/// is 413 like one refused up front; anything else is a malformed request.
+fn unreadable(error: &ParseRequestError, malformed: &str, headers: &HeaderMap) -> Response {
+    let too_large = match error {
+        ParseRequestError::PayloadTooLarge => true,
+        ParseRequestError::Io(io) => io.to_string().contains("length limit exceeded"),
+        _ => false,
+    };
+    if too_large {
+        return error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &AppError::bad_input(format!(
+                "the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"
+            )),
+            headers,
+        );
+    }
+    error_response(
+        StatusCode::BAD_REQUEST,
+        &AppError::bad_input(malformed),
+        headers,
+    )
+}
+
+/// Only what shaping an error needs of the request's headers.
+fn accept_only(headers: &HeaderMap) -> HeaderMap {
+    let mut accept = HeaderMap::new();
+    if let Some(value) = headers.get(header::ACCEPT) {
+        accept.insert(header::ACCEPT, value.clone());
+    }
+    accept
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|content_type| {
             let media_type = content_type.split(';').next().unwrap_or("").trim();
             media_type.eq_ignore_ascii_case("application/json")
                 || media_type.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
-        });
-    if !is_json {
-        return error_response(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            &AppError::bad_input("POST a JSON body with Content-Type: application/json"),
-            &headers,
-        );
-    }
-    let batch: BatchRequest = match serde_json::from_slice(&body) {
-        Ok(batch) => batch,
-        Err(_) => {
-            return error_response(
-                StatusCode::BAD_REQUEST,
-                &AppError::bad_input(
-                    "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}",
-                ),
-                &headers,
-            );
-        }
-    };
+        })
+}
+
+async fn graphql_post(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    JsonBatch(batch): JsonBatch,
+) -> Response {
     if let BatchRequest::Batch(requests) = &batch
         && (requests.is_empty() || requests.len() > BATCH_LENGTH_MAX)
     {
@@ -383,16 +467,8 @@ async fn graphql_post(
 async fn graphql_get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    QueryString(mut request): QueryString,
 ) -> Response {
-    let Ok(mut request) = async_graphql::http::parse_query_string(query.as_deref().unwrap_or(""))
-    else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            &AppError::bad_input("malformed query string: expected ?query=…&variables=…"),
-            &headers,
-        );
-    };
     // A GET must never move money: a link or an image tag could send it.
     let has_mutation = request.parsed_query().is_ok_and(|document| {
         document
@@ -569,10 +645,11 @@ async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) 
 /// error, not a field error); it is a query, so running it twice changes nothing.
 async fn execute_validated(
     state: &AppState,
-    request: GraphQLRequest,
+    request: GraphQLRequestBody,
     caller: Caller,
 ) -> async_graphql::Response {
-    let mut again = GraphQLRequest::new(request.query.clone()).variables(request.variables.clone());
+    let mut again =
+        GraphQLRequestBody::new(request.query.clone()).variables(request.variables.clone());
     again.operation_name.clone_from(&request.operation_name);
     again.extensions.clone_from(&request.extensions);
     state.metrics.graphql_validations_skipped.inc();
@@ -646,7 +723,7 @@ fn may_introspect(state: &AppState, caller: Caller) -> bool {
     }
 }
 
-fn with_scope(request: GraphQLRequest, state: &AppState, caller: Caller) -> GraphQLRequest {
+fn with_scope(request: GraphQLRequestBody, state: &AppState, caller: Caller) -> GraphQLRequestBody {
     // Refused with a message before this; disabled here too, for whatever the
     // document check does not see.
     let request = if may_introspect(state, caller) {

@@ -23,6 +23,13 @@ pub struct Server {
     pub address: String,
 }
 
+/// The server binary under test: this build's, or `LEDGER_BENCH_SERVER_BIN` (say, one
+/// built from an earlier commit, to compare before and after on one machine).
+pub fn server_bin() -> String {
+    std::env::var("LEDGER_BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_payments-ledger").to_owned())
+}
+
 impl Server {
     /// Starts `payments-ledger serve` with `environment` on a free port (its own cache
     /// namespace too) and waits until it listens.
@@ -32,7 +39,7 @@ impl Server {
             .local_addr()
             .unwrap()
             .port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_payments-ledger"));
+        let mut command = Command::new(server_bin());
         command
             .arg("serve")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))

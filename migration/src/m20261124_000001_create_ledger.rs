@@ -333,7 +333,7 @@ impl MigrationTrait for Migration {
 }
 
 /// The statements that make `table` append-only on `backend`.
-pub(crate) fn append_only_trigger_sql(backend: DatabaseBackend, table: &str) -> Vec<String> {
+fn append_only_trigger_sql(backend: DatabaseBackend, table: &str) -> Vec<String> {
     match backend {
         DatabaseBackend::Postgres => vec![
             "CREATE OR REPLACE FUNCTION reject_append_only_change() RETURNS trigger AS $$ \

@@ -63,19 +63,19 @@ const IDENTITY_COLUMNS: [&str; 8] = [
 ];
 
 /// The SQL of one account move, as expressions over the rows before and after it.
-pub(crate) struct Move<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) old_balance: &'a str,
-    pub(crate) old_version: &'a str,
-    pub(crate) new_balance: &'a str,
-    pub(crate) new_version: &'a str,
+struct Move<'a> {
+    id: &'a str,
+    old_balance: &'a str,
+    old_version: &'a str,
+    new_balance: &'a str,
+    new_version: &'a str,
 }
 
 impl Move<'_> {
     /// True when this move's entries do not justify it: entries v0+1 ..= v1 missing,
     /// a `balance_after_minor` off the running sum, or the last one not the new balance.
     /// One range scan of `(account_id, account_version)`.
-    pub(crate) fn unjustified(&self) -> String {
+    fn unjustified(&self) -> String {
         let Move {
             id,
             old_balance,
@@ -134,7 +134,7 @@ fn not_double_entry(payment: &str) -> String {
 /// The function behind `ledger_entries_double_entry`: every new entry sits on an account
 /// that moved over it, and `not_double_entry` (SQL naming `touched.payment_id`) is false
 /// for each payment the statement added entries to.
-pub(crate) fn entries_guard(not_double_entry: &str) -> String {
+fn entries_guard(not_double_entry: &str) -> String {
     format!(
         "CREATE OR REPLACE FUNCTION ledger_guard_entries() RETURNS trigger AS $$
          DECLARE lonely uuid;

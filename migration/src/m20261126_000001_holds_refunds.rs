@@ -24,8 +24,6 @@
 
 use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
 
-use crate::m20261125_000001_guards::{Move, entries_guard};
-
 pub struct Migration;
 
 impl MigrationName for Migration {
@@ -549,4 +547,81 @@ impl MigrationTrait for Migration {
             "holds and refunds cannot be migrated down; restore a backup instead".to_owned(),
         ))
     }
+}
+
+// The guards migration's builders as this migration ran them (frozen: a migration
+// holds the SQL it ran, so editing an earlier one's helpers changes nothing here).
+
+/// The SQL of one account move, as expressions over the rows before and after it.
+struct Move<'a> {
+    id: &'a str,
+    old_balance: &'a str,
+    old_version: &'a str,
+    new_balance: &'a str,
+    new_version: &'a str,
+}
+
+impl Move<'_> {
+    /// True when this move's entries do not justify it: entries v0+1 ..= v1 missing,
+    /// a `balance_after_minor` off the running sum, or the last one not the new balance.
+    /// One range scan of `(account_id, account_version)`.
+    fn unjustified(&self) -> String {
+        let Move {
+            id,
+            old_balance,
+            old_version,
+            new_balance,
+            new_version,
+        } = self;
+        format!(
+            "NOT COALESCE((
+               SELECT COUNT(*) = {new_version} - {old_version}
+                      AND SUM(CASE WHEN chain.balance_after_minor = {old_balance} + chain.running
+                                   THEN 0 ELSE 1 END) = 0
+                      AND MAX(chain.balance_after_minor)
+                            FILTER (WHERE chain.account_version = {new_version}) = {new_balance}
+               FROM (SELECT account_version, balance_after_minor,
+                            SUM(CASE direction WHEN 'CREDIT' THEN amount_minor
+                                               ELSE -amount_minor END)
+                              OVER (ORDER BY account_version) AS running
+                     FROM ledger_entries
+                     WHERE account_id = {id} AND account_version > {old_version}
+                       AND account_version <= {new_version}) AS chain), false)"
+        )
+    }
+}
+
+/// The function behind `ledger_entries_double_entry`: every new entry sits on an account
+/// that moved over it, and `not_double_entry` (SQL naming `touched.payment_id`) is false
+/// for each payment the statement added entries to.
+fn entries_guard(not_double_entry: &str) -> String {
+    format!(
+        "CREATE OR REPLACE FUNCTION ledger_guard_entries() RETURNS trigger AS $$
+         DECLARE lonely uuid;
+         BEGIN
+           SELECT entry.id INTO lonely
+           FROM new_entries AS entry
+           WHERE NOT COALESCE((
+             SELECT account.version >= entry.account_version
+                    AND account.currency = entry.currency
+                    AND account.client_id = entry.client_id
+             FROM accounts AS account
+             WHERE account.id = entry.account_id), false)
+           LIMIT 1;
+           IF FOUND THEN
+             RAISE EXCEPTION 'ledger guard: entry % is not on an account that moved over it', lonely
+               USING ERRCODE = 'integrity_constraint_violation';
+           END IF;
+           SELECT payment_id INTO lonely
+           FROM (SELECT DISTINCT payment_id FROM new_entries) AS touched
+           WHERE {}
+           LIMIT 1;
+           IF FOUND THEN
+             RAISE EXCEPTION 'ledger guard: payment % is not one POSTED payment with its two entries', lonely
+               USING ERRCODE = 'integrity_constraint_violation';
+           END IF;
+           RETURN NULL;
+         END $$ LANGUAGE plpgsql",
+    not_double_entry
+)
 }

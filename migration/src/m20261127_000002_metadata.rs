@@ -7,9 +7,7 @@
 //!   one range of that key, on both backends (SQLite has no inverted JSON index, and one
 //!   portable table is simpler to reason about than two). Append-only, like payments.
 
-use sea_orm_migration::{prelude::*, schema::*};
-
-use crate::m20261124_000001_create_ledger::append_only_trigger_sql;
+use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
 
 pub struct Migration;
 
@@ -66,8 +64,7 @@ impl MigrationTrait for Migration {
             )
             .await?;
         let connection = manager.get_connection();
-        for statement in append_only_trigger_sql(manager.get_database_backend(), "payment_metadata")
-        {
+        for statement in append_only_statements(manager.get_database_backend()) {
             connection.execute_unprepared(&statement).await?;
         }
         Ok(())
@@ -78,4 +75,30 @@ impl MigrationTrait for Migration {
             "metadata cannot be migrated down; restore a backup instead".to_owned(),
         ))
     }
+}
+
+/// The statements that made `payment_metadata` append-only, as they ran (frozen: the create-ledger
+/// migration's builder for them may change, this migration's SQL may not).
+fn append_only_statements(backend: DatabaseBackend) -> Vec<String> {
+    let statements: &[&str] = match backend {
+        DatabaseBackend::Postgres => &[
+            "CREATE OR REPLACE FUNCTION reject_append_only_change() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION '% is append-only: % rejected', TG_TABLE_NAME, TG_OP \
+             USING ERRCODE = 'restrict_violation'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER payment_metadata_append_only BEFORE UPDATE OR DELETE ON payment_metadata \
+             FOR EACH ROW EXECUTE FUNCTION reject_append_only_change()",
+            "CREATE TRIGGER payment_metadata_no_truncate BEFORE TRUNCATE ON payment_metadata \
+             FOR EACH STATEMENT EXECUTE FUNCTION reject_append_only_change()",
+        ],
+        _ => &[
+            "CREATE TRIGGER payment_metadata_no_update BEFORE UPDATE ON payment_metadata \
+             BEGIN SELECT RAISE(ABORT, 'payment_metadata is append-only: UPDATE rejected'); END",
+            "CREATE TRIGGER payment_metadata_no_delete BEFORE DELETE ON payment_metadata \
+             BEGIN SELECT RAISE(ABORT, 'payment_metadata is append-only: DELETE rejected'); END",
+        ],
+    };
+    statements
+        .iter()
+        .map(|statement| (*statement).to_owned())
+        .collect()
 }

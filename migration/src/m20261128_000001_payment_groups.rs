@@ -13,8 +13,6 @@
 
 use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
 
-use crate::m20261124_000001_create_ledger::append_only_trigger_sql;
-
 pub struct Migration;
 
 impl MigrationName for Migration {
@@ -151,10 +149,7 @@ impl MigrationTrait for Migration {
              WHERE group_id IS NOT NULL"
                 .to_owned(),
         ];
-        statements.extend(append_only_trigger_sql(
-            manager.get_database_backend(),
-            "payment_groups",
-        ));
+        statements.extend(append_only_statements(manager.get_database_backend()));
         statements.extend(match manager.get_database_backend() {
             DatabaseBackend::Postgres => postgres_statements(),
             _ => sqlite_statements(),
@@ -170,4 +165,30 @@ impl MigrationTrait for Migration {
             "payment groups cannot be migrated down; restore a backup instead".to_owned(),
         ))
     }
+}
+
+/// The statements that made `payment_groups` append-only, as they ran (frozen: the create-ledger
+/// migration's builder for them may change, this migration's SQL may not).
+fn append_only_statements(backend: DatabaseBackend) -> Vec<String> {
+    let statements: &[&str] = match backend {
+        DatabaseBackend::Postgres => &[
+            "CREATE OR REPLACE FUNCTION reject_append_only_change() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION '% is append-only: % rejected', TG_TABLE_NAME, TG_OP \
+             USING ERRCODE = 'restrict_violation'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER payment_groups_append_only BEFORE UPDATE OR DELETE ON payment_groups \
+             FOR EACH ROW EXECUTE FUNCTION reject_append_only_change()",
+            "CREATE TRIGGER payment_groups_no_truncate BEFORE TRUNCATE ON payment_groups \
+             FOR EACH STATEMENT EXECUTE FUNCTION reject_append_only_change()",
+        ],
+        _ => &[
+            "CREATE TRIGGER payment_groups_no_update BEFORE UPDATE ON payment_groups \
+             BEGIN SELECT RAISE(ABORT, 'payment_groups is append-only: UPDATE rejected'); END",
+            "CREATE TRIGGER payment_groups_no_delete BEFORE DELETE ON payment_groups \
+             BEGIN SELECT RAISE(ABORT, 'payment_groups is append-only: DELETE rejected'); END",
+        ],
+    };
+    statements
+        .iter()
+        .map(|statement| (*statement).to_owned())
+        .collect()
 }

@@ -14,8 +14,6 @@
 
 use sea_orm_migration::{prelude::*, schema::*, sea_orm::DatabaseBackend};
 
-use crate::m20261124_000001_create_ledger::append_only_trigger_sql;
-
 pub struct Migration;
 
 impl MigrationName for Migration {
@@ -211,8 +209,7 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        let mut statements =
-            append_only_trigger_sql(manager.get_database_backend(), "account_changes");
+        let mut statements = append_only_statements(manager.get_database_backend());
         statements.extend(match manager.get_database_backend() {
             DatabaseBackend::Postgres => postgres_statements(),
             _ => sqlite_statements(),
@@ -228,4 +225,30 @@ impl MigrationTrait for Migration {
             "the account lifecycle cannot be migrated down; restore a backup instead".to_owned(),
         ))
     }
+}
+
+/// The statements that made `account_changes` append-only, as they ran (frozen: the create-ledger
+/// migration's builder for them may change, this migration's SQL may not).
+fn append_only_statements(backend: DatabaseBackend) -> Vec<String> {
+    let statements: &[&str] = match backend {
+        DatabaseBackend::Postgres => &[
+            "CREATE OR REPLACE FUNCTION reject_append_only_change() RETURNS trigger AS $$ \
+             BEGIN RAISE EXCEPTION '% is append-only: % rejected', TG_TABLE_NAME, TG_OP \
+             USING ERRCODE = 'restrict_violation'; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER account_changes_append_only BEFORE UPDATE OR DELETE ON account_changes \
+             FOR EACH ROW EXECUTE FUNCTION reject_append_only_change()",
+            "CREATE TRIGGER account_changes_no_truncate BEFORE TRUNCATE ON account_changes \
+             FOR EACH STATEMENT EXECUTE FUNCTION reject_append_only_change()",
+        ],
+        _ => &[
+            "CREATE TRIGGER account_changes_no_update BEFORE UPDATE ON account_changes \
+             BEGIN SELECT RAISE(ABORT, 'account_changes is append-only: UPDATE rejected'); END",
+            "CREATE TRIGGER account_changes_no_delete BEFORE DELETE ON account_changes \
+             BEGIN SELECT RAISE(ABORT, 'account_changes is append-only: DELETE rejected'); END",
+        ],
+    };
+    statements
+        .iter()
+        .map(|statement| (*statement).to_owned())
+        .collect()
 }

@@ -1,6 +1,6 @@
 //! The account rows as this instance last committed them, so a batch of payments on
 //! them can be decided before any round trip and sent as one statement
-//! (`payment_batch`, "one trip").
+//! (`batch`, "one trip").
 //!
 //! A guess, never a judge: the one-trip statement locks the rows and fails unless each
 //! still has the version, hold sequence and change sequence the batch was decided on.

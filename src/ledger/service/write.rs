@@ -40,7 +40,7 @@ pub(super) enum WriteError {
     /// and turns the rest into `Failed` or `Blocked`, so it never leaves the write path.
     Db(DbErr),
     /// A batch whose jobs depend on one another in a way a key owned by another request
-    /// changed (see `payment_batch`): nothing was written; its jobs run again one per
+    /// changed (see `batch::decide_and_claim`): nothing was written; its jobs run again one per
     /// transaction.
     Tangled,
     /// The COMMIT was sent and its answer lost with the connection: the attempt may
