@@ -11,12 +11,6 @@ CREATE OR REPLACE FUNCTION public.ledger_accounts_unchanged(unchanged boolean)
 AS $function$ BEGIN IF unchanged IS NOT TRUE THEN RAISE EXCEPTION 'an account of the batch moved since it was read' USING ERRCODE = 'LDG01'; END IF; RETURN true; END $function$
 ;
 
-CREATE OR REPLACE FUNCTION public.ledger_batch_keys_claimed(claimed boolean)
- RETURNS boolean
- LANGUAGE plpgsql
-AS $function$ BEGIN IF claimed IS NOT TRUE THEN RAISE EXCEPTION 'an idempotency key of the batch was claimed by a concurrent statement' USING ERRCODE = 'LDG02'; END IF; RETURN true; END $function$
-;
-
 CREATE OR REPLACE FUNCTION public.ledger_guard_account_moves()
  RETURNS trigger
  LANGUAGE plpgsql

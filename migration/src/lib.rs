@@ -17,7 +17,6 @@ mod m20261128_000001_payment_groups;
 mod m20261128_000002_account_lifecycle;
 mod m20261206_000001_one_round_trip;
 mod m20261206_000002_entry_references_by_guard;
-mod m20261206_000003_one_trip_keys_claimed;
 
 pub use m20261125_000001_guards::GUARD_TRIGGERS;
 pub use m20261126_000001_holds_refunds::HOLD_GUARD_TRIGGERS;
@@ -25,7 +24,6 @@ pub use m20261127_000001_balance_history::HISTORY_GUARD_TRIGGERS;
 pub use m20261128_000001_payment_groups::GROUP_GUARD_TRIGGERS;
 pub use m20261128_000002_account_lifecycle::ACCOUNT_GUARD_TRIGGERS;
 pub use m20261206_000001_one_round_trip::ACCOUNTS_MOVED_SQLSTATE;
-pub use m20261206_000003_one_trip_keys_claimed::KEYS_RACED_SQLSTATE;
 
 /// Runs `sql` on PostgreSQL and does nothing on SQLite: for the migrations whose whole
 /// point is a PostgreSQL statement (SQLite runs in process and has nothing to gain).
@@ -57,7 +55,6 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_account_lifecycle::Migration),
             Box::new(m20261206_000001_one_round_trip::Migration),
             Box::new(m20261206_000002_entry_references_by_guard::Migration),
-            Box::new(m20261206_000003_one_trip_keys_claimed::Migration),
         ]
     }
 }

@@ -1,6 +1,6 @@
 //! The versioned caches (design.md section 6), against real Redis and real databases.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,17 +161,7 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(port: u16) -> Option<Self> {
-        let process = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let process = crate::services::redis_server("redis-server", port)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -563,7 +563,6 @@ async fn create_template(admin_url: String) -> String {
         include_str!("../../migration/src/m20261128_000002_account_lifecycle.rs"),
         include_str!("../../migration/src/m20261206_000001_one_round_trip.rs"),
         include_str!("../../migration/src/m20261206_000002_entry_references_by_guard.rs"),
-        include_str!("../../migration/src/m20261206_000003_one_trip_keys_claimed.rs"),
     ];
     let hash = hex::encode(&Sha256::digest(migrations.concat().as_bytes())[..6]);
     let name = format!("ledger_test_template_{hash}");

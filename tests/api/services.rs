@@ -114,15 +114,7 @@ fn start_redis() -> Option<String> {
         path(&directory),
         pid = path(&pid_file)
     ));
-    run(Command::new(binary).args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
+    run(redis_server(binary, port).args([
         "--daemonize",
         "yes",
         "--pidfile",
@@ -139,6 +131,22 @@ fn start_redis() -> Option<String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("the test redis-server did not start on port {port}");
+}
+
+/// A redis-server on `port` of 127.0.0.1 that keeps nothing on disk.
+pub fn redis_server(binary: impl AsRef<std::ffi::OsStr>, port: u16) -> Command {
+    let mut command = Command::new(binary);
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    command
 }
 
 /// Debian installs each major version under `/usr/lib/postgresql/<major>/bin`.

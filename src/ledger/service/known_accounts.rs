@@ -15,6 +15,7 @@ use std::time::Duration;
 use moka::sync::Cache;
 use uuid::Uuid;
 
+use super::keyed::KeyedRequest;
 use crate::entity::account;
 
 /// How many account rows an instance keeps (about 200 bytes each), and for how long an
@@ -24,6 +25,12 @@ const KNOWN_ACCOUNT_IDLE: Duration = Duration::from_secs(60);
 
 pub(super) struct KnownAccounts {
     rows: Cache<Uuid, account::Model>,
+    /// Keys this instance's batches committed lately, remembered before the batch
+    /// leaves its accounts' write lanes, so the next batch on those accounts (a
+    /// duplicate sent at the same moment, say) does not send a key it knows is taken
+    /// in a one-trip statement, where a taken key fails the whole statement with an
+    /// ERROR in PostgreSQL's log. Also a hint only: the database judges every key.
+    committed_keys: Cache<(Uuid, String), ()>,
 }
 
 impl KnownAccounts {
@@ -33,7 +40,23 @@ impl KnownAccounts {
                 .max_capacity(KNOWN_ACCOUNTS_MAX)
                 .time_to_idle(KNOWN_ACCOUNT_IDLE)
                 .build(),
+            committed_keys: Cache::builder()
+                .max_capacity(KNOWN_ACCOUNTS_MAX)
+                .time_to_live(KNOWN_ACCOUNT_IDLE)
+                .build(),
         }
+    }
+
+    pub(super) fn remember_keys<'a>(&self, keys: impl IntoIterator<Item = &'a KeyedRequest>) {
+        for key in keys {
+            self.committed_keys
+                .insert((key.client.0, key.key.as_str().to_owned()), ());
+        }
+    }
+
+    pub(super) fn key_committed(&self, key: &KeyedRequest) -> bool {
+        self.committed_keys
+            .contains_key(&(key.client.0, key.key.as_str().to_owned()))
     }
 
     /// Keeps the rows a committed batch left (what payments do not need is dropped).
@@ -116,5 +139,26 @@ mod tests {
         assert!(known.rows_without_holds(&[a, Uuid::now_v7()]).is_none());
         known.forget(&[b]);
         assert!(known.rows_without_holds(&[a, b]).is_none());
+    }
+
+    #[test]
+    fn a_committed_key_is_known_for_its_client_only() {
+        use crate::idempotency::{Fingerprint, IdempotencyKey, Operation};
+        use crate::ids::ClientId;
+        let keyed = |client: u128, key: &str| KeyedRequest {
+            client: ClientId(Uuid::from_u128(client)),
+            key: IdempotencyKey::parse(key).unwrap(),
+            operation: Operation::CreatePayment,
+            fingerprint: Fingerprint::of(Operation::CreatePayment, &[Some(key)]),
+            resource_id: Uuid::now_v7(),
+        };
+        let known = KnownAccounts::new();
+        known.remember_keys([&keyed(1, "order-1")]);
+        assert!(known.key_committed(&keyed(1, "order-1")));
+        assert!(
+            !known.key_committed(&keyed(2, "order-1")),
+            "keys are per client"
+        );
+        assert!(!known.key_committed(&keyed(1, "order-2")));
     }
 }

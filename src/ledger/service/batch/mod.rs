@@ -40,6 +40,7 @@ use self::decide::{BatchContext, Decisions, decide, screen};
 use self::rows::{CommittedBatch, build_rows, finish};
 use self::store::OneTripAnswer;
 use super::commit_queue::{CommitQueue, Queued};
+use super::keyed::KeyedRequest;
 use super::known_accounts::KnownAccounts;
 use super::write::{self, WriteError, Writer};
 use crate::cache::Caches;
@@ -214,7 +215,12 @@ impl Batcher {
     /// next, whose key claims find out; unless the answer was lost with the connection.
     async fn one_trip(&self, jobs: &[&Job], accounts: &[Uuid]) -> OneTrip {
         let store = self.store.as_ref();
-        if !store.has_one_trip() || !jobs.iter().all(|job| job.is_plain_payment()) {
+        if !store.has_one_trip()
+            || !jobs.iter().all(|job| job.is_plain_payment())
+            || jobs
+                .iter()
+                .any(|job| self.known.key_committed(&job.request))
+        {
             return OneTrip::NotTaken;
         }
         let Some(known) = self.known.rows_without_holds(accounts) else {
@@ -235,28 +241,27 @@ impl Batcher {
             .collect();
         decided_on.sort_unstable_by_key(|row| row.id);
         decided_on.dedup_by_key(|row| row.id);
-        let keys = keys_in_claim_order(jobs, candidates);
-        let written = self
-            .writer
-            .run_once(
-                accounts,
-                store.write_in_one_trip(self.writer.connection(), &mut rows, &decided_on, &keys),
-            )
-            .await;
+        let keys = keys_in_claim_order(jobs, candidates.clone());
+        let write = async {
+            let written = store
+                .write_in_one_trip(self.writer.connection(), &mut rows, &decided_on, &keys)
+                .await;
+            if let Ok(OneTripAnswer::Written) = written {
+                self.known.remember_keys(requests_of(jobs, &candidates));
+            }
+            written
+        };
+        let written = self.writer.run_once(accounts, write).await;
         match written {
             Ok(OneTripAnswer::Written) => {
                 self.metrics.write_one_trip_batches.inc();
                 OneTrip::Committed(finish(outcomes, rows, &known, None))
             }
-            Ok(refused) => {
+            Ok(OneTripAnswer::AccountsMoved) => {
                 self.metrics.write_one_trip_fallbacks.inc();
-                // A taken key leaves the rows as this instance knows them.
-                if refused == OneTripAnswer::AccountsMoved {
-                    self.known.forget(accounts);
-                }
+                self.known.forget(accounts);
                 tracing::debug!(
-                    ?refused,
-                    "a one-statement batch wrote nothing; running it the long way"
+                    "an account of a one-statement batch moved; running it the long way"
                 );
                 OneTrip::NotTaken
             }
@@ -320,6 +325,11 @@ impl Batcher {
             }
         }
         write::commit(transaction).await?;
+        // Before the batch leaves its write lanes (see `KnownAccounts::key_committed`).
+        let carried_out: Vec<usize> = (0..jobs.len())
+            .filter(|&index| outcomes[index].is_none())
+            .collect();
+        self.known.remember_keys(requests_of(jobs, &carried_out));
         Ok(finish(outcomes, rows, &locked, context.as_ref()))
     }
 }
@@ -446,6 +456,14 @@ fn account_claims(jobs: &[&Job]) -> (Vec<AccountClaim>, Vec<Uuid>) {
     let mut accounts: Vec<Uuid> = claims.iter().map(|claim| claim.id).collect();
     accounts.dedup();
     (claims, accounts)
+}
+
+/// The requests of the `selected` jobs.
+fn requests_of<'a>(
+    jobs: &'a [&'a Job],
+    selected: &'a [usize],
+) -> impl Iterator<Item = &'a KeyedRequest> + 'a {
+    selected.iter().map(|&index| &jobs[index].request)
 }
 
 /// The key records of `selected` jobs in one global order, so two batches holding some

@@ -36,8 +36,6 @@ pub(in crate::ledger::service) enum OneTripAnswer {
     Written,
     /// Nothing written: an account moved since the batch was decided on it.
     AccountsMoved,
-    /// Nothing written: this many of its keys were already taken.
-    KeysTaken(i64),
 }
 
 /// What a batch (and an account change, which locks and claims the same way) asks of

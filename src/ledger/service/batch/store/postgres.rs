@@ -325,15 +325,15 @@ static PLAIN_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
 /// A batch of plain payments in one statement and one round trip, sent outside any
 /// transaction so it commits on its own. It locks the batch's accounts in id order
 /// (`locked`), checks that each still has the version, hold sequence and change
-/// sequence the batch was decided on (`unchanged`) and that none of its keys is taken
-/// (`taken`), and writes only when both hold (`gate`): every part below waits for the
-/// gate, so no row lock or key wait begins before all of the accounts are locked, the
-/// order every writer keeps. A moved account or a taken key is an expected event, not
-/// an error: the statement then writes nothing and says which (the server runs the
-/// batch the long way). Only a key that a concurrent statement claims between the
-/// look-up and the insert fails it (`ledger_batch_keys_claimed`, SQLSTATE LDG02), which
-/// undoes the keys it did claim. $29..$32 are the accounts as decided on, $33..$38 the
-/// key records.
+/// sequence the batch was decided on (`unchanged`), and writes only then: every part
+/// below waits for that check, so no row lock or key wait begins before all of the
+/// accounts are locked, the order every writer keeps. A moved account is an expected
+/// event, not an error: the statement then writes nothing and says so (the server
+/// runs the batch the long way). A taken key fails the statement with a unique
+/// violation, which undoes everything; the server sends no key it knows is taken
+/// (`KnownAccounts::key_committed`), so that is left to two requests with one key in
+/// flight on two instances at once. $29..$32 are the accounts as decided on, $33..$38
+/// the key records.
 static ONE_TRIP_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH locked AS MATERIALIZED (
@@ -351,39 +351,23 @@ static ONE_TRIP_POSTING_SQL: LazyLock<String> = LazyLock::new(|| {
                        USING (id, version, hold_seq, change_seq))
                       = cardinality($29::uuid[]) AS ok
          ),
-         taken AS MATERIALIZED (
-           SELECT COUNT(*) AS keys
-           FROM idempotency_keys AS k
-           JOIN unnest($33::uuid[], $34::text[]) AS n(client_id, idempotency_key)
-             USING (client_id, idempotency_key)
-           WHERE (SELECT ok FROM unchanged)
-         ),
-         gate AS MATERIALIZED (
-           SELECT (SELECT ok FROM unchanged) AND (SELECT keys FROM taken) = 0 AS ok
-         ),
          claimed AS (
            INSERT INTO idempotency_keys
              (client_id, idempotency_key, operation, request_fingerprint, resource_id, created_at)
            SELECT * FROM unnest($33::uuid[], $34::text[], $35::text[], $36::text[], $37::uuid[],
                                 $38::timestamptz[])
-           WHERE (SELECT ok FROM gate)
-           ON CONFLICT (client_id, idempotency_key) DO NOTHING
-           RETURNING 1
+           WHERE (SELECT ok FROM unchanged)
          ),
          {}
-         SELECT (SELECT ok FROM unchanged) AS unchanged, (SELECT keys FROM taken) AS taken,
-                -- CASE, not OR: only CASE promises not to evaluate the checks when
+         SELECT (SELECT ok FROM unchanged) AS unchanged,
+                -- CASE, not OR: only CASE promises not to evaluate the check when
                 -- nothing was meant to be written.
-                CASE WHEN (SELECT ok FROM gate)
-                     THEN ledger_batch_keys_claimed(
-                            (SELECT COUNT(*) FROM claimed) = cardinality($33::uuid[]))
-                          AND ledger_accounts_unchanged(COUNT(*) = cardinality($14::uuid[]))
+                CASE WHEN (SELECT ok FROM unchanged)
+                     THEN ledger_accounts_unchanged(COUNT(*) = cardinality($14::uuid[]))
                      ELSE false END AS written,
                 COUNT(*) AS moved, pg_current_xact_id()::text::bigint AS feed_seq
          FROM moved",
-        plain_posting_ctes(
-            "(SELECT ok FROM gate) AND (SELECT COUNT(*) FROM claimed) = cardinality($33::uuid[])"
-        )
+        plain_posting_ctes("(SELECT ok FROM unchanged)")
     )
 });
 
@@ -425,10 +409,6 @@ async fn write_in_one_trip(
         .ok_or_else(|| DbErr::Custom("the one-statement batch returned no row".to_owned()))?;
     if !row.try_get::<bool>("", "unchanged")? {
         return Ok(OneTripAnswer::AccountsMoved);
-    }
-    let taken: i64 = row.try_get("", "taken")?;
-    if taken > 0 {
-        return Ok(OneTripAnswer::KeysTaken(taken));
     }
     if !row.try_get::<bool>("", "written")? {
         return Err(DbErr::Custom(
