@@ -338,15 +338,11 @@ pub(super) fn account_state(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{account, at, job, pay, stored};
+    use super::super::fixtures::{account, at, job, locked, pay, stored};
     use super::*;
     use crate::entity::account::BalanceRule;
     use crate::entity::payment::StoredStatus;
     use crate::ledger::posting::DeclineReason;
-
-    fn locked(rows: Vec<account::Model>) -> HashMap<Uuid, account::Model> {
-        rows.into_iter().map(|row| (row.id, row)).collect()
-    }
 
     fn plan_of(decision: &AppResult<Decision>) -> PostingPlan {
         match decision {

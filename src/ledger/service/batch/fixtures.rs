@@ -42,6 +42,11 @@ pub(super) fn account(id: u128, rule: BalanceRule, balance_minor: i64) -> accoun
     }
 }
 
+/// Rows by id, as a batch holds what it locked.
+pub(super) fn locked(rows: Vec<account::Model>) -> std::collections::HashMap<Uuid, account::Model> {
+    rows.into_iter().map(|row| (row.id, row)).collect()
+}
+
 pub(super) fn keyed(key: &str, resource: u128) -> KeyedRequest {
     KeyedRequest {
         client: client(),

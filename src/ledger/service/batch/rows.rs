@@ -607,14 +607,10 @@ fn entry_rows(
 #[cfg(test)]
 mod tests {
     use super::super::decide::decide;
-    use super::super::fixtures::{account, at, job, pay};
+    use super::super::fixtures::{account, at, job, locked, pay};
     use super::*;
     use crate::entity::account::BalanceRule;
     use crate::entity::ledger_entry::EntryDirection;
-
-    fn locked(rows: Vec<account::Model>) -> HashMap<Uuid, account::Model> {
-        rows.into_iter().map(|row| (row.id, row)).collect()
-    }
 
     fn built(jobs: &[Job], rows: &HashMap<Uuid, account::Model>) -> BatchRows {
         let jobs: Vec<&Job> = jobs.iter().collect();
