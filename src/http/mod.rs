@@ -11,16 +11,15 @@
 //! Every response carries an `x-request-id` (the caller's, or a new one) and every log
 //! line of the request carries it too.
 
+mod extract;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
-use async_graphql::{
-    BatchRequest, BatchResponse, ParseRequestError, Request as GraphQLRequestBody, ServerError,
-};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLRequest};
+use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequestBody, ServerError};
 use axum::Router;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +31,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use self::extract::{JsonBatch, QueryString};
 use crate::admission::{self, Admission, Refusal};
 use crate::assets;
 use crate::auth::{Authenticator, Caller};
@@ -328,112 +328,6 @@ fn response_content_type(headers: &HeaderMap) -> HeaderValue {
     } else {
         HeaderValue::from_static("application/json; charset=utf-8")
     }
-}
-
-/// A POST's GraphQL request or batch, read by async-graphql-axum's extractor once the
-/// Content-Type says JSON: a form or a multipart body (file uploads, which this API
-/// has none of) is refused before anything of it is read.
-struct JsonBatch(BatchRequest);
-
-impl<S: Send + Sync> FromRequest<S> for JsonBatch {
-    type Rejection = Response;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let accept = accept_only(request.headers());
-        if !is_json(request.headers()) {
-            return Err(error_response(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                &AppError::bad_input("POST a JSON body with Content-Type: application/json"),
-                &accept,
-            ));
-        }
-        match GraphQLBatchRequest::<Unreadable>::from_request(request, state).await {
-            Ok(batch) => Ok(Self(batch.into_inner())),
-            Err(Unreadable(error)) => Err(unreadable(
-                &error,
-                "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}",
-                &accept,
-            )),
-        }
-    }
-}
-
-/// A GET's GraphQL request, read from the query string by async-graphql-axum.
-struct QueryString(GraphQLRequestBody);
-
-impl<S: Send + Sync> FromRequest<S> for QueryString {
-    type Rejection = Response;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let accept = accept_only(request.headers());
-        match GraphQLRequest::<Unreadable>::from_request(request, state).await {
-            Ok(request) => Ok(Self(request.into_inner())),
-            Err(Unreadable(error)) => Err(unreadable(
-                &error,
-                "malformed query string: expected ?query=…&variables=…",
-                &accept,
-            )),
-        }
-    }
-}
-
-/// What async-graphql-axum's extractors could not read.
-struct Unreadable(ParseRequestError);
-
-impl From<ParseRequestError> for Unreadable {
-    fn from(error: ParseRequestError) -> Self {
-        Self(error)
-    }
-}
-
-impl IntoResponse for Unreadable {
-    fn into_response(self) -> Response {
-        unreadable(&self.0, "the request could not be read", &HeaderMap::new())
-    }
-}
-
-/// A body over the limit (refused while it was read, when it came without a length)
-/// is 413 like one refused up front; anything else is a malformed request.
-fn unreadable(error: &ParseRequestError, malformed: &str, headers: &HeaderMap) -> Response {
-    let too_large = match error {
-        ParseRequestError::PayloadTooLarge => true,
-        ParseRequestError::Io(io) => io.to_string().contains("length limit exceeded"),
-        _ => false,
-    };
-    if too_large {
-        return error_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &AppError::bad_input(format!(
-                "the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"
-            )),
-            headers,
-        );
-    }
-    error_response(
-        StatusCode::BAD_REQUEST,
-        &AppError::bad_input(malformed),
-        headers,
-    )
-}
-
-/// Only what shaping an error needs of the request's headers.
-fn accept_only(headers: &HeaderMap) -> HeaderMap {
-    let mut accept = HeaderMap::new();
-    if let Some(value) = headers.get(header::ACCEPT) {
-        accept.insert(header::ACCEPT, value.clone());
-    }
-    accept
-}
-
-fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|content_type| {
-            let media_type = content_type.split(';').next().unwrap_or("").trim();
-            media_type.eq_ignore_ascii_case("application/json")
-                || media_type.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
-        })
 }
 
 async fn graphql_post(
