@@ -417,3 +417,73 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     );
     assert!(metrics.contains("method=\"other\""), "{metrics}");
 }
+
+/// Sends `head` and then `body` in chunks over a raw connection; answers the status
+/// code and the response body.
+async fn raw_request(address: &str, head: &str, chunks: &[Vec<u8>]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        // The server may answer and close before it has read everything.
+        if stream.write_all(chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {answer:?}"));
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+/// What async-graphql-axum's extractor reads is bounded and checked like the rest: a
+/// body over the limit sent without a length is refused (413) in the GraphQL shape, and
+/// a multipart body is refused (415) before any of it is parsed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_the_extractor_would_read_are_refused_in_the_graphql_shape() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let host = app.address.trim_start_matches("http://");
+    let chunk = |bytes: &[u8]| {
+        let mut framed = format!("{:x}\r\n", bytes.len()).into_bytes();
+        framed.extend_from_slice(bytes);
+        framed.extend_from_slice(b"\r\n");
+        framed
+    };
+    let mut chunks = vec![chunk(b"{\"query\": \"{ __typename }\", \"padding\": \"")];
+    chunks.extend((0..40).map(|_| chunk(&[b'x'; 8 * 1024])));
+    chunks.push(chunk(b"\"}"));
+    chunks.push(b"0\r\n\r\n".to_vec());
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let (status, body) = raw_request(&app.address, &head, &chunks).await;
+    assert_eq!(status, 413, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+
+    let multipart = "--x\r\nContent-Disposition: form-data; name=\"operations\"\r\n\r\n\
+                     {\"query\": \"{ __typename }\"}\r\n--x--\r\n";
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        multipart.len()
+    );
+    let (status, body) = raw_request(&app.address, &head, &[multipart.as_bytes().to_vec()]).await;
+    assert_eq!(status, 415, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+}
