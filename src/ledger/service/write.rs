@@ -36,6 +36,11 @@ pub(super) enum WriteError {
     /// that meets it runs its payments one by one, so only those on the locked account
     /// answer RETRY_LATER.
     Blocked,
+    /// Every attempt lost to a concurrent transaction (serialization failures or
+    /// deadlocks; SQLite: a busy database): nothing was stored. Contention, not a
+    /// fault: a batch that meets it runs its payments one per transaction, which
+    /// conflict less than one large one; a single write answers RETRY_LATER.
+    Contended,
     /// A database error inside an attempt; `Writer::run` retries the retryable ones
     /// and turns the rest into `Failed` or `Blocked`, so it never leaves the write path.
     Db(DbErr),
@@ -71,7 +76,7 @@ impl WriteError {
                 "a batch of one job depended on another job"
             )),
             Self::Invalid(error) | Self::Failed(error) => error,
-            Self::Blocked => AppError::RetryLater,
+            Self::Blocked | Self::Contended => AppError::RetryLater,
             Self::Db(error) => error.into(),
             Self::CommitUnanswered(_) => AppError::OutcomeUnknown,
         }
@@ -236,6 +241,11 @@ impl Writer {
             };
             if attempt_number >= WRITE_ATTEMPTS_MAX {
                 self.metrics.write_retries_exhausted.inc();
+                if self.backend.is_retryable(&error) {
+                    // The caller decides whether this is the request's last word.
+                    tracing::info!(error = %error, attempts = attempt_number, "write retries exhausted on conflicts");
+                    break WriteError::Contended;
+                }
                 tracing::warn!(error = %error, attempts = attempt_number, "write retries exhausted");
                 break WriteError::Failed(AppError::RetryLater);
             }
@@ -261,4 +271,85 @@ fn retry_backoff(attempt_number: u32) -> Duration {
         .unwrap_or(u64::MAX)
         .max(1);
     Duration::from_micros(rand::rng().random_range(0..ceiling_micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::{ConnectOptions, Database};
+
+    /// A file database on which every `BEGIN IMMEDIATE` fails at once while `holder`
+    /// keeps its write lock: a real busy error, the SQLite form of losing to a
+    /// concurrent writer.
+    async fn locked_database() -> (tempfile::TempDir, DatabaseConnection, DatabaseConnection) {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            directory.path().join("ledger.db").display()
+        );
+        let holder = Database::connect(url.as_str()).await.expect("the holder");
+        holder
+            .execute_unprepared("CREATE TABLE t (x INTEGER)")
+            .await
+            .expect("a table");
+        let mut options = ConnectOptions::new(url);
+        options
+            .max_connections(1)
+            .map_sqlx_sqlite_opts(|options| options.busy_timeout(Duration::ZERO));
+        let writer = Database::connect(options).await.expect("the writer");
+        (directory, holder, writer)
+    }
+
+    #[tokio::test]
+    async fn losing_every_attempt_to_other_writers_is_contention_not_a_failure() {
+        let (_directory, holder, db) = locked_database().await;
+        let lock = holder.begin().await.expect("a transaction");
+        lock.execute_unprepared("INSERT INTO t VALUES (1)")
+            .await
+            .expect("the write lock");
+        let writer = Writer::new(
+            db.clone(),
+            WriteIsolation::Serializable,
+            Arc::new(Metrics::new()),
+        );
+        let mut attempts = 0;
+        let outcome = writer
+            .run(&[Uuid::nil()], || {
+                attempts += 1;
+                let db = db.clone();
+                async move {
+                    db.execute_unprepared("INSERT INTO t VALUES (2)").await?;
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(matches!(outcome, Err(WriteError::Contended)), "{outcome:?}");
+        assert_eq!(attempts, WRITE_ATTEMPTS_MAX);
+        assert_eq!(WriteError::Contended.into_app_error().code(), "RETRY_LATER");
+        lock.rollback().await.expect("the lock released");
+    }
+
+    #[tokio::test]
+    async fn an_error_that_no_rerun_can_fix_fails_at_once() {
+        let (_directory, _holder, db) = locked_database().await;
+        let writer = Writer::new(
+            db.clone(),
+            WriteIsolation::Serializable,
+            Arc::new(Metrics::new()),
+        );
+        let mut attempts = 0;
+        let outcome = writer
+            .run(&[Uuid::nil()], || {
+                attempts += 1;
+                let db = db.clone();
+                async move {
+                    db.execute_unprepared("INSERT INTO no_such_table VALUES (1)")
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await;
+        assert!(matches!(outcome, Err(WriteError::Failed(_))), "{outcome:?}");
+        assert_eq!(attempts, 1);
+    }
 }

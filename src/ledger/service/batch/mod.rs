@@ -148,7 +148,11 @@ impl Batcher {
             Err(error) if batch.len() > 1 && splits_batch(&error) => {
                 for queued in &batch {
                     queued.job.span.in_scope(|| {
-                        tracing::warn!(error = ?error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                        if matches!(error, WriteError::Contended) {
+                            tracing::info!(payments = batch.len(), "payment batch lost every attempt to concurrent writers; running its payments one per transaction");
+                        } else {
+                            tracing::warn!(error = ?error, payments = batch.len(), "payment batch failed; running its payments one per transaction");
+                        }
                     });
                 }
                 for queued in batch {
@@ -480,7 +484,8 @@ fn keys_in_claim_order(jobs: &[&Job], mut selected: Vec<usize>) -> Vec<idempoten
 }
 
 /// Whether a failed batch should run again one job per transaction: when one job's
-/// account was locked too long, or the database refused something, but not when the
+/// account was locked too long, when every attempt lost to concurrent writers (small
+/// transactions conflict less), or the database refused something, but not when the
 /// database itself is unavailable (each job would only fail again, and after a COMMIT
 /// without an answer `Writer::run` has already tried to settle it).
 fn splits_batch(error: &WriteError) -> bool {
@@ -488,4 +493,17 @@ fn splits_batch(error: &WriteError) -> bool {
         error,
         WriteError::Failed(AppError::RetryLater | AppError::OutcomeUnknown)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_contended_or_blocked_batch_splits_but_an_unavailable_database_does_not() {
+        assert!(splits_batch(&WriteError::Contended));
+        assert!(splits_batch(&WriteError::Blocked));
+        assert!(!splits_batch(&WriteError::Failed(AppError::RetryLater)));
+        assert!(!splits_batch(&WriteError::Failed(AppError::OutcomeUnknown)));
+    }
 }

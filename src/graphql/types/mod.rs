@@ -2,12 +2,11 @@
 //! database itself except through the request's DataLoader or the ledger service.
 
 use async_graphql::connection::Connection;
-use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result, SimpleObject};
+use async_graphql::{Context, ID, Interface, Object, Result};
 use chrono::{DateTime, Utc};
 
 use crate::cache::VersionedBalance;
 use crate::entity::account::AccountStatus;
-use crate::entity::account_change::{self, ChangeKind};
 use crate::entity::payment::StoredStatus;
 use crate::entity::{account, ledger_entry, payment};
 use crate::error::{AppError, AppResult};
@@ -19,21 +18,19 @@ use crate::graphql::scalars::{Json, Money};
 use crate::graphql::{RequestScope, scope};
 use crate::ids::{AccountId, LedgerEntryId, PaymentGroupId, PaymentId};
 use crate::ledger::lifecycle::{self, PaymentStatus, SettlementKind};
-use crate::ledger::metadata::Metadata;
 use crate::ledger::money::{Currency, from_minor_units};
 use crate::ledger::posting::{BalanceFloor, BalanceRule, EntryDirection};
 use crate::ledger::service::{self, PaymentFilter};
 use crate::pagination::PageArguments;
 
-/// How fresh a balance must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Enum)]
-pub enum Consistency {
-    /// Through the caches: at most the documented staleness bound behind the database.
-    #[default]
-    Cached,
-    /// From the database at the moment the field resolves, bypassing every cache.
-    Strong,
-}
+mod account_change;
+mod balance;
+mod metadata;
+
+pub use account_change::AccountChange;
+pub use balance::{Balance, Consistency};
+pub use metadata::MetadataFilter;
+use metadata::stored_metadata;
 
 listed!(Account, account::Model);
 listed!(Payment, payment::Model);
@@ -51,23 +48,6 @@ pub enum Node {
     Payment(Payment),
     LedgerEntry(LedgerEntry),
     PaymentGroup(PaymentGroup),
-}
-
-/// A balance at one account version.
-#[derive(SimpleObject)]
-pub struct Balance {
-    /// The posted balance: the sum of the account's entries.
-    pub amount: Money,
-    /// What live holds keep on the account as payer: PENDING payments from it, not yet
-    /// captured, voided or expired.
-    pub pending: Money,
-    /// How much more could be paid or held under the account's balance rule: posted
-    /// minus pending, down to the rule's floor; null for UNBOUNDED accounts, which have
-    /// no floor.
-    pub available: Option<Money>,
-    /// The account version this balance was read at: it grows by one per entry.
-    pub version: i64,
-    pub currency: String,
 }
 
 /// An account holding one currency.
@@ -144,10 +124,7 @@ impl Account {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|row| AccountChange {
-                row,
-                currency: self.currency,
-            })
+            .map(|row| AccountChange::in_currency(row, self.currency))
             .collect())
     }
 
@@ -281,35 +258,6 @@ impl Account {
     }
 }
 
-/// Metadata as stored, for output.
-fn stored_metadata(text: Option<&str>) -> AppResult<Option<Json>> {
-    text.map(|text| Metadata::from_stored(text).map(Json))
-        .transpose()
-}
-
-/// One key/value pair to find payments by.
-#[derive(InputObject)]
-pub struct MetadataFilter {
-    pub key: String,
-    pub value: String,
-}
-
-impl MetadataFilter {
-    pub(crate) fn into_pair(self) -> AppResult<(String, String)> {
-        if self.key.is_empty()
-            || self.key.len() > Metadata::KEY_BYTES_MAX
-            || self.value.len() > Metadata::VALUE_BYTES_MAX
-        {
-            return Err(AppError::bad_input(format!(
-                "a metadata key is 1 to {} bytes and a value at most {}",
-                Metadata::KEY_BYTES_MAX,
-                Metadata::VALUE_BYTES_MAX
-            )));
-        }
-        Ok((self.key, self.value))
-    }
-}
-
 /// A movement of money from one account to another: a payment, a hold (which a capture
 /// posts later, or a void or its expiry releases) or a refund. The stored payment never
 /// changes; a hold's settlement is a record of its own.
@@ -355,70 +303,6 @@ impl Payment {
             .load_one(RefundsOf(self.payment_id()))
             .await?
             .unwrap_or_default())
-    }
-}
-
-/// One recorded change of an account's settings. Immutable.
-pub struct AccountChange {
-    row: account_change::Model,
-    currency: Currency,
-}
-
-impl AccountChange {
-    pub fn from_row(row: account_change::Model, currency: &str) -> AppResult<Self> {
-        Ok(Self {
-            row,
-            currency: Currency::from_stored(currency)?,
-        })
-    }
-
-    fn money(&self, minor: Option<i64>) -> Option<Money> {
-        minor.map(|minor| from_minor_units(minor, self.currency).into())
-    }
-}
-
-#[Object]
-impl AccountChange {
-    /// 1 for the account's first change, then one more each.
-    async fn sequence(&self) -> i64 {
-        self.row.change_seq
-    }
-
-    async fn kind(&self) -> ChangeKind {
-        self.row.kind
-    }
-
-    /// The idempotency key of the request that made it.
-    async fn idempotency_key(&self) -> &str {
-        &self.row.idempotency_key
-    }
-
-    async fn old_status(&self) -> AccountStatus {
-        self.row.old_status
-    }
-
-    async fn new_status(&self) -> AccountStatus {
-        self.row.new_status
-    }
-
-    async fn old_credit_limit(&self) -> Option<Money> {
-        self.money(self.row.old_credit_limit_minor)
-    }
-
-    async fn new_credit_limit(&self) -> Option<Money> {
-        self.money(self.row.new_credit_limit_minor)
-    }
-
-    async fn old_external_ref(&self) -> Option<&str> {
-        self.row.old_external_ref.as_deref()
-    }
-
-    async fn new_external_ref(&self) -> Option<&str> {
-        self.row.new_external_ref.as_deref()
-    }
-
-    async fn created_at(&self) -> DateTime<Utc> {
-        self.row.created_at
     }
 }
 
