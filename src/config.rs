@@ -14,6 +14,7 @@ pub const DATABASE_ACQUIRE_TIMEOUT_SECONDS_DEFAULT: u64 = 5;
 pub const WRITE_BATCH_MAX_DEFAULT: u16 = 64;
 pub const POSTGRES_LOCK_TIMEOUT_MS_DEFAULT: u64 = 1_000;
 pub const WRITE_BATCHES_IN_FLIGHT_DEFAULT: u16 = 1;
+pub const PAYMENT_BATCH_MAX_DEFAULT: u16 = 1000;
 pub const LISTEN_ADDR_DEFAULT: &str = "127.0.0.1:8080";
 pub const REQUEST_TIMEOUT_SECONDS_DEFAULT: u64 = 30;
 pub const API_KEY_CACHE_SECONDS_DEFAULT: u64 = 10;
@@ -154,6 +155,18 @@ pub struct DatabaseConfig {
     )]
     pub write_batches_in_flight: u16,
 
+    /// `createPaymentBatch`: the most payments one request may carry. Such a request
+    /// is one unit of group commit (one transaction), so this also bounds how many rows
+    /// and account locks one transaction holds.
+    #[arg(
+        long = "payment-batch-max",
+        env = "PAYMENT_BATCH_MAX",
+        default_value_t = PAYMENT_BATCH_MAX_DEFAULT,
+        value_parser = clap::value_parser!(u16).range(1..=10000),
+        global = true
+    )]
+    pub payment_batch_max: u16,
+
     /// How long a hold (`pending: true`) lives when its request names no
     /// `holdExpiresAt`; at most 366 days.
     #[arg(
@@ -188,6 +201,7 @@ impl Default for DatabaseConfig {
             lock_timeout_ms: POSTGRES_LOCK_TIMEOUT_MS_DEFAULT,
             write_batch_max: WRITE_BATCH_MAX_DEFAULT,
             write_batches_in_flight: WRITE_BATCHES_IN_FLIGHT_DEFAULT,
+            payment_batch_max: PAYMENT_BATCH_MAX_DEFAULT,
             hold_ttl_seconds: HOLD_TTL_SECONDS_DEFAULT,
             migrations: Migrations::default(),
         }

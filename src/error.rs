@@ -136,12 +136,21 @@ impl From<DbErr> for AppError {
     }
 }
 
-impl ErrorExtensions for AppError {
-    fn extend(&self) -> async_graphql::Error {
+impl AppError {
+    /// What a client is told: the code and the message. An internal error's cause is
+    /// logged here, never sent.
+    pub fn told(&self) -> (&'static str, String) {
         if let Self::Internal(cause) = self {
             tracing::error!(error = ?cause, "internal error");
         }
-        async_graphql::Error::new(self.to_string()).extend_with(|_, extensions| {
+        (self.code(), self.to_string())
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        let (_, message) = self.told();
+        async_graphql::Error::new(message).extend_with(|_, extensions| {
             extensions.set("code", self.code());
         })
     }

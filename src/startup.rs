@@ -140,6 +140,7 @@ pub fn write_settings(config: &DatabaseConfig) -> WriteSettings {
         isolation: config.write_isolation,
         batch_max: usize::from(config.write_batch_max),
         batches_in_flight: usize::from(config.write_batches_in_flight),
+        payment_batch_max: usize::from(config.payment_batch_max),
         hold_ttl: chrono::Duration::seconds(i64::from(config.hold_ttl_seconds)),
     }
 }

@@ -311,6 +311,63 @@ pub struct RefundPaymentPayload {
     pub replayed: bool,
 }
 
+#[derive(InputObject)]
+pub struct CreatePaymentBatchInput {
+    /// 1 to PAYMENT_BATCH_MAX payments (1 000 unless configured; holds too, with
+    /// `pending`), each under its own idempotency key and with its own outcome. They are
+    /// decided in this order, each against the balances the earlier ones left; one's
+    /// error or decline changes nothing for the others.
+    pub payments: Vec<CreatePaymentInput>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreatePaymentBatchPayload {
+    /// One result per payment given, in the same order.
+    pub results: Vec<PaymentBatchResult>,
+}
+
+/// One payment of a batch: `payment` and `replayed` as `createPayment` would answer
+/// them, or else `error`.
+#[derive(SimpleObject)]
+pub struct PaymentBatchResult {
+    pub payment: Option<Payment>,
+    pub replayed: Option<bool>,
+    pub error: Option<PaymentBatchError>,
+}
+
+/// Why one payment of a batch was not made: the code and message `createPayment`
+/// would have answered (BAD_USER_INPUT, NOT_FOUND, IDEMPOTENCY_KEY_REUSED,
+/// CURRENCY_MISMATCH, ACCOUNT_FROZEN, ACCOUNT_CLOSED, RETRY_LATER, ...).
+#[derive(SimpleObject)]
+pub struct PaymentBatchError {
+    pub code: String,
+    pub message: String,
+}
+
+impl PaymentBatchResult {
+    fn of(outcome: crate::ledger::service::ItemOutcome) -> Self {
+        match outcome.and_then(|created| Ok((Payment::from_row(created.value)?, created.replayed)))
+        {
+            Ok((payment, replayed)) => Self {
+                payment: Some(payment),
+                replayed: Some(replayed),
+                error: None,
+            },
+            Err(error) => {
+                let (code, message) = error.told();
+                Self {
+                    payment: None,
+                    replayed: None,
+                    error: Some(PaymentBatchError {
+                        code: code.to_owned(),
+                        message,
+                    }),
+                }
+            }
+        }
+    }
+}
+
 /// The payment and `replayed` flag every payment mutation answers with.
 fn answered(created: Created<crate::entity::payment::Model>) -> Result<(Payment, bool)> {
     Ok((Payment::from_row(created.value)?, created.replayed))
@@ -331,6 +388,31 @@ impl PaymentMutation {
         let (payment, replayed) =
             answered(scope.ledger.create_payment(scope.client, request).await?)?;
         Ok(CreatePaymentPayload { payment, replayed })
+    }
+
+    /// Makes up to PAYMENT_BATCH_MAX independent payments (1 000 unless configured) in
+    /// one request, each exactly once under its own key, with one result per payment
+    /// in the order given. For payments that must all happen or none, use
+    /// `createPayments`. A batch with no payments or too many is refused whole
+    /// (BAD_USER_INPUT) before anything happens.
+    async fn create_payment_batch(
+        &self,
+        ctx: &Context<'_>,
+        input: CreatePaymentBatchInput,
+    ) -> Result<CreatePaymentBatchPayload> {
+        let scope = scope(ctx)?;
+        let items = input
+            .payments
+            .into_iter()
+            .map(|item| item.payment.parse(&item.idempotency_key))
+            .collect();
+        let outcomes = scope
+            .ledger
+            .create_payment_batch(scope.client, items)
+            .await?;
+        Ok(CreatePaymentBatchPayload {
+            results: outcomes.into_iter().map(PaymentBatchResult::of).collect(),
+        })
     }
 
     /// Makes up to 100 payments all together or not at all, under one key: if one would

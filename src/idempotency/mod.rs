@@ -5,7 +5,9 @@
 //! the primary key `(client_id, idempotency_key)` is the only judge of "already done":
 //! whichever transaction inserts it first owns the key, every other one replays it.
 
-use sea_orm::{ConnectionTrait, EntityTrait};
+use std::collections::HashMap;
+
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -120,6 +122,32 @@ pub async fn find_replay(
         Some(record) if record.request_fingerprint == fingerprint.0 => Ok(Some(record.resource_id)),
         Some(_) => Err(AppError::IdempotencyKeyReused),
     }
+}
+
+/// The records that exist among `keys` of one client, by key: what each request's
+/// fingerprint was and what it created. One query, for a bulk request's keys.
+pub async fn find_records(
+    connection: &impl ConnectionTrait,
+    client: ClientId,
+    keys: &[&IdempotencyKey],
+) -> AppResult<HashMap<IdempotencyKey, (Fingerprint, Uuid)>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let records = idempotency_key::Entity::find()
+        .filter(idempotency_key::Column::ClientId.eq(client.0))
+        .filter(idempotency_key::Column::IdempotencyKey.is_in(keys.iter().map(|key| key.as_str())))
+        .all(connection)
+        .await?;
+    Ok(records
+        .into_iter()
+        .map(|record| {
+            (
+                IdempotencyKey(record.idempotency_key),
+                (Fingerprint(record.request_fingerprint), record.resource_id),
+            )
+        })
+        .collect())
 }
 
 /// The record that claims `key` for `resource_id`.

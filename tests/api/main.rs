@@ -10,6 +10,7 @@ mod append_only;
 mod architecture;
 mod bad_input;
 mod browser;
+mod bulk;
 mod cache;
 mod cli;
 mod concurrency;

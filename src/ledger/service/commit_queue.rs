@@ -9,6 +9,10 @@
 //! as large as the load makes them. The batch runs on its own task, so a leader whose
 //! client disconnects cannot cancel its followers' transaction halfway.
 //!
+//! A bulk request queues its jobs as one unit: a unit is never split between batches
+//! and keeps its order, so its jobs are decided in the order given, each against what
+//! the earlier ones left, and a unit larger than `batch_max` forms a batch of its own.
+//!
 //! Only how many transactions there are changes. Each job still gets its own outcome,
 //! and the database still judges everything (keys, locks, versions), so instances that
 //! batch independently on one database stay correct.
@@ -32,8 +36,11 @@ impl<Job, Outcome> Queued<Job, Outcome> {
     }
 }
 
+/// Jobs queued by one request, which go into one batch together and in order.
+type Unit<Job, Outcome> = Vec<Queued<Job, Outcome>>;
+
 pub struct CommitQueue<Job, Outcome> {
-    pending: Mutex<VecDeque<Queued<Job, Outcome>>>,
+    pending: Mutex<VecDeque<Unit<Job, Outcome>>>,
     slots: Arc<Semaphore>,
     batch_max: usize,
 }
@@ -55,26 +62,53 @@ where
     /// Queues `job` and returns its outcome. `run` executes one batch and must answer
     /// every job in it. `None` only if a batch ended without answering (a bug or a
     /// panic in `run`); whether the job took effect is then unknown to this request.
+    /// (The server queues through `submit_all`; this one-job form is the tests'.)
+    #[cfg(test)]
     pub async fn submit<Run, RunFuture>(&self, job: Job, run: Run) -> Option<Outcome>
     where
         Run: Fn(Vec<Queued<Job, Outcome>>) -> RunFuture,
         RunFuture: Future<Output = ()> + Send + 'static,
     {
-        let (reply, mut outcome) = oneshot::channel();
-        self.lock_pending().push_back(Queued { job, reply });
+        self.submit_all(vec![job], run).await.pop().flatten()
+    }
+
+    /// Queues `jobs` as one unit (one batch, in this order) and returns their outcomes
+    /// in the same order, each as `submit` would.
+    pub async fn submit_all<Run, RunFuture>(&self, jobs: Vec<Job>, run: Run) -> Vec<Option<Outcome>>
+    where
+        Run: Fn(Vec<Queued<Job, Outcome>>) -> RunFuture,
+        RunFuture: Future<Output = ()> + Send + 'static,
+    {
+        if jobs.is_empty() {
+            return Vec::new();
+        }
+        let (unit, outcomes): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|job| {
+                let (reply, outcome) = oneshot::channel();
+                (Queued { job, reply }, outcome)
+            })
+            .unzip();
+        self.lock_pending().push_back(unit);
+        let answered = futures::future::join_all(
+            outcomes
+                .into_iter()
+                .map(|outcome| async move { outcome.await.ok() }),
+        );
+        tokio::pin!(answered);
         loop {
             tokio::select! {
                 biased;
-                answered = &mut outcome => return answered.ok(),
+                answered = &mut answered => return answered,
                 permit = self.slots.clone().acquire_owned() => {
                     let Ok(permit) = permit else {
-                        return outcome.await.ok();
+                        return answered.await;
                     };
                     let batch = self.take_batch();
                     if batch.is_empty() {
-                        // Another leader took this job; its batch will answer.
+                        // Another leader took these jobs; its batch will answer.
                         drop(permit);
-                        return outcome.await.ok();
+                        return answered.await;
                     }
                     let running = run(batch);
                     tokio::spawn(async move {
@@ -86,23 +120,23 @@ where
         }
     }
 
-    /// The oldest queued jobs, skipping those whose requester has gone away: they have
-    /// stored nothing yet, so dropping them is the same as never having received them.
+    /// The oldest queued units, whole, up to `batch_max` jobs (or one larger unit
+    /// alone), skipping jobs whose requester has gone away: they have stored nothing
+    /// yet, so dropping them is the same as never having received them.
     fn take_batch(&self) -> Vec<Queued<Job, Outcome>> {
         let mut pending = self.lock_pending();
-        let mut batch = Vec::with_capacity(pending.len().min(self.batch_max));
-        while batch.len() < self.batch_max {
-            let Some(queued) = pending.pop_front() else {
+        let mut batch = Vec::new();
+        while let Some(unit) = pending.front() {
+            if !batch.is_empty() && batch.len() + unit.len() > self.batch_max {
                 break;
-            };
-            if !queued.reply.is_closed() {
-                batch.push(queued);
             }
+            let unit = pending.pop_front().unwrap_or_default();
+            batch.extend(unit.into_iter().filter(|queued| !queued.reply.is_closed()));
         }
         batch
     }
 
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued<Job, Outcome>>> {
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, VecDeque<Unit<Job, Outcome>>> {
         // The queue is a plain list; a panic elsewhere cannot leave it half-changed.
         self.pending
             .lock()
@@ -194,7 +228,9 @@ mod tests {
         let queue = CommitQueue::<u64, u64>::new(1, 8);
         let (reply, outcome) = oneshot::channel();
         drop(outcome);
-        queue.lock_pending().push_back(Queued { job: 1, reply });
+        queue
+            .lock_pending()
+            .push_back(vec![Queued { job: 1, reply }]);
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let run = doubling(
             sizes.clone(),
@@ -214,5 +250,61 @@ mod tests {
             })
             .await;
         assert_eq!(outcome, None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unit_stays_whole_and_in_order_even_beyond_batch_max() {
+        let queue = Arc::new(CommitQueue::<u64, u64>::new(2, 8));
+        let batches = Arc::new(Mutex::new(Vec::<Vec<u64>>::new()));
+        let record = {
+            let batches = batches.clone();
+            move |batch: Vec<Queued<u64, u64>>| {
+                let batches = batches.clone();
+                async move {
+                    batches
+                        .lock()
+                        .unwrap()
+                        .push(batch.iter().map(|queued| queued.job).collect());
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    for queued in batch {
+                        let job = queued.job;
+                        queued.answer(job + 1);
+                    }
+                }
+            }
+        };
+        let singles: Vec<_> = (0..20_u64)
+            .map(|job| {
+                let queue = queue.clone();
+                let record = record.clone();
+                tokio::spawn(async move { queue.submit(1000 + job, record).await })
+            })
+            .collect();
+        let unit: Vec<u64> = (0..30).collect();
+        let outcomes = queue.submit_all(unit.clone(), record.clone()).await;
+        assert_eq!(
+            outcomes,
+            unit.iter().map(|job| Some(job + 1)).collect::<Vec<_>>()
+        );
+        for single in singles {
+            assert!(single.await.unwrap().is_some());
+        }
+        let batches = batches.lock().unwrap();
+        let with_unit: Vec<&Vec<u64>> = batches
+            .iter()
+            .filter(|batch| batch.iter().any(|&job| job < 1000))
+            .collect();
+        assert_eq!(with_unit.len(), 1, "the unit was split: {batches:?}");
+        let in_unit: Vec<u64> = with_unit[0]
+            .iter()
+            .copied()
+            .filter(|&job| job < 1000)
+            .collect();
+        assert_eq!(in_unit, unit, "the unit lost its order");
+        assert!(
+            batches
+                .iter()
+                .all(|batch| batch.len() <= 8 || batch.iter().all(|&job| job < 1000))
+        );
     }
 }

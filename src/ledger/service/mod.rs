@@ -13,6 +13,7 @@
 
 mod account_changes;
 mod batch;
+mod bulk;
 mod commit_queue;
 mod keyed;
 mod known_accounts;
@@ -21,6 +22,7 @@ mod write;
 mod write_gate;
 
 pub use self::account_changes::AccountChanged;
+pub use self::bulk::ItemOutcome;
 pub use self::reads::{PaymentFilter, PaymentGroup};
 
 use std::sync::Arc;
@@ -64,6 +66,8 @@ pub struct WriteSettings {
     pub batch_max: usize,
     /// How many payment transactions run at once (SQLite: 1).
     pub batches_in_flight: usize,
+    /// The most payments one `createPaymentBatch` carries.
+    pub payment_batch_max: usize,
     /// How long a hold lives when its request names no `holdExpiresAt`.
     pub hold_ttl: chrono::Duration,
 }
@@ -75,6 +79,7 @@ pub struct Ledger(Arc<LedgerParts>);
 pub struct LedgerParts {
     db: DatabaseConnection,
     hold_ttl: chrono::Duration,
+    payment_batch_max: usize,
     writer: Arc<Writer>,
     /// The database's side of a write: row locks and key claims (`batch::store`).
     store: Box<dyn BatchStore>,
@@ -116,6 +121,7 @@ impl Ledger {
         Self(Arc::new(LedgerParts {
             db,
             hold_ttl: settings.hold_ttl,
+            payment_batch_max: settings.payment_batch_max,
             store: store_for(writer.backend()),
             writer,
             payments,
@@ -460,12 +466,7 @@ impl Ledger {
         let load = &load;
         let found = |resource_id: Uuid, replayed: bool| async move {
             if replayed {
-                self.metrics
-                    .idempotent_replays
-                    .get_or_create(&OperationLabels {
-                        operation: key.operation.as_str(),
-                    })
-                    .inc();
+                self.count_replay(key.operation);
             }
             let value = load(resource_id).await?.ok_or_else(|| {
                 AppError::internal(anyhow::anyhow!(
@@ -515,6 +516,17 @@ impl Ledger {
             }
             Err(error) => Err(error.into_app_error()),
         }
+    }
+}
+
+impl Ledger {
+    fn count_replay(&self, operation: Operation) {
+        self.metrics
+            .idempotent_replays
+            .get_or_create(&OperationLabels {
+                operation: operation.as_str(),
+            })
+            .inc();
     }
 }
 

@@ -101,9 +101,18 @@ impl PaymentBatches {
 
     /// Queues a job for the next batch and waits for its outcome.
     pub(super) async fn commit(&self, job: Job) -> JobResult {
+        self.commit_all(vec![job])
+            .await
+            .pop()
+            .unwrap_or_else(unanswered)
+    }
+
+    /// Queues `jobs` as one unit: they go into one batch together and are decided in
+    /// this order, each against what the earlier ones left. Their outcomes, in order.
+    pub(super) async fn commit_all(&self, jobs: Vec<Job>) -> Vec<JobResult> {
         let batcher = Arc::clone(&self.batcher);
         self.queue
-            .submit(job, move |batch| {
+            .submit_all(jobs, move |batch| {
                 let batcher = Arc::clone(&batcher);
                 // A batch serves many requests; what it logs about one job is logged in
                 // that job's own span (`Job::span`).
@@ -112,13 +121,18 @@ impl PaymentBatches {
                 async move { batcher.run(batch).await }.instrument(span)
             })
             .await
-            // The batch may or may not have committed; a retry with the key will tell.
-            .unwrap_or_else(|| {
-                Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
-                    "a payment batch ended without answering"
-                ))))
-            })
+            .into_iter()
+            .map(|outcome| outcome.unwrap_or_else(unanswered))
+            .collect()
     }
+}
+
+/// A job whose batch ended without answering it: the batch may or may not have
+/// committed; a retry with the key will tell.
+fn unanswered() -> JobResult {
+    Err(WriteError::Failed(AppError::internal(anyhow::anyhow!(
+        "a payment batch ended without answering"
+    ))))
 }
 
 impl Batcher {
