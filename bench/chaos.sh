@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The kill -9 test, repeatable: the release server on PostgreSQL, loadgen paying with
 # duplicates and races, holds, captures, voids, expiries and refunds (--lifecycle), atomic
-# payment groups (--groups), and
-# logging every acknowledged payment as it arrives, and the
+# payment groups (--groups); beside it a second loadgen sending its payments in
+# batches of CHAOS_BULK (default 50) with createPaymentBatch (--bulk), with items and
+# whole batches resent and batches raced; both logging every acknowledged payment as
+# it arrives, and the
 # server killed with SIGKILL and restarted KILLS times during the run. Afterwards
 # `payments-ledger verify --acknowledged` checks from the database that every
 # invariant holds and that every acknowledged key has exactly its payment; loadgen's
@@ -56,18 +58,29 @@ start_server
   --groups 0.1 \
   --retries 30 --acknowledged-log "$WORK/acknowledged.log" --quiet >"$WORK/loadgen.out" 2>&1 &
 LOADGEN_PID=$!
+"$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$KEY" --concurrency 2 \
+  --bulk "${CHAOS_BULK:-50}" --duration "${RUN_SECONDS}s" --accounts 50 --duplicate-rate 0.2 \
+  --race-rate 0.05 --retries 30 --acknowledged-log "$WORK/acknowledged-bulk.log" --quiet \
+  >"$WORK/loadgen-bulk.out" 2>&1 &
+BULK_PID=$!
 for kill in $(seq 1 "$KILLS"); do
   sleep "$((RUN_SECONDS / (KILLS + 1)))"
   kill -9 "$SERVER_PID"
   wait "$SERVER_PID" 2>/dev/null || true
-  echo "kill -9 number $kill at $(wc -l <"$WORK/acknowledged.log") acknowledged payments; restarting" >&2
+  echo "kill -9 number $kill at $(cat "$WORK"/acknowledged*.log | wc -l) acknowledged payments; restarting" >&2
   start_server
 done
 LOADGEN_STATUS=0
 wait "$LOADGEN_PID" || LOADGEN_STATUS=$?
+BULK_STATUS=0
+wait "$BULK_PID" || BULK_STATUS=$?
 echo "loadgen (exit $LOADGEN_STATUS):"
 cat "$WORK/loadgen.out"
 echo
-echo "payments-ledger verify --acknowledged ($(wc -l <"$WORK/acknowledged.log") acknowledged payments):"
-DATABASE_URL="$DB_URL" "$SERVER_BIN" verify --acknowledged "$WORK/acknowledged.log"
-[ "$LOADGEN_STATUS" = 0 ]
+echo "loadgen --bulk (exit $BULK_STATUS):"
+cat "$WORK/loadgen-bulk.out"
+echo
+cat "$WORK/acknowledged.log" "$WORK/acknowledged-bulk.log" >"$WORK/acknowledged-all.log"
+echo "payments-ledger verify --acknowledged ($(wc -l <"$WORK/acknowledged-all.log") acknowledged payments, $(wc -l <"$WORK/acknowledged-bulk.log") of them in batches):"
+DATABASE_URL="$DB_URL" "$SERVER_BIN" verify --acknowledged "$WORK/acknowledged-all.log"
+[ "$LOADGEN_STATUS" = 0 ] && [ "$BULK_STATUS" = 0 ]

@@ -8,7 +8,8 @@
 # one markdown table: payments/s, p50 and p99, the server's peak RSS, the CPU-seconds
 # per 1 000 payments of the server and of PostgreSQL (every postgres process, while the
 # driver runs; with loadgen this includes its closing checks), pgbench's tps and the
-# ratio.
+# ratio. Then bulk rows: payments sent 100 and 1 000 at a time with createPaymentBatch
+# (loadgen --bulk) from 1 and 4 connections, beside the single-payment rows.
 #
 #   bash bench/writes.sh
 #   BASELINE_BIN=/path/to/older/payments-ledger bash bench/writes.sh
@@ -23,8 +24,9 @@
 # redis://127.0.0.1:6379), BENCH_SECONDS per run (default 15), BENCH_CLIENTS (default
 # "1 16 64"), BENCH_DRIVERS (default "wrk loadgen"), BENCH_ISOLATIONS (default
 # "serializable"; "serializable read-committed" for both), BENCH_EXTRA=1 for two more
-# rows per isolation (group commit off; holds each captured at once), PGBENCH_SCALE
-# (default 16). Creates and drops its own databases.
+# rows per isolation (group commit off; holds each captured at once), BENCH_BULK (batch
+# sizes of the bulk rows, default "100 1000"; empty for none), BENCH_BULK_CLIENTS
+# (default "1 4"), PGBENCH_SCALE (default 16). Creates and drops its own databases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,8 @@ CLIENTS=${BENCH_CLIENTS:-"1 16 64"}
 DRIVERS=${BENCH_DRIVERS:-"wrk loadgen"}
 ISOLATIONS=${BENCH_ISOLATIONS:-serializable}
 EXTRA=${BENCH_EXTRA:-0}
+BULK=${BENCH_BULK:-"100 1000"}
+BULK_CLIENTS=${BENCH_BULK_CLIENTS:-"1 4"}
 SCALE=${PGBENCH_SCALE:-16}
 PORT=${BENCH_PORT:-18080}
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -62,6 +66,7 @@ trap cleanup EXIT
 psql -q "$ADMIN_URL" -c "CREATE DATABASE $LEDGER_DB" -c "CREATE DATABASE $PGBENCH_DB" >/dev/null
 echo "pgbench: initializing scale $SCALE" >&2
 pgbench -i -q -s "$SCALE" "$PGBENCH_URL" >/dev/null 2>&1
+psql -q -f bench/bare_sql.sql "$PGBENCH_URL" >/dev/null
 
 declare -A BIN URL KEYS
 BUILDS="this"
@@ -175,10 +180,11 @@ run_wrk() {
   rm -f "$out"
 }
 
+# run_pgbench CLIENTS [SCRIPT]: TPC-B-like by default, else the custom SCRIPT; prints tps.
 run_pgbench() {
   local clients=$1 threads=$1
   [ "$threads" -gt 2 ] && threads=2
-  pgbench -n -c "$clients" -j "$threads" -T "$RUN_SECONDS" "$PGBENCH_URL" 2>/dev/null \
+  pgbench -n -c "$clients" -j "$threads" -T "$RUN_SECONDS" ${2:+-f "$2"} "$PGBENCH_URL" 2>/dev/null \
     | awk '/^tps = / { printf "%.1f", $3; exit }'
 }
 
@@ -188,7 +194,7 @@ echo
 echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | PostgreSQL CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
 echo "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"
 declare -A TPS
-for clients in $CLIENTS 16; do
+for clients in $CLIENTS 16 $([ -n "$BULK" ] && echo "$BULK_CLIENTS"); do
   [ -n "${TPS[$clients]:-}" ] || TPS[$clients]=$(run_pgbench "$clients")
 done
 declare -A BASELINE_RATE
@@ -239,3 +245,30 @@ for isolation in $ISOLATIONS; do
   row this loadgen "$isolation" "on, hold+capture pairs" 16 0 --hold-and-capture
   stop_server
 done
+# Bulk: new payments sent N at a time with createPaymentBatch (loadgen --bulk N), from
+# 1 and 4 connections, this build only (a baseline from before createPaymentBatch cannot
+# run it). p50/p99 are per request (a whole batch), payments/s counts payments.
+for isolation in $ISOLATIONS; do
+  for size in $BULK; do
+    for clients in $BULK_CLIENTS; do
+      start_server this "$isolation"
+      row this "loadgen, batches of $size" "$isolation" on "$clients" 0 --bulk "$size"
+      stop_server
+    done
+  done
+done
+
+echo
+echo "Bare-SQL baselines in the same run (pgbench on bench/bare_sql.sql's tables: a key, the payment, two entries and two account moves per payment; no checks, no guards, no server):"
+echo
+echo "| statement | clients | payments/s |"
+echo "|---|---:|---:|"
+for clients in $CLIENTS; do
+  echo "| one payment (bench/bare_payment.pgbench) | $clients | $(run_pgbench "$clients" bench/bare_payment.pgbench) |"
+done
+if [ -n "$BULK" ]; then
+  for clients in $BULK_CLIENTS; do
+    tps=$(run_pgbench "$clients" bench/bare_bulk.pgbench)
+    echo "| 1 000 payments (bench/bare_bulk.pgbench) | $clients | $(python3 -c "print('%.0f' % ($tps * 1000))") |"
+  done
+fi

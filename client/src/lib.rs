@@ -7,6 +7,14 @@ use serde_json::{Value, json};
 /// `createPayment`. With `$details: false` the answer carries only what a load
 /// generator checks (`replayed`, the payment's id and status), which keeps responses
 /// small under load; by default it carries the amounts and both entries too.
+/// `createPaymentBatch`: each payment's own result, in order (ids and statuses only).
+pub const CREATE_PAYMENT_BATCH: &str =
+    "mutation CreatePaymentBatch($input: CreatePaymentBatchInput!) {
+  createPaymentBatch(input: $input) {
+    results { replayed payment { id status } error { code message } }
+  }
+}";
+
 pub const CREATE_PAYMENT: &str =
     "mutation CreatePayment($input: CreatePaymentInput!, $details: Boolean! = true) {
   createPayment(input: $input) {
@@ -227,6 +235,22 @@ impl LedgerClient {
     ) -> Result<Value, reqwest::Error> {
         self.graphql(CREATE_PAYMENT, payment.variables(details))
             .await
+    }
+
+    /// Sends independent payments in one `createPaymentBatch`.
+    pub async fn create_payment_batch(
+        &self,
+        payments: &[PaymentInput],
+    ) -> Result<Value, reqwest::Error> {
+        let inputs: Vec<Value> = payments
+            .iter()
+            .map(|payment| payment.variables(false)["input"].take())
+            .collect();
+        self.graphql(
+            CREATE_PAYMENT_BATCH,
+            json!({ "input": { "payments": inputs } }),
+        )
+        .await
     }
 
     /// Sends a capture, void or refund.

@@ -5,6 +5,7 @@
 //! whole, followed by a verifier. It talks to any running server over HTTP, so it convinces anyone that
 //! exactly-once holds under pressure, and measures how fast it does.
 
+mod bulk;
 mod groups;
 mod lifecycle;
 mod report;
@@ -91,6 +92,12 @@ pub struct Options {
     /// payments.
     #[arg(long, default_value_t = 0.0)]
     pub groups: f64,
+    /// Send new payments N at a time with `createPaymentBatch` (1 to the server's
+    /// PAYMENT_BATCH_MAX), each item under its own key: duplicates resend items inside
+    /// new batches and whole batches, races send a batch two or three times at once.
+    /// 0 = one `createPayment` per payment.
+    #[arg(long, default_value_t = 0)]
+    pub bulk: usize,
     /// Share of operations that read a balance instead of paying (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub read_ratio: f64,
@@ -170,6 +177,8 @@ struct Shared {
     /// Acknowledged groups, for the verifier, and those to resend.
     groups: Mutex<groups::Tracked>,
     group_queue: Mutex<VecDeque<groups::GroupRequest>>,
+    /// Batches sent with `--bulk`, to resend whole.
+    batch_queue: Mutex<VecDeque<Vec<PaymentInput>>>,
     violations: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
@@ -444,6 +453,11 @@ impl Shared {
                     .await;
                 continue;
             }
+            if self.options.bulk > 0 {
+                self.bulk(&mut rng, &format!("{run}-w{worker}"), sequence)
+                    .await;
+                continue;
+            }
             if rng.random_bool(self.options.groups.clamp(0.0, 1.0)) {
                 self.group(&mut rng, &format!("{run}-w{worker}"), sequence)
                     .await;
@@ -565,6 +579,7 @@ pub async fn run(options: Options) -> anyhow::Result<Report> {
         lifecycle: Mutex::default(),
         groups: Mutex::default(),
         group_queue: Mutex::default(),
+        batch_queue: Mutex::default(),
         violations: Mutex::default(),
         stop: AtomicBool::new(false),
     };

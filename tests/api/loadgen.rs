@@ -11,7 +11,8 @@ use crate::on_both_backends;
 
 on_both_backends!(
     loadgen_with_duplicates_and_races_finds_no_violation,
-    loadgen_lifecycle_mix_finds_no_violation
+    loadgen_lifecycle_mix_finds_no_violation,
+    loadgen_bulk_mix_finds_no_violation
 );
 
 /// loadgen's options against `app`, with duplicates and races, its database audit on,
@@ -178,6 +179,44 @@ async fn loadgen_lifecycle_mix_finds_no_violation(backend: Backend) {
     assert!(
         report.errors.contains_key("PAYMENT_NOT_PENDING"),
         "racing settlements lost: {report}"
+    );
+    assert_eq!(report.gave_up, 0, "{report}");
+    app.assert_ledger_sound().await;
+}
+
+/// `--bulk`: batches of 25 with items and whole batches resent and batches raced, on
+/// accounts that start nearly empty, so batches decline their later items.
+async fn loadgen_bulk_mix_finds_no_violation(backend: Backend) {
+    let Some(app) = spawn_app(backend).await else {
+        return;
+    };
+    let mut options = loadgen_options(
+        &app,
+        &[
+            "--concurrency",
+            "4",
+            "--requests",
+            "40",
+            "--accounts",
+            "6",
+            "--initial-balance",
+            "50.00",
+            "--bulk",
+            "25",
+        ],
+    );
+    options.duplicate_rate = 0.3;
+    options.race_rate = 0.3;
+    let report = loadgen::run(options).await.expect("loadgen runs");
+    assert!(report.violations.is_empty(), "{report}");
+    assert!(report.payments > 250, "40 operations of 25 payments: {report}");
+    assert!(
+        report.posted > 0 && report.declined > 0,
+        "accounts start nearly empty: {report}"
+    );
+    assert!(
+        report.replayed > 0,
+        "resent items, resent batches and raced batches replayed: {report}"
     );
     assert_eq!(report.gave_up, 0, "{report}");
     app.assert_ledger_sound().await;
