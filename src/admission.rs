@@ -3,7 +3,10 @@
 //! clients' payments need.
 //!
 //! - Per client, at most `CLIENT_CONCURRENT_REQUESTS_MAX` requests run at once; one
-//!   more is answered at once with HTTP 429, `RETRY_LATER` and a retry hint.
+//!   more is answered at once with HTTP 429, `RETRY_LATER` and a retry hint. A bulk
+//!   request counts by its size: `createPaymentBatch` with N payments counts as
+//!   N / `PAYMENTS_PER_REQUEST` requests (rounded up, at most the whole limit), so no
+//!   client holds more payments in flight through batches than through single ones.
 //! - Across all callers, large documents (over `LARGE_DOCUMENT_BYTES`) being parsed or
 //!   waiting hold at most `LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX` bytes of query text, so
 //!   waiting requests cannot pile up parsed documents.
@@ -34,6 +37,9 @@ pub const LARGE_DOCUMENT_BYTES: usize = 4 * 1024;
 const FIELDS_WAIT: Duration = Duration::from_secs(2);
 /// The retry hint a refused request carries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How many payments of a `createPaymentBatch` count as one request against the
+/// client's limit: one group-commit batch's worth (`WRITE_BATCH_MAX`'s default).
+pub const PAYMENTS_PER_REQUEST: usize = 64;
 /// Clients remembered with their request gates.
 const CLIENT_GATES_CAPACITY: u64 = 100_000;
 
@@ -82,6 +88,28 @@ impl Admission {
         };
         let gate = gates.get_with(client, || Arc::new(Semaphore::new(*most as usize)));
         gate.try_acquire_owned()
+            .map(|permit| Admitted {
+                _client: Some(permit),
+            })
+            .map_err(|_| Refusal::ClientBusy)
+    }
+
+    /// For a request of `client` that is already admitted and counts as `requests`
+    /// (a bulk request's size): the rest of its share, or a refusal at once. A request
+    /// larger than the whole limit takes all of it, so it runs when the client runs
+    /// nothing else.
+    pub fn admit_more(&self, client: ClientId, requests: usize) -> Result<Admitted, Refusal> {
+        let Some((most, gates)) = &self.per_client else {
+            return Ok(Admitted { _client: None });
+        };
+        let more = u32::try_from(requests.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .min(most.saturating_sub(1));
+        if more == 0 {
+            return Ok(Admitted { _client: None });
+        }
+        let gate = gates.get_with(client, || Arc::new(Semaphore::new(*most as usize)));
+        gate.try_acquire_many_owned(more)
             .map(|permit| Admitted {
                 _client: Some(permit),
             })
@@ -153,6 +181,36 @@ mod tests {
             admission.admit(Some(busy)).is_ok(),
             "a finished request makes room"
         );
+    }
+
+    #[test]
+    fn a_bulk_request_counts_by_its_size() {
+        let admission = Admission::new(4);
+        let client = ClientId(uuid::Uuid::now_v7());
+        let first = admission.admit(Some(client)).unwrap();
+        // Three requests' worth: two more than the one already admitted.
+        let more = admission.admit_more(client, 3).unwrap();
+        let other = admission.admit(Some(client)).unwrap();
+        assert_eq!(
+            admission.admit(Some(client)).err(),
+            Some(Refusal::ClientBusy)
+        );
+        drop(other);
+        assert_eq!(
+            admission.admit_more(client, 3).err(),
+            Some(Refusal::ClientBusy),
+            "the fourth place is free, but two more are wanted"
+        );
+        drop(more);
+        // Larger than the whole limit: all of it, while nothing else runs.
+        let all = admission.admit_more(client, 1000).unwrap();
+        assert_eq!(
+            admission.admit(Some(client)).err(),
+            Some(Refusal::ClientBusy)
+        );
+        drop((first, all));
+        assert!(admission.admit(Some(client)).is_ok());
+        assert!(Admission::new(0).admit_more(client, 1000).is_ok());
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Mutation roots. Each creates something (an account, a payment, a hold's
 //! settlement, a refund) and requires an idempotency key.
 
+use std::sync::Arc;
+
 use async_graphql::{
     Context, ID, InputObject, MaybeUndefined, MergedObject, Object, Result, SimpleObject,
 };
 use chrono::{DateTime, Utc};
 
+use crate::admission::{self, Admission};
+use crate::error::AppError;
 use crate::graphql::scalars::{Json, Money};
 use crate::graphql::scope;
 use crate::graphql::types::{Account, AccountChange, Payment, PaymentGroup};
@@ -401,6 +405,22 @@ impl PaymentMutation {
         input: CreatePaymentBatchInput,
     ) -> Result<CreatePaymentBatchPayload> {
         let scope = scope(ctx)?;
+        // Counted by its size against the client's concurrent requests, before
+        // anything happens; held until the payload is built.
+        let _share = match ctx.data_opt::<Arc<Admission>>() {
+            Some(admission) => Some(
+                admission
+                    .admit_more(
+                        scope.client,
+                        input
+                            .payments
+                            .len()
+                            .div_ceil(admission::PAYMENTS_PER_REQUEST),
+                    )
+                    .map_err(|_| AppError::RetryLater)?,
+            ),
+            None => None,
+        };
         let items = input
             .payments
             .into_iter()

@@ -627,7 +627,9 @@ fn with_scope(request: GraphQLRequestBody, state: &AppState, caller: Caller) -> 
     };
     let request = request.data(caller);
     match caller {
-        Caller::Client(client) => request.data(RequestScope::new(state.ledger.clone(), client)),
+        Caller::Client(client) => request
+            .data(RequestScope::new(state.ledger.clone(), client))
+            .data(Arc::clone(&state.admission)),
         _ => request,
     }
 }

@@ -5,7 +5,7 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, error_code, spawn_app};
+use crate::helpers::{AppOptions, Backend, TestApp, error_code, spawn_app, spawn_app_with};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -278,5 +278,60 @@ async fn a_batch_with_no_payments_or_too_many_is_refused_whole(backend: Backend)
     );
     assert_eq!(app.count("payments").await, payments_before);
     assert_eq!(app.balance(&payer).await.0, "2000.00");
+    app.assert_ledger_sound().await;
+}
+
+/// A batch counts against the client's concurrent requests by its size: with room for
+/// 3 requests and 2 running (waiting for a row lock), a batch of 200 payments (4
+/// requests' worth, at most the whole limit) is refused at once with RETRY_LATER and
+/// changes nothing; once they finish, it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_counts_against_the_client_limit_by_its_size() {
+    let options = AppOptions {
+        client_concurrent_requests_max: Some(3),
+        lock_timeout_ms: Some(10_000),
+        ..Default::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Postgres, options).await else {
+        return;
+    };
+    let payer = app.create_account("USD", "UNBOUNDED", None).await;
+    let locked = app.create_account("USD", "UNBOUNDED", None).await;
+    let payee = app.create_account("USD", "NON_NEGATIVE", None).await;
+    let session = crate::stalls::hold_row_lock(&app, &locked).await;
+    let batch: Vec<Value> = (0..200)
+        .map(|n| item(&format!("sized-{n}"), &payer, &payee, "1.00", "USD"))
+        .collect();
+    let keys = ["waiting-0", "waiting-1"];
+    let waiting = join_all(
+        keys.iter()
+            .map(|key| app.pay(key, &locked, &payee, "1.00", "USD")),
+    );
+    let batch_while_waiting = async {
+        // The two payments are running (waiting for the lock) before the batch goes.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let refused = create_batch(&app, &batch).await;
+        let stored = app.count("payments").await;
+        session.rollback().await.unwrap();
+        (refused, stored)
+    };
+    let (waited, (refused, stored)) = tokio::join!(waiting, batch_while_waiting);
+    assert_eq!(error_code(&refused), Some("RETRY_LATER"), "{refused}");
+    assert_eq!(stored, 0, "a refused batch stores nothing");
+    for response in waited {
+        assert_eq!(
+            response["data"]["createPayment"]["payment"]["status"], "POSTED",
+            "{response}"
+        );
+    }
+    let response = create_batch(&app, &batch).await;
+    assert_eq!(results(&response).len(), 200, "{response}");
+    assert!(
+        results(&response)
+            .iter()
+            .all(|result| result["payment"]["status"] == "POSTED"),
+        "{response}"
+    );
+    assert_eq!(app.balance(&payee).await.0, "202.00");
     app.assert_ledger_sound().await;
 }

@@ -209,7 +209,10 @@ async fn loadgen_bulk_mix_finds_no_violation(backend: Backend) {
     options.race_rate = 0.3;
     let report = loadgen::run(options).await.expect("loadgen runs");
     assert!(report.violations.is_empty(), "{report}");
-    assert!(report.payments > 250, "40 operations of 25 payments: {report}");
+    assert!(
+        report.payments > 250,
+        "40 operations of 25 payments: {report}"
+    );
     assert!(
         report.posted > 0 && report.declined > 0,
         "accounts start nearly empty: {report}"
