@@ -24,7 +24,13 @@ const RESULT_FIELDS: &str = "results {
 }";
 
 async fn create_batch(app: &TestApp, payments: &[Value]) -> Value {
-    app.graphql(
+    create_batch_at(app, &app.address, payments).await
+}
+
+/// `create_batch` against the instance at `address`.
+async fn create_batch_at(app: &TestApp, address: &str, payments: &[Value]) -> Value {
+    app.graphql_at(
+        address,
         &format!(
             "mutation($input: CreatePaymentBatchInput!) {{
                createPaymentBatch(input: $input) {{ {RESULT_FIELDS} }} }}"
@@ -166,6 +172,24 @@ async fn a_resent_batch_replays_every_payment(backend: Backend) {
         assert_eq!(resent["payment"]["id"], sent["payment"]["id"]);
         assert_eq!(resent["payment"]["status"], sent["payment"]["status"]);
     }
+    // Its answer lost, the batch goes again through another instance, which has never
+    // seen these keys: the database's records answer every one, with one look-up.
+    let other = app.spawn_replica().await;
+    let elsewhere = create_batch_at(&app, &other.address, &batch).await;
+    for (sent, resent) in results(&first).iter().zip(results(&elsewhere)) {
+        assert_eq!(resent["replayed"], true, "{elsewhere}");
+        assert_eq!(resent["payment"]["id"], sent["payment"]["id"]);
+    }
+    // A changed item under a used key is refused there too; the others replay.
+    let mut changed = batch.clone();
+    changed[3]["amount"] = json!("2.00");
+    let refused = create_batch_at(&app, &other.address, &changed).await;
+    assert_eq!(
+        summary(&refused)[3],
+        ("IDEMPOTENCY_KEY_REUSED".to_owned(), Value::Null),
+        "{refused}"
+    );
+    assert_eq!(results(&refused)[4]["replayed"], true, "{refused}");
     assert_eq!(app.balance(&payer).await.0, "0.00");
     assert_eq!(app.balance(&payee).await.0, "5.00");
     assert_eq!(app.count("payments").await, 9);
