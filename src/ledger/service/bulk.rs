@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::batch::{Job, Work};
@@ -18,7 +19,7 @@ use super::write::WriteError;
 use super::{Created, Ledger, payment_outcome};
 use crate::entity::payment;
 use crate::error::{AppError, AppResult};
-use crate::idempotency::{self, Fingerprint, Operation};
+use crate::idempotency::{self, Fingerprint, IdempotencyKey, Operation};
 use crate::ids::{ClientId, PaymentId};
 use crate::ledger::lifecycle;
 use crate::ledger::requests::NewPayment;
@@ -26,6 +27,14 @@ use crate::metrics::PaymentOutcome;
 
 /// One item's answer: the payment (made now or replayed), or its own error.
 pub type ItemOutcome = AppResult<Created<payment::Model>>;
+
+/// A request's items as planned: each one's key (none if it did not parse) and step,
+/// and the jobs queued for the batch, in order.
+struct Plan {
+    keyed: Vec<Option<KeyedRequest>>,
+    steps: Vec<Step>,
+    jobs: Vec<Job>,
+}
 
 /// Where an item's answer comes from.
 enum Step {
@@ -59,65 +68,7 @@ impl Ledger {
                 items.len()
             )));
         }
-        let now = crate::entity::stored_now();
-        let mut first_with_key: HashMap<_, usize> = HashMap::new();
-        let mut keyed: Vec<Option<KeyedRequest>> = Vec::with_capacity(items.len());
-        let mut steps = Vec::with_capacity(items.len());
-        let mut jobs = Vec::new();
-        for (index, item) in items.into_iter().enumerate() {
-            let request = match item {
-                Ok(request) => request,
-                Err(error) => {
-                    keyed.push(None);
-                    steps.push(Step::Answered(Err(error)));
-                    continue;
-                }
-            };
-            let this = KeyedRequest {
-                client,
-                key: request.idempotency_key.clone(),
-                operation: Operation::CreatePayment,
-                fingerprint: request.fingerprint(),
-                resource_id: PaymentId::generate().0,
-            };
-            let step = if let Some(&first) = first_with_key.get(&this.key) {
-                let same_input = keyed[first]
-                    .as_ref()
-                    .is_some_and(|first| first.fingerprint == this.fingerprint);
-                Step::SameKeyAs { first, same_input }
-            } else {
-                first_with_key.insert(this.key.clone(), index);
-                match self.caches.known_key(client, &this.key).await {
-                    Some((fingerprint, _)) if fingerprint != this.fingerprint => {
-                        Step::Answered(Err(AppError::IdempotencyKeyReused))
-                    }
-                    Some((_, resource_id)) => Step::Replay(resource_id),
-                    None => {
-                        // Inside the key's judgement, as for `createPayment`.
-                        let hold_expires_at = request
-                            .hold
-                            .map(|hold| lifecycle::hold_expiry(hold.expires_at, now, self.hold_ttl))
-                            .transpose();
-                        match hold_expires_at {
-                            Ok(hold_expires_at) => {
-                                jobs.push(Job {
-                                    request: this.clone(),
-                                    work: Work::Pay {
-                                        request,
-                                        hold_expires_at,
-                                    },
-                                    span: tracing::Span::current(),
-                                });
-                                Step::Queued
-                            }
-                            Err(error) => Step::Written(Err(WriteError::Invalid(error))),
-                        }
-                    }
-                }
-            };
-            keyed.push(Some(this));
-            steps.push(step);
-        }
+        let Plan { keyed, steps, jobs } = self.plan_items(client, items).await;
         let mut written = self.payments.commit_all(jobs).await.into_iter();
         let steps = steps
             .into_iter()
@@ -139,6 +90,83 @@ impl Ledger {
             });
         }
         Ok(outcomes)
+    }
+
+    /// Each item's key and step, and the jobs for the batch: an item that did not parse
+    /// keeps its error, a key repeated in the request answers as its first item, a key
+    /// L1 knows replays (or is IDEMPOTENCY_KEY_REUSED), anything else is queued.
+    async fn plan_items(&self, client: ClientId, items: Vec<AppResult<NewPayment>>) -> Plan {
+        let now = crate::entity::stored_now();
+        let mut first_with_key: HashMap<IdempotencyKey, usize> = HashMap::new();
+        let mut plan = Plan {
+            keyed: Vec::with_capacity(items.len()),
+            steps: Vec::with_capacity(items.len()),
+            jobs: Vec::new(),
+        };
+        for (index, item) in items.into_iter().enumerate() {
+            let request = match item {
+                Ok(request) => request,
+                Err(error) => {
+                    plan.keyed.push(None);
+                    plan.steps.push(Step::Answered(Err(error)));
+                    continue;
+                }
+            };
+            let this = KeyedRequest {
+                client,
+                key: request.idempotency_key.clone(),
+                operation: Operation::CreatePayment,
+                fingerprint: request.fingerprint(),
+                resource_id: PaymentId::generate().0,
+            };
+            let step = if let Some(&first) = first_with_key.get(&this.key) {
+                let same_input = plan.keyed[first]
+                    .as_ref()
+                    .is_some_and(|first| first.fingerprint == this.fingerprint);
+                Step::SameKeyAs { first, same_input }
+            } else {
+                first_with_key.insert(this.key.clone(), index);
+                match self.caches.known_key(client, &this.key).await {
+                    Some((fingerprint, _)) if fingerprint != this.fingerprint => {
+                        Step::Answered(Err(AppError::IdempotencyKeyReused))
+                    }
+                    Some((_, resource_id)) => Step::Replay(resource_id),
+                    None => self.queue_item(&this, request, now, &mut plan.jobs),
+                }
+            };
+            plan.keyed.push(Some(this));
+            plan.steps.push(step);
+        }
+        plan
+    }
+
+    /// The job for an item with a new key; a hold whose expiry is refused is judged
+    /// like any refusal, after the key (as for `createPayment`).
+    fn queue_item(
+        &self,
+        keyed: &KeyedRequest,
+        request: NewPayment,
+        now: DateTime<Utc>,
+        jobs: &mut Vec<Job>,
+    ) -> Step {
+        let hold_expires_at = request
+            .hold
+            .map(|hold| lifecycle::hold_expiry(hold.expires_at, now, self.hold_ttl))
+            .transpose();
+        match hold_expires_at {
+            Ok(hold_expires_at) => {
+                jobs.push(Job {
+                    request: keyed.clone(),
+                    work: Work::Pay {
+                        request,
+                        hold_expires_at,
+                    },
+                    span: tracing::Span::current(),
+                });
+                Step::Queued
+            }
+            Err(error) => Step::Written(Err(WriteError::Invalid(error))),
+        }
     }
 
     /// Each item's outcome from its step, as `create_once` judges one request: a key
