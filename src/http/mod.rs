@@ -31,7 +31,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use self::extract::{JsonBatch, QueryString};
+use self::extract::QueryString;
 use crate::admission::{self, Admission, Refusal};
 use crate::assets;
 use crate::auth::{Authenticator, Caller};
@@ -43,8 +43,22 @@ use crate::graphql::{AppSchema, ParsedQueries, RequestScope};
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, RequestLabels};
 
-/// Larger bodies are refused before they are read.
+/// Larger bodies are refused before they are read, unless the caller is a client:
+/// see `client_body_bytes_max`.
 pub const REQUEST_BODY_BYTES_MAX: usize = 256 * 1024;
+/// What a client's body may grow by per payment `createPaymentBatch` may carry, so a
+/// full batch fits (a payment with a 64-character key, a description and a few
+/// metadata pairs is about 500 bytes).
+pub const BODY_BYTES_PER_BATCH_PAYMENT: usize = 1024;
+
+/// The largest body a client (a caller with a valid API key) may send: the common
+/// limit plus room for a full `createPaymentBatch` (1.25 MiB by default). Callers
+/// without a key keep `REQUEST_BODY_BYTES_MAX`; the body is read only after the key is
+/// checked.
+pub fn client_body_bytes_max(config: &Config) -> usize {
+    REQUEST_BODY_BYTES_MAX
+        + usize::from(config.database.payment_batch_max) * BODY_BYTES_PER_BATCH_PAYMENT
+}
 /// Operations in one batched request.
 pub const BATCH_LENGTH_MAX: usize = 16;
 /// A GET carries its query in the URI; longer documents belong in a POST body.
@@ -93,8 +107,13 @@ pub fn router(state: AppState) -> Router {
                     state.clone(),
                     record_latency,
                 ))
-                .layer(middleware::from_fn(limits_in_graphql_shape))
-                .layer(RequestBodyLimitLayer::new(REQUEST_BODY_BYTES_MAX))
+                .layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    limits_in_graphql_shape,
+                ))
+                .layer(RequestBodyLimitLayer::new(client_body_bytes_max(
+                    &state.config,
+                )))
                 .layer(TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
                     request_timeout,
@@ -265,7 +284,11 @@ fn error_response(status: StatusCode, error: &AppError, headers: &HeaderMap) -> 
 /// The answers of the layers that enforce limits (a refused body, a request out of
 /// time) come without a body a GraphQL client can read; they are given the GraphQL
 /// error shape here, like every other error.
-async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
+async fn limits_in_graphql_shape(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     // Checked here, below hyper's own limits (which answer with an empty body), so
     // that a client hitting them reads why.
     let uri = request.uri();
@@ -298,7 +321,8 @@ async fn limits_in_graphql_shape(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let error = match response.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::bad_input(format!(
-            "the request body is larger than {REQUEST_BODY_BYTES_MAX} bytes"
+            "the request body is larger than {} bytes",
+            client_body_bytes_max(&state.config)
         )),
         // The server's own 503s (RETRY_LATER) already carry a JSON body.
         StatusCode::SERVICE_UNAVAILABLE
@@ -330,11 +354,22 @@ fn response_content_type(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-async fn graphql_post(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    JsonBatch(batch): JsonBatch,
-) -> Response {
+/// The key is checked before the body is read, so only a client may send a body over
+/// `REQUEST_BODY_BYTES_MAX` (a large `createPaymentBatch`).
+async fn graphql_post(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let caller = match authenticate(&state, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let body_bytes_max = match caller {
+        Caller::Client(_) => client_body_bytes_max(&state.config),
+        _ => REQUEST_BODY_BYTES_MAX,
+    };
+    let batch = match extract::json_batch(request, body_bytes_max).await {
+        Ok(batch) => batch,
+        Err(response) => return response,
+    };
     if let BatchRequest::Batch(requests) = &batch
         && (requests.is_empty() || requests.len() > BATCH_LENGTH_MAX)
     {
@@ -355,7 +390,7 @@ async fn graphql_post(
             &headers,
         );
     }
-    execute(state, headers, batch).await
+    execute_as(state, headers, batch, caller).await
 }
 
 async fn graphql_get(
@@ -385,19 +420,36 @@ async fn graphql_get(
 }
 
 async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) -> Response {
+    match authenticate(&state, &headers).await {
+        Ok(caller) => execute_as(state, headers, batch, caller).await,
+        Err(response) => response,
+    }
+}
+
+/// Who is calling, from the Authorization header; a failure to tell is answered here.
+async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, Response> {
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(|value| value.to_str().unwrap_or(""));
-    let caller = match state.authenticator.authenticate(authorization).await {
-        Ok(caller) => caller,
-        Err(error) => {
+    state
+        .authenticator
+        .authenticate(authorization)
+        .await
+        .map_err(|error| {
             let status = match error {
                 AppError::RetryLater => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return error_response(status, &error, &headers);
-        }
-    };
+            error_response(status, &error, headers)
+        })
+}
+
+async fn execute_as(
+    state: Arc<AppState>,
+    headers: HeaderMap,
+    batch: BatchRequest,
+    caller: Caller,
+) -> Response {
     let client = match caller {
         Caller::Client(client) => Some(client),
         _ => None,

@@ -257,9 +257,22 @@ async fn a_thousand_payments_go_through_one_batch(backend: Backend) {
         app.create_account("USD", "NON_NEGATIVE", None).await,
     ];
     let batches_before = app.metric("ledger_write_batch_payments_count").await;
+    // Long keys and descriptions: about 450 bytes a payment, over the 256 KiB a
+    // request without a key may send, within what a client's may.
     let batch: Vec<Value> = (0..1000)
-        .map(|n| item(&format!("k-{n}"), &payer, &payees[n % 2], "1.00", "USD"))
+        .map(|n| {
+            let mut payment = item(
+                &format!("payout-2026-12-{n:0>48}"),
+                &payer,
+                &payees[n % 2],
+                "1.00",
+                "USD",
+            );
+            payment["description"] = json!(format!("{n:x>200}"));
+            payment
+        })
         .collect();
+    assert!(json!(batch).to_string().len() > 400 * 1024);
     let response = create_batch(&app, &batch).await;
     assert!(
         summary(&response)

@@ -281,14 +281,31 @@ async fn limits_really_apply(backend: Backend) {
     };
     let url = format!("{}/graphql", app.address);
 
-    // A body over the limit is refused before it is parsed.
-    let padding = "x".repeat(300 * 1024);
+    // A body over the limit is refused before it is parsed: 256 KiB without a key,
+    // 256 KiB plus 1 KiB per payment a createPaymentBatch may carry with one.
+    let padded = |bytes: usize| json!({ "query": "{ __typename }", "variables": { "padding": "x".repeat(bytes) } });
     // Its own client: the server closes a connection whose body it refused to read,
     // and a pooled connection reused afterwards would fail the next request.
+    let anonymous = reqwest::Client::new()
+        .post(&url)
+        .json(&padded(300 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 413);
+    let within = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.api_key)
+        .json(&padded(300 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(within.status(), 200, "a client may send more");
     let response = reqwest::Client::new()
         .post(&url)
         .bearer_auth(&app.api_key)
-        .json(&json!({ "query": "{ __typename }", "variables": { "padding": padding } }))
+        .json(&padded(1300 * 1024))
         .send()
         .await
         .unwrap();
