@@ -10,7 +10,8 @@
 #
 # Environment: LEDGER_BENCH_DATABASE_URL (admin URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), BENCH_SECONDS per attack (default 15).
-# Needs wrk and curl. Creates and drops its own database.
+# LEDGER_BENCH_SERVER_BIN (a server binary to run instead of this build). Needs wrk and
+# curl. Creates and drops its own database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,8 @@ TARGET=${CARGO_TARGET_DIR:-target}
 URL="http://127.0.0.1:$PORT"
 
 cargo build --release -p payments-ledger -p loadgen >&2
-SERVER_BIN="$TARGET/release/payments-ledger"
+# LEDGER_BENCH_SERVER_BIN runs another build (an earlier one, to compare).
+SERVER_BIN=${LEDGER_BENCH_SERVER_BIN:-"$TARGET/release/payments-ledger"}
 LOADGEN_BIN="$TARGET/release/loadgen"
 DB="ledger_bench_hostile_$$"
 DB_URL="${ADMIN_URL%/*}/$DB"
