@@ -11,7 +11,7 @@ use ledger_client::{PaymentInput, error_code};
 use rand::Rng;
 use rand::rngs::StdRng;
 
-use super::{Outcome, RESEND_QUEUE_MAX, Shared, lock};
+use super::{Outcome, RESEND_QUEUE_MAX, Shared, lock, means_try_again};
 
 /// Batches kept for resending whole.
 const BATCH_QUEUE_MAX: usize = 100;
@@ -87,10 +87,7 @@ impl Shared {
             for (input, result) in pending.iter().zip(results) {
                 if let Some(code) = result["error"]["code"].as_str() {
                     self.error(code);
-                    if matches!(
-                        code,
-                        "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL"
-                    ) {
+                    if means_try_again(code) {
                         again.push(input.clone());
                     }
                     continue;

@@ -183,6 +183,15 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// A write's answer code that says "send it again with the same key": nothing
+/// happened, or its outcome is unknown.
+fn means_try_again(code: &str) -> bool {
+    matches!(
+        code,
+        "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL"
+    )
+}
+
 fn histogram() -> Histogram<u64> {
     // Microseconds, 1 µs to 10 minutes, 3 significant digits.
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
@@ -275,10 +284,7 @@ impl Shared {
             };
             if let Some(code) = error_code(&response) {
                 self.error(code);
-                if matches!(
-                    code,
-                    "RETRY_LATER" | "OUTCOME_UNKNOWN" | "TIMEOUT" | "INTERNAL"
-                ) {
+                if means_try_again(code) {
                     continue;
                 }
             }

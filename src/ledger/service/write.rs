@@ -300,13 +300,8 @@ mod tests {
         (directory, holder, writer)
     }
 
-    #[tokio::test]
-    async fn losing_every_attempt_to_other_writers_is_contention_not_a_failure() {
-        let (_directory, holder, db) = locked_database().await;
-        let lock = holder.begin().await.expect("a transaction");
-        lock.execute_unprepared("INSERT INTO t VALUES (1)")
-            .await
-            .expect("the write lock");
+    /// Runs `sql` through `Writer::run` on `db`; its outcome and how many attempts it took.
+    async fn run_counting(db: &DatabaseConnection, sql: &str) -> (Result<(), WriteError>, u32) {
         let writer = Writer::new(
             db.clone(),
             WriteIsolation::Serializable,
@@ -318,11 +313,22 @@ mod tests {
                 attempts += 1;
                 let db = db.clone();
                 async move {
-                    db.execute_unprepared("INSERT INTO t VALUES (2)").await?;
+                    db.execute_unprepared(sql).await?;
                     Ok(())
                 }
             })
             .await;
+        (outcome, attempts)
+    }
+
+    #[tokio::test]
+    async fn losing_every_attempt_to_other_writers_is_contention_not_a_failure() {
+        let (_directory, holder, db) = locked_database().await;
+        let lock = holder.begin().await.expect("a transaction");
+        lock.execute_unprepared("INSERT INTO t VALUES (1)")
+            .await
+            .expect("the write lock");
+        let (outcome, attempts) = run_counting(&db, "INSERT INTO t VALUES (2)").await;
         assert!(matches!(outcome, Err(WriteError::Contended)), "{outcome:?}");
         assert_eq!(attempts, WRITE_ATTEMPTS_MAX);
         assert_eq!(WriteError::Contended.into_app_error().code(), "RETRY_LATER");
@@ -332,23 +338,7 @@ mod tests {
     #[tokio::test]
     async fn an_error_that_no_rerun_can_fix_fails_at_once() {
         let (_directory, _holder, db) = locked_database().await;
-        let writer = Writer::new(
-            db.clone(),
-            WriteIsolation::Serializable,
-            Arc::new(Metrics::new()),
-        );
-        let mut attempts = 0;
-        let outcome = writer
-            .run(&[Uuid::nil()], || {
-                attempts += 1;
-                let db = db.clone();
-                async move {
-                    db.execute_unprepared("INSERT INTO no_such_table VALUES (1)")
-                        .await?;
-                    Ok(())
-                }
-            })
-            .await;
+        let (outcome, attempts) = run_counting(&db, "INSERT INTO no_such_table VALUES (1)").await;
         assert!(matches!(outcome, Err(WriteError::Failed(_))), "{outcome:?}");
         assert_eq!(attempts, 1);
     }
