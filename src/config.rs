@@ -23,6 +23,7 @@ pub const SHUTDOWN_DRAIN_SECONDS_DEFAULT: u64 = 5;
 pub const HOLD_TTL_SECONDS_DEFAULT: u32 = 7 * 24 * 3600;
 pub const CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT: u32 = 64;
 pub const DATABASE_WRITE_CONNECTIONS_DEFAULT: u32 = 4;
+pub const DATABASE_REPLICA_MAX_LAG_MS_DEFAULT: u64 = 1_000;
 
 /// Who may introspect the schema (`__schema`, `__type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -54,6 +55,19 @@ pub enum WriteIsolation {
     #[default]
     Serializable,
     ReadCommitted,
+}
+
+/// What stands between the server and PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Pooler {
+    /// Nothing, or a pooler in session mode: a connection is one server session.
+    #[default]
+    None,
+    /// A pooler in transaction mode (pgbouncer `pool_mode = transaction`): consecutive
+    /// transactions of one connection may run on different server sessions, so the
+    /// server caches no prepared statement, sets nothing per session, and runs every
+    /// write in a transaction that names its isolation (docs/operations.md).
+    Transaction,
 }
 
 /// What the server does with pending migrations when it starts.
@@ -188,6 +202,38 @@ pub struct DatabaseConfig {
         global = true
     )]
     pub migrations: Migrations,
+
+    /// What stands between the server and PostgreSQL: `none`, or `transaction` for a
+    /// pooler in transaction mode such as pgbouncer's.
+    #[arg(
+        long = "database-pooler",
+        env = "DATABASE_POOLER",
+        value_enum,
+        default_value_t = Pooler::default(),
+        global = true
+    )]
+    pub pooler: Pooler,
+
+    /// PostgreSQL streaming replicas (comma-separated `postgres://` URLs, one host each)
+    /// for reads that may be a bounded time behind (docs/consistency.md, "Replicas").
+    #[arg(
+        long = "database-replica-urls",
+        env = "DATABASE_REPLICA_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub replica_urls: Vec<String>,
+
+    /// A replica whose replay is further behind the primary than this serves nothing
+    /// until it catches up; the primary serves instead.
+    #[arg(
+        long = "database-replica-max-lag-ms",
+        env = "DATABASE_REPLICA_MAX_LAG_MS",
+        default_value_t = DATABASE_REPLICA_MAX_LAG_MS_DEFAULT,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub replica_max_lag_ms: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -204,6 +250,9 @@ impl Default for DatabaseConfig {
             payment_batch_max: PAYMENT_BATCH_MAX_DEFAULT,
             hold_ttl_seconds: HOLD_TTL_SECONDS_DEFAULT,
             migrations: Migrations::default(),
+            pooler: Pooler::default(),
+            replica_urls: Vec::new(),
+            replica_max_lag_ms: DATABASE_REPLICA_MAX_LAG_MS_DEFAULT,
         }
     }
 }

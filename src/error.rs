@@ -131,6 +131,11 @@ impl From<DbErr> for AppError {
                 tracing::warn!(error = %lost, "database connection lost");
                 Self::RetryLater
             }
+            // A write that reached a standby (the primary moved): nothing happened.
+            read_only if crate::db::is_read_only_refusal(&read_only) => {
+                tracing::warn!(error = %read_only, "the database refused a write as read-only");
+                Self::RetryLater
+            }
             other => Self::internal(other),
         }
     }

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -64,6 +65,18 @@ pub struct OperationLabels {
     pub operation: &'static str,
 }
 
+/// Where a read that may lag went: a replica's `host:port`, or `primary`. Replicas are
+/// the operator's fixed list, so the values are few.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedByLabels {
+    pub served_by: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub replica: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// One of a fixed set (`RequestLabels::method_of`): a label must never take a value
@@ -102,6 +115,12 @@ pub struct Metrics {
     pub write_one_trip_batches: Counter,
     pub write_one_trip_fallbacks: Counter,
     pub database_statements: Counter,
+    /// Times a pool moved to another host of a multi-host DATABASE_URL (a failover).
+    pub database_host_switches: Counter,
+    /// Reads that a replica may serve, by who served them.
+    pub database_replica_eligible_reads: Family<ServedByLabels, Counter>,
+    /// 1 while a replica is within DATABASE_REPLICA_MAX_LAG_MS and serves reads.
+    pub database_replica_serving: Family<ReplicaLabels, Gauge>,
     /// Queries run without validating again (known documents), and those of them that
     /// erred and ran again under full validation.
     pub graphql_validations_skipped: Counter,
@@ -203,6 +222,24 @@ impl Metrics {
             "SQL statements sent to the database",
             database_statements.clone(),
         );
+        let database_host_switches = Counter::default();
+        registry.register(
+            "database_host_switches",
+            "Times a connection pool moved to another host of DATABASE_URL (a failover)",
+            database_host_switches.clone(),
+        );
+        let database_replica_eligible_reads = Family::<ServedByLabels, Counter>::default();
+        registry.register(
+            "database_replica_eligible_reads",
+            "Reads a replica may serve, by who served them (a replica or the primary)",
+            database_replica_eligible_reads.clone(),
+        );
+        let database_replica_serving = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "database_replica_serving",
+            "1 while a replica is within DATABASE_REPLICA_MAX_LAG_MS of the primary and serves reads",
+            database_replica_serving.clone(),
+        );
         let request_duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
             // 100 µs to ~1.6 s.
             Histogram::new(exponential_buckets(0.000_1, 2.0, 15))
@@ -226,6 +263,9 @@ impl Metrics {
             write_one_trip_batches,
             write_one_trip_fallbacks,
             database_statements,
+            database_host_switches,
+            database_replica_eligible_reads,
+            database_replica_serving,
             graphql_validations_skipped,
             graphql_validated_reruns,
             request_duration,
@@ -263,6 +303,15 @@ impl Metrics {
                 result,
             })
             .get()
+    }
+
+    /// Counts a read that a replica may serve, `replica` naming the one that did.
+    pub fn replica_eligible_read(&self, replica: Option<&str>) {
+        self.database_replica_eligible_reads
+            .get_or_create(&ServedByLabels {
+                served_by: replica.unwrap_or("primary").to_owned(),
+            })
+            .inc();
     }
 
     pub fn payment(&self, outcome: PaymentOutcome) {

@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheSettings, Caches, RedisL2};
-use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, WriteIsolation};
-use crate::db::{self, Backend};
+use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, Pooler};
+use crate::db::{self, Backend, PoolRole};
 use crate::entity::client;
 use crate::graphql::{build_schema, build_schema_for_validated_documents};
 use crate::http::{self, AppState};
@@ -37,13 +37,10 @@ impl Application {
             .database
             .write_connections
             .max(u32::from(config.database.write_batches_in_flight) + 1);
-        let write_db = connect(
-            &config,
-            write_connections,
-            &metrics,
-            config.database.write_isolation,
-        )
-        .await?;
+        let write_db = connect(&config, write_connections, &metrics, PoolRole::Writes).await?;
+        let replicas = db::connect_replicas(&config.database, &metrics, &db)
+            .await
+            .context("cannot use DATABASE_REPLICA_URLS")?;
         let caches = Arc::new(Caches::new(
             &cache_settings(&config.cache),
             Arc::clone(&metrics),
@@ -56,6 +53,7 @@ impl Application {
             ledger: Ledger::new(
                 db.clone(),
                 write_db,
+                replicas,
                 write_settings(&config.database),
                 Arc::clone(&caches),
                 Arc::clone(&metrics),
@@ -142,6 +140,7 @@ pub fn write_settings(config: &DatabaseConfig) -> WriteSettings {
         batches_in_flight: usize::from(config.write_batches_in_flight),
         payment_batch_max: usize::from(config.payment_batch_max),
         hold_ttl: chrono::Duration::seconds(i64::from(config.hold_ttl_seconds)),
+        one_statement_batches: config.pooler == Pooler::None,
     }
 }
 
@@ -162,13 +161,11 @@ pub async fn connect_and_migrate(
     config: &Config,
     metrics: &Metrics,
 ) -> anyhow::Result<DatabaseConnection> {
-    // Reads run at READ COMMITTED; the rare transaction on this pool that writes names
-    // its isolation in its BEGIN.
     let db = connect(
         config,
         config.database.max_connections,
         metrics,
-        WriteIsolation::ReadCommitted,
+        PoolRole::Reads,
     )
     .await?;
     match config.database.migrations {
@@ -192,21 +189,16 @@ async fn connect(
     config: &Config,
     max_connections: u32,
     metrics: &Metrics,
-    isolation: WriteIsolation,
+    role: PoolRole,
 ) -> anyhow::Result<DatabaseConnection> {
-    db::connect(
-        &config.database,
-        max_connections,
-        metrics.database_statements.clone(),
-        isolation,
-    )
-    .await
-    .with_context(|| {
-        format!(
-            "cannot connect to the database at {}",
-            redact(&config.database.url)
-        )
-    })
+    db::connect(&config.database, max_connections, metrics, role)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to the database at {}",
+                redact(&config.database.url)
+            )
+        })
 }
 
 /// The URL without its password, for messages.

@@ -81,6 +81,12 @@ pub struct AppOptions {
     /// defaults.
     pub introspection: Option<payments_ledger::config::Introspection>,
     pub client_concurrent_requests_max: Option<u32>,
+    /// PostgreSQL: a database someone else owns and removes (a test's own clusters),
+    /// with `DATABASE_REPLICA_URLS`, `DATABASE_REPLICA_MAX_LAG_MS` and `DATABASE_POOLER`.
+    pub database_url: Option<String>,
+    pub replica_urls: Vec<String>,
+    pub replica_max_lag_ms: Option<u64>,
+    pub pooler: payments_ledger::config::Pooler,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -102,9 +108,13 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         },
         (None, false) => None,
     };
-    let database = match backend {
-        Backend::Sqlite => TestDatabase::sqlite(),
-        Backend::Postgres => TestDatabase::postgres().await?,
+    let database = match (backend, &options.database_url) {
+        (Backend::Sqlite, _) => TestDatabase::sqlite(),
+        (Backend::Postgres, Some(url)) => TestDatabase {
+            url: url.clone(),
+            cleanup: Cleanup::Owner,
+        },
+        (Backend::Postgres, None) => TestDatabase::postgres().await?,
     };
     let mut config = Config::for_database(match options.database_via {
         Some(address) => via_address(&database.url, address),
@@ -137,6 +147,11 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
     if let Some(milliseconds) = options.lock_timeout_ms {
         config.database.lock_timeout_ms = milliseconds;
     }
+    config.database.replica_urls = options.replica_urls;
+    if let Some(milliseconds) = options.replica_max_lag_ms {
+        config.database.replica_max_lag_ms = milliseconds;
+    }
+    config.database.pooler = options.pooler;
     config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
     let application = Application::build(config.clone())
         .await
@@ -490,7 +505,12 @@ pub struct TestDatabase {
 
 enum Cleanup {
     SqliteFile(PathBuf),
-    PostgresDatabase { admin_url: String, name: String },
+    PostgresDatabase {
+        admin_url: String,
+        name: String,
+    },
+    /// Whoever made the database removes it.
+    Owner,
 }
 
 enum Template {
@@ -660,6 +680,7 @@ impl Drop for TestDatabase {
                     vec![format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")],
                 );
             }
+            Cleanup::Owner => {}
         }
     }
 }

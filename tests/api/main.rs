@@ -1,5 +1,6 @@
 //! Integration tests: the real server over HTTP, on SQLite and on PostgreSQL.
 
+mod clusters;
 mod helpers;
 mod services;
 
@@ -33,6 +34,7 @@ mod metadata;
 mod one_trip;
 mod pagination;
 mod payments;
+mod replication;
 mod roles;
 mod schema;
 mod shutdown;

@@ -150,7 +150,7 @@ pub fn redis_server(binary: impl AsRef<std::ffi::OsStr>, port: u16) -> Command {
 }
 
 /// Debian installs each major version under `/usr/lib/postgresql/<major>/bin`.
-fn newest_postgres_bin() -> Option<PathBuf> {
+pub fn newest_postgres_bin() -> Option<PathBuf> {
     std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
         .filter_map(|entry| {
@@ -163,7 +163,7 @@ fn newest_postgres_bin() -> Option<PathBuf> {
         .map(|(_, bin)| bin)
 }
 
-fn as_postgres(program: &Path, as_root: bool) -> Command {
+pub fn as_postgres(program: &Path, as_root: bool) -> Command {
     if as_root {
         let mut command = Command::new("runuser");
         command.args(["-u", "postgres", "--", path(program)]);
@@ -173,14 +173,14 @@ fn as_postgres(program: &Path, as_root: bool) -> Command {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
         .is_ok_and(|output| output.stdout.trim_ascii() == b"0")
 }
 
-fn own_directory(what: &str) -> PathBuf {
+pub fn own_directory(what: &str) -> PathBuf {
     let directory = std::env::temp_dir().join(format!(
         "ledger-test-{what}-{}-{}",
         std::process::id(),
@@ -190,18 +190,18 @@ fn own_directory(what: &str) -> PathBuf {
     directory
 }
 
-fn path(path: &Path) -> &str {
+pub fn path(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temporary path")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port()
 }
 
-fn run(command: &mut Command) {
+pub fn run(command: &mut Command) {
     let output = command.output().expect("a test service command starts");
     assert!(
         output.status.success(),
@@ -212,7 +212,7 @@ fn run(command: &mut Command) {
 }
 
 /// Remembers `cleanup`, and on the first one arms both ways of running them all.
-fn register_cleanup(cleanup: String) {
+pub fn register_cleanup(cleanup: String) {
     let mut cleanups = CLEANUPS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -38,6 +38,7 @@ use self::write::{WriteError, Writer, is_unique_violation};
 use crate::cache::Caches;
 use crate::config::WriteIsolation;
 use crate::db::Backend;
+use crate::db::replicas::ReplicaSet;
 use crate::entity::payment::StoredStatus;
 use crate::entity::{account, payment};
 use crate::error::{AppError, AppResult};
@@ -70,6 +71,10 @@ pub struct WriteSettings {
     pub payment_batch_max: usize,
     /// How long a hold lives when its request names no `holdExpiresAt`.
     pub hold_ttl: chrono::Duration,
+    /// Whether a batch of plain payments may go as one statement outside a transaction,
+    /// at the write pool's default isolation; not behind a transaction-mode pooler,
+    /// where no session default of the server's holds.
+    pub one_statement_batches: bool,
 }
 
 /// The ledger service. Cloned for every request, so it is one `Arc`.
@@ -78,6 +83,8 @@ pub struct Ledger(Arc<LedgerParts>);
 
 pub struct LedgerParts {
     db: DatabaseConnection,
+    /// Replicas for the reads that may lag (`reads::Ledger::lagging_read`).
+    replicas: Option<Arc<ReplicaSet>>,
     hold_ttl: chrono::Duration,
     payment_batch_max: usize,
     writer: Arc<Writer>,
@@ -102,6 +109,7 @@ impl Ledger {
     pub fn new(
         db: DatabaseConnection,
         write_db: DatabaseConnection,
+        replicas: Option<Arc<ReplicaSet>>,
         settings: WriteSettings,
         caches: Arc<Caches>,
         metrics: Arc<Metrics>,
@@ -117,9 +125,11 @@ impl Ledger {
             Arc::clone(&metrics),
             settings.batch_max,
             settings.batches_in_flight,
+            settings.one_statement_batches,
         );
         Self(Arc::new(LedgerParts {
             db,
+            replicas,
             hold_ttl: settings.hold_ttl,
             payment_batch_max: settings.payment_batch_max,
             store: store_for(writer.backend()),

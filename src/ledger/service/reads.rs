@@ -1,13 +1,15 @@
 //! Reads: through the caches where a value may be cached, straight from the database
 //! where it must be current (STRONG balances, lists), always filtered by tenant.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use sea_orm::sea_query::{Alias, Asterisk, Expr, ExprTrait, Query, UnionType};
 use sea_orm::{
-    ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait,
+    ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait,
 };
 use uuid::Uuid;
 
@@ -68,56 +70,7 @@ impl Ledger {
         client: ClientId,
         ids: Vec<Uuid>,
     ) -> AppResult<Vec<(Uuid, VersionedBalance)>> {
-        let now = crate::entity::stored_now();
-        // sea-query reads `?` as a placeholder except on PostgreSQL, where it is an
-        // operator.
-        let placeholder = match Backend::of(&self.db) {
-            Backend::Postgres => "$1",
-            Backend::Sqlite => "?",
-        };
-        let live = |aggregate: &str| {
-            Expr::cust_with_values(
-                format!(
-                    "CASE WHEN accounts.pending_minor = 0 THEN NULL ELSE \
-                     (SELECT {aggregate} FROM live_holds AS hold \
-                      WHERE hold.account_id = accounts.id AND hold.expires_at > {placeholder}) END"
-                ),
-                [now],
-            )
-        };
-        let rows: Vec<BalanceRow> = account::Entity::find()
-            .select_only()
-            .columns([
-                account::Column::Id,
-                account::Column::BalanceMinor,
-                account::Column::Version,
-                account::Column::HoldSeq,
-            ])
-            // A sum is NUMERIC on PostgreSQL.
-            .expr(live("CAST(COALESCE(SUM(hold.amount_minor), 0) AS BIGINT)"))
-            .expr(live("MIN(hold.expires_at)"))
-            .filter(account::Column::ClientId.eq(client.0))
-            .filter(account::Column::Id.is_in(ids))
-            .into_tuple()
-            .all(&self.db)
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, balance_minor, version, hold_seq, pending_minor, pending_until)| {
-                    (
-                        id,
-                        VersionedBalance {
-                            balance_minor,
-                            version,
-                            hold_seq,
-                            pending_minor: pending_minor.unwrap_or(0),
-                            pending_until,
-                        },
-                    )
-                },
-            )
-            .collect())
+        load_balances_on(self.db.clone(), client, ids).await
     }
 
     /// Account settings (everything but the balance, which never comes from here), from
@@ -160,7 +113,13 @@ impl Ledger {
         ids: &[Uuid],
     ) -> AppResult<HashMap<Uuid, VersionedBalance>> {
         self.caches
-            .balances(ids, |missing| self.load_balances(client, missing))
+            .balances(ids, |missing| {
+                self.lagging_read(
+                    missing,
+                    |(id, _)| *id,
+                    move |connection, ids| Box::pin(load_balances_on(connection, client, ids)),
+                )
+            })
             .await
     }
 
@@ -275,11 +234,45 @@ impl Ledger {
     {
         self.owned_objects(client, ids, |missing| async move {
             let rows = self
-                .owned_rows::<E>(client, E::id_column(), missing)
+                .lagging_read(missing, E::id_of, move |connection, ids| {
+                    Box::pin(owned_rows_on::<E>(connection, client, E::id_column(), ids))
+                })
                 .await?;
             Ok(rows.into_iter().map(|row| (E::id_of(&row), row)).collect())
         })
         .await
+    }
+
+    /// A read by id that may lag the primary by up to `DATABASE_REPLICA_MAX_LAG_MS`:
+    /// on a replica within that bound when there is one, else on the primary. What the
+    /// replica does not have yet (`id_of` the rows it returned tells), and everything
+    /// when it fails, is read on the primary: a row just written is always found.
+    async fn lagging_read<T>(
+        &self,
+        ids: Vec<Uuid>,
+        id_of: impl Fn(&T) -> Uuid,
+        read: impl Fn(DatabaseConnection, Vec<Uuid>) -> BoxFuture<'static, AppResult<Vec<T>>>,
+    ) -> AppResult<Vec<T>> {
+        let Some((replica, connection)) = self.replicas.as_ref().and_then(|set| set.pick()) else {
+            if self.replicas.is_some() {
+                self.metrics.replica_eligible_read(None);
+            }
+            return read(self.db.clone(), ids).await;
+        };
+        self.metrics.replica_eligible_read(Some(replica));
+        let mut rows = match read(connection.clone(), ids.clone()).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::debug!(%error, replica, "a replica read failed; reading the primary");
+                return read(self.db.clone(), ids).await;
+            }
+        };
+        let found: HashSet<Uuid> = rows.iter().map(&id_of).collect();
+        let missing: Vec<Uuid> = ids.into_iter().filter(|id| !found.contains(id)).collect();
+        if !missing.is_empty() {
+            rows.extend(read(self.db.clone(), missing).await?);
+        }
+        Ok(rows)
     }
 
     /// Objects by id through L1, `load` fetching the misses; only the caller's survive,
@@ -300,18 +293,14 @@ impl Ledger {
         Ok(found)
     }
 
-    /// The caller's rows of `E` whose `column` is one of `ids`, from the database.
+    /// The caller's rows of `E` whose `column` is one of `ids`, from the primary.
     async fn owned_rows<E: TenantEntity>(
         &self,
         client: ClientId,
         column: E::Column,
         ids: Vec<Uuid>,
     ) -> AppResult<Vec<E::Model>> {
-        Ok(E::find()
-            .filter(E::client_column().eq(client.0))
-            .filter(column.is_in(ids))
-            .all(&self.db)
-            .await?)
+        owned_rows_on::<E>(self.db.clone(), client, column, ids).await
     }
 
     pub async fn payment_by_idempotency_key(
@@ -619,6 +608,78 @@ pub struct PaymentFilter {
     pub until: Option<DateTime<Utc>>,
     /// With this key/value pair in their metadata.
     pub metadata: Option<(String, String)>,
+}
+
+/// `load_balances` on `connection`, the primary or a replica.
+async fn load_balances_on(
+    connection: DatabaseConnection,
+    client: ClientId,
+    ids: Vec<Uuid>,
+) -> AppResult<Vec<(Uuid, VersionedBalance)>> {
+    let now = crate::entity::stored_now();
+    // sea-query reads `?` as a placeholder except on PostgreSQL, where it is an
+    // operator.
+    let placeholder = match Backend::of(&connection) {
+        Backend::Postgres => "$1",
+        Backend::Sqlite => "?",
+    };
+    let live = |aggregate: &str| {
+        Expr::cust_with_values(
+            format!(
+                "CASE WHEN accounts.pending_minor = 0 THEN NULL ELSE \
+                 (SELECT {aggregate} FROM live_holds AS hold \
+                  WHERE hold.account_id = accounts.id AND hold.expires_at > {placeholder}) END"
+            ),
+            [now],
+        )
+    };
+    let rows: Vec<BalanceRow> = account::Entity::find()
+        .select_only()
+        .columns([
+            account::Column::Id,
+            account::Column::BalanceMinor,
+            account::Column::Version,
+            account::Column::HoldSeq,
+        ])
+        // A sum is NUMERIC on PostgreSQL.
+        .expr(live("CAST(COALESCE(SUM(hold.amount_minor), 0) AS BIGINT)"))
+        .expr(live("MIN(hold.expires_at)"))
+        .filter(account::Column::ClientId.eq(client.0))
+        .filter(account::Column::Id.is_in(ids))
+        .into_tuple()
+        .all(&connection)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, balance_minor, version, hold_seq, pending_minor, pending_until)| {
+                (
+                    id,
+                    VersionedBalance {
+                        balance_minor,
+                        version,
+                        hold_seq,
+                        pending_minor: pending_minor.unwrap_or(0),
+                        pending_until,
+                    },
+                )
+            },
+        )
+        .collect())
+}
+
+/// The caller's rows of `E` whose `column` is one of `ids`, from `connection`.
+async fn owned_rows_on<E: TenantEntity>(
+    connection: DatabaseConnection,
+    client: ClientId,
+    column: E::Column,
+    ids: Vec<Uuid>,
+) -> AppResult<Vec<E::Model>> {
+    Ok(E::find()
+        .filter(E::client_column().eq(client.0))
+        .filter(column.is_in(ids))
+        .all(&connection)
+        .await?)
 }
 
 /// A table keyed by a UUID whose rows belong to one client each.

@@ -227,7 +227,9 @@ impl Writer {
                     error
                 }
                 Err(WriteError::Db(error))
-                    if self.backend.is_retryable(&error) || db::is_connection_lost(&error) =>
+                    if self.backend.is_retryable(&error)
+                        || db::is_connection_lost(&error)
+                        || db::is_read_only_refusal(&error) =>
                 {
                     error
                 }

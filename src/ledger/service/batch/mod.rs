@@ -59,6 +59,7 @@ pub(super) struct PaymentBatches {
 struct Batcher {
     writer: Arc<Writer>,
     store: Box<dyn BatchStore>,
+    one_statement_batches: bool,
     caches: Arc<Caches>,
     metrics: Arc<Metrics>,
     known: KnownAccounts,
@@ -82,6 +83,7 @@ impl PaymentBatches {
         metrics: Arc<Metrics>,
         batch_max: usize,
         batches_in_flight: usize,
+        one_statement_batches: bool,
     ) -> Self {
         let batches_in_flight = match writer.backend() {
             Backend::Sqlite => 1,
@@ -91,6 +93,7 @@ impl PaymentBatches {
             queue: CommitQueue::new(batches_in_flight, batch_max),
             batcher: Arc::new(Batcher {
                 store: store_for(writer.backend()),
+                one_statement_batches,
                 writer,
                 caches,
                 metrics,
@@ -233,7 +236,8 @@ impl Batcher {
     /// next, whose key claims find out; unless the answer was lost with the connection.
     async fn one_trip(&self, jobs: &[&Job], accounts: &[Uuid]) -> OneTrip {
         let store = self.store.as_ref();
-        if !store.has_one_trip()
+        if !self.one_statement_batches
+            || !store.has_one_trip()
             || !jobs.iter().all(|job| job.is_plain_payment())
             || jobs
                 .iter()
