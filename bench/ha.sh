@@ -19,7 +19,8 @@
 #
 #   bash bench/ha.sh
 #
-# Environment: HA_SECONDS (default 30). Everything it starts is stopped, and its
+# Environment: HA_SECONDS (default 30), HA_KEEP=1 keeps the logs (and data) in the
+# temp dir. Everything it starts is stopped, and its
 # directory removed, on every exit path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +50,7 @@ cleanup() {
   for cluster in primary standby replica; do
     [ -d "$WORK/$cluster" ] && "${AS_PG[@]}" "$PG_BIN/pg_ctl" -D "$WORK/$cluster" -m immediate stop >/dev/null 2>&1 || true
   done
-  rm -rf "$WORK"
+  if [ -n "${HA_KEEP:-}" ]; then echo "kept $WORK" >&2; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -104,6 +105,9 @@ auth_file = $WORK/users.txt
 pool_mode = transaction
 default_pool_size = 20
 max_client_conn = 1000
+; A client queued for a server that cannot be reached (the primary died) gets an error
+; after this instead of waiting 120 s: the server then retries on the new primary.
+query_wait_timeout = 3
 pidfile = $WORK/pgbouncer-$1.pid
 logfile = $WORK/pgbouncer-$1.log
 EOF
@@ -123,7 +127,7 @@ KEY=$(DATABASE_URL="$DIRECT" "$SERVER_BIN" client create ha | tail -n 1)
 REPLICA="postgres://postgres@127.0.0.1:$R/ledger"
 
 serve() { # NAME PORT DATABASE_URL [POOLER]
-  DATABASE_URL="$3" DATABASE_POOLER="${4:-none}" DATABASE_REPLICA_URLS="$REPLICA" \
+  POSTGRES_WRITE_ISOLATION=${HA_ISOLATION:-serializable} DATABASE_URL="$3" DATABASE_POOLER="${4:-none}" DATABASE_REPLICA_URLS="$REPLICA" \
     DATABASE_ACQUIRE_TIMEOUT_SECONDS=2 REDIS_URL="redis://127.0.0.1:$REDIS" \
     LISTEN_ADDR="127.0.0.1:$2" RUST_LOG=warn,payments_ledger::db=info NO_COLOR=1 \
     "$SERVER_BIN" serve >"$WORK/server-$1.log" 2>&1 &
@@ -136,10 +140,52 @@ serve() { # NAME PORT DATABASE_URL [POOLER]
   cat "$WORK/server-$1.log" >&2
   exit 1
 }
+# Reads first, before anything fails: a read-heavy mix (90 % balance reads) against an
+# instance with the replica and one without, alternating, neither with Redis and with
+# balances leaving L1 at once, so every read reaches a database.
+READ_SECONDS=${HA_READ_SECONDS:-8}
+read_run() { # NAME REPLICA_URLS
+  DATABASE_URL="$DIRECT" DATABASE_REPLICA_URLS="$2" CACHE_L1_BALANCE_TTL_MS=1 \
+    LISTEN_ADDR="127.0.0.1:$A" RUST_LOG=warn NO_COLOR=1 "$SERVER_BIN" serve >"$WORK/server-reads-$1.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$A/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  sleep 1 # the replica's lag is known after the first samples
+  "$LOADGEN_BIN" --url "http://127.0.0.1:$A" --api-key "$KEY" --concurrency 16 --duration "${READ_SECONDS}s" \
+    --accounts 200 --read-ratio 0.9 --quiet --json >"$WORK/reads-$1.json" 2>/dev/null || true
+  curl -fsS "http://127.0.0.1:$A/metrics" >"$WORK/reads-$1.metrics" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+for round in 1 2; do
+  read_run "none-$round" ""
+  read_run "replica-$round" "$REPLICA"
+done
+echo "read-heavy mix (90 % CACHED balance reads, 16 clients, ${READ_SECONDS} s each, no Redis, L1 off):"
+echo "| run | reads/s | payments/s | read p50 ms | read p99 ms | reads the replica served |"
+echo "|---|---:|---:|---:|---:|---:|"
+for run in none-1 replica-1 none-2 replica-2; do
+  python3 - "$run" "$WORK/reads-$run.json" "$WORK/reads-$run.metrics" "127.0.0.1:$R" <<'EOF'
+import json, sys
+run, report, metrics, replica = sys.argv[1:]
+r = json.load(open(report))
+served = {"replica": 0.0, "primary": 0.0}
+for line in open(metrics):
+    if line.startswith("ledger_database_replica_eligible_reads_total"):
+        who = "replica" if replica in line else "primary"
+        served[who] += float(line.split()[-1])
+total = served["replica"] + served["primary"]
+share = f"{100 * served['replica'] / total:.0f} %" if total else "-"
+lat = r.get("read_latency_ms", {})
+print(f"| {run} | {r['reads'] / r['elapsed_seconds']:.0f} | {r['payments_per_second']:.0f} | {lat.get('p50', 0):.2f} | {lat.get('p99', 0):.2f} | {share} |")
+EOF
+done
+echo
+
 serve A "$A" "postgres://postgres@127.0.0.1:$PB1,127.0.0.1:$PB2/ledger?target_session_attrs=read-write" transaction
 serve B "$B" "postgres://postgres@127.0.0.1:$P,127.0.0.1:$S/ledger?target_session_attrs=read-write"
 
 DRIVERS=()
+DRIVERS_END=$(( $(now_ms) + RUN_SECONDS * 1000 ))
 for instance in A:$A B:$B; do
   IFS=: read -r name port <<<"$instance"
   "$LOADGEN_BIN" --url "http://127.0.0.1:$port" --api-key "$KEY" --concurrency 8 \
@@ -148,7 +194,10 @@ for instance in A:$A B:$B; do
     --acknowledged-log "$WORK/acknowledged-$name.log" --quiet >"$WORK/loadgen-$name.out" 2>&1 &
   DRIVERS+=($!)
 done
-( while :; do echo "$(now_ms) $(cat "$WORK"/acknowledged-*.log 2>/dev/null | wc -l)"; sleep 0.05; done ) >"$WORK/samples" &
+( while :; do
+    echo "$(now_ms) $(cat "$WORK"/acknowledged-*.log 2>/dev/null | wc -l) $(cat "$WORK/acknowledged-A.log" 2>/dev/null | wc -l)"
+    sleep 0.05
+  done ) >"$WORK/samples" &
 SAMPLER=$!
 PIDS+=("$SAMPLER")
 
@@ -165,7 +214,8 @@ sleep "$((RUN_SECONDS / 4))"
 echo "replica stopped" >&2
 sleep "$((RUN_SECONDS / 8))"
 kill -9 "$(cat "$WORK/pgbouncer-2.pid")"
-sleep 0.5
+while (exec 3<>"/dev/tcp/127.0.0.1/$PB2") 2>/dev/null; do sleep 0.05; done
+rm -f "$WORK/pgbouncer-2.pid"
 pgbouncer_start 2 "$S" "$PB2"
 echo "pgbouncer in front of the new primary restarted" >&2
 
@@ -182,16 +232,19 @@ SELECT
   (SELECT count(*) FROM acknowledged),
   (SELECT count(*) FROM acknowledged a WHERE NOT EXISTS
      (SELECT 1 FROM payments p WHERE p.id = replace(a.id, 'pay_', '')::uuid)),
+  -- A group's payments share its key; anything else sharing a key is a duplicate.
   (SELECT count(*) FROM (SELECT client_id, idempotency_key FROM payments
-     GROUP BY 1, 2 HAVING count(*) > 1) d)
-  + (SELECT count(*) FROM (SELECT key FROM acknowledged GROUP BY key
-     HAVING count(DISTINCT id) > 1) k);
+     GROUP BY 1, 2 HAVING count(DISTINCT coalesce(group_id, id)) > 1) d);
 EOF
 )
 read -r ACKED LOST DUPLICATED <<<"$(echo "$RESULT" | tail -n 1 | tr '|' ' ')"
-PAUSE=$(awk -v from="$KILLED_AT" '
-  { if ($2 > count) { if (last && $1 >= from && $1 - last > gap) gap = $1 - last; last = $1; count = $2 } }
+PAUSE=$(awk -v from="$KILLED_AT" -v to="$DRIVERS_END" '
+  { if ($2 > count) { if (last && $1 >= from && $1 <= to && $1 - last > gap) gap = $1 - last; last = $1; count = $2 } }
   END { print gap + 0 }' "$WORK/samples")
+echo "acknowledged payments per 2 s (all instances / instance A through pgbouncer):" >&2
+awk -v start="$(head -n 1 "$WORK/samples" | cut -d" " -f1)" -v killed="$KILLED_AT" '
+  { bucket = int(($1 - start) / 2000); all[bucket] = $2; a[bucket] = $3; if (bucket > last) last = bucket }
+  END { for (b = 0; b <= last; b++) printf "  %3d s%s %6d %6d\n", 2 * b, (killed >= start + 2000 * b && killed < start + 2000 * (b + 1)) ? " (kill)" : "       ", all[b] - all[b - 1], a[b] - a[b - 1] }' "$WORK/samples" >&2
 
 metric_sum() { # NAME_AND_LABELS
   for port in "$A" "$B"; do curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null || true; done \

@@ -94,6 +94,10 @@ impl Report {
                 "p99": self.write_latency_ms(0.99),
                 "max": self.write_latency.max() as f64 / 1000.0,
             },
+            "read_latency_ms": {
+                "p50": self.read_latency.value_at_quantile(0.5) as f64 / 1000.0,
+                "p99": self.read_latency.value_at_quantile(0.99) as f64 / 1000.0,
+            },
             "violations": self.violations,
         })
     }

@@ -183,7 +183,13 @@ pub async fn connect_replicas(
     metrics: &Arc<Metrics>,
     primary: &DatabaseConnection,
 ) -> anyhow::Result<Option<Arc<ReplicaSet>>> {
-    if config.replica_urls.is_empty() {
+    // An empty DATABASE_REPLICA_URLS (as a compose file may set it) names none.
+    let urls: Vec<&String> = config
+        .replica_urls
+        .iter()
+        .filter(|url| !url.trim().is_empty())
+        .collect();
+    if urls.is_empty() {
         return Ok(None);
     }
     anyhow::ensure!(
@@ -191,7 +197,7 @@ pub async fn connect_replicas(
         "DATABASE_REPLICA_URLS needs a PostgreSQL DATABASE_URL"
     );
     let mut replicas = Vec::new();
-    for url in &config.replica_urls {
+    for url in urls {
         let hosts = hosts::parse(url)?;
         anyhow::ensure!(
             hosts.urls.len() == 1 && url.starts_with("postgres"),

@@ -316,7 +316,19 @@ fn describe(subject: Subject, row: &QueryResult) -> Result<String, DbErr> {
 /// Connects to the database at `url` (without migrating it) and runs every check: the
 /// audit for tools outside the server, such as loadgen's `--verify-database-url`.
 pub async fn audit_database(url: &str) -> Result<Vec<Violation>, DbErr> {
-    let connection = sea_orm::Database::connect(url).await?;
+    // The server's own way in, so a multi-host URL works here too.
+    let config = crate::config::DatabaseConfig {
+        url: url.to_owned(),
+        ..Default::default()
+    };
+    let connection = crate::db::connect(
+        &config,
+        2,
+        &crate::metrics::Metrics::new(),
+        crate::db::PoolRole::Reads,
+    )
+    .await
+    .map_err(|error| DbErr::Custom(format!("{error:#}")))?;
     let violations = find_violations(&connection).await;
     connection.close().await.ok();
     violations

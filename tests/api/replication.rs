@@ -124,7 +124,7 @@ async fn a_promoted_synchronous_standby_is_followed_and_nothing_acknowledged_is_
         primary.port, standby.port
     );
     let options = AppOptions {
-        database_url: Some(url),
+        database_url: Some(url.clone()),
         acquire_timeout_seconds: Some(1),
         ..Default::default()
     };
@@ -165,6 +165,12 @@ async fn a_promoted_synchronous_standby_is_followed_and_nothing_acknowledged_is_
     // Every payment the writers sent was resent until acknowledged: nothing else exists.
     assert_eq!(stored.len(), acknowledged.len());
     assert!(app.metric("ledger_database_host_switches_total").await >= 1.0);
+    // Tools take the same URL (`verify`, `export`, loadgen's audit): the dead host
+    // is passed over, the new primary found.
+    let violations = payments_ledger::ledger::audit::audit_database(&url)
+        .await
+        .expect("the audit finds the new primary");
+    assert!(violations.is_empty(), "{violations:#?}");
     let balance = app
         .graphql(
             "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount } } }",
