@@ -1,7 +1,9 @@
-//! Database connection, migrations, and the one switch between SQLite and PostgreSQL.
+//! Database connections, migrations, and the one switch between SQLite and PostgreSQL.
 //!
 //! Service code is the same on both backends; what differs (transaction mode, which
 //! errors mean "try again", how many writers may run at once) is answered by `Backend`.
+//! On PostgreSQL a pool may span several hosts (`hosts`, followed by `follow`) and reads
+//! that may lag may go to replicas (`replicas`).
 
 mod follow;
 pub mod hosts;
