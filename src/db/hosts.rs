@@ -88,11 +88,18 @@ pub struct HostList {
     /// `host:port` of each, for logs (no credentials).
     pub labels: Vec<String>,
     pub session_attrs: SessionAttrs,
-    /// Whether the URL named `target_session_attrs` at all.
-    pub session_attrs_given: bool,
 }
 
 impl HostList {
+    /// A URL used as it is (SQLite's).
+    pub fn single(url: &str) -> Self {
+        Self {
+            urls: vec![url.to_owned()],
+            labels: vec![String::new()],
+            session_attrs: SessionAttrs::Any,
+        }
+    }
+
     /// Whether there is anything to choose or follow: more than one host, or a role
     /// the one host must have.
     pub fn needs_following(&self) -> bool {
@@ -172,7 +179,6 @@ pub fn parse(url: &str) -> Result<HostList, HostListError> {
         urls,
         labels,
         session_attrs: session_attrs.unwrap_or(SessionAttrs::Any),
-        session_attrs_given: session_attrs.is_some(),
     })
 }
 
@@ -187,7 +193,6 @@ mod tests {
         assert_eq!(hosts.urls, vec![url.to_owned()]);
         assert_eq!(hosts.labels, vec!["db:5432".to_owned()]);
         assert!(!hosts.needs_following());
-        assert!(!hosts.session_attrs_given);
     }
 
     #[test]

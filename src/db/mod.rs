@@ -23,6 +23,7 @@ use sea_orm::{
 use sqlx_core::transaction::TransactionManager as _;
 
 use self::follow::{Candidates, RetireMark};
+use self::hosts::HostList;
 use self::replicas::ReplicaSet;
 use crate::config::{DatabaseConfig, Pooler, WriteIsolation};
 use crate::metrics::{Metrics, ReplicaLabels};
@@ -120,7 +121,14 @@ pub async fn connect(
     metrics: &Metrics,
     role: PoolRole,
 ) -> anyhow::Result<DatabaseConnection> {
-    let hosts = hosts::parse(&config.url)?;
+    // Only PostgreSQL URLs name hosts; a SQLite path may hold a comma.
+    let is_postgres =
+        config.url.starts_with("postgres://") || config.url.starts_with("postgresql://");
+    let hosts = if is_postgres {
+        hosts::parse(&config.url)?
+    } else {
+        HostList::single(&config.url)
+    };
     let isolation = match role {
         PoolRole::Reads => WriteIsolation::ReadCommitted,
         PoolRole::Writes => config.write_isolation,
