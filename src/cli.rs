@@ -128,12 +128,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Schema => print!("{}", graphql::sdl()),
         Command::Client { command } => {
-            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
-            run_client_command(&db, command).await?;
+            let metrics = Metrics::new();
+            let db = startup::connect_and_migrate(&config, &metrics).await?;
+            let writes = startup::connect_for_writes(&config, &metrics).await?;
+            run_client_command(&db, &writes, command).await?;
         }
         Command::GrantAppRole { role } => {
-            let db = startup::connect_and_migrate(&config, &Metrics::new()).await?;
-            db::grant_app_role(&db, &role).await?;
+            let metrics = Metrics::new();
+            startup::connect_and_migrate(&config, &metrics).await?;
+            let writes = startup::connect_for_writes(&config, &metrics).await?;
+            db::grant_app_role(&writes, &role).await?;
             println!(
                 "granted {role} what the server needs; run it as {role} with DATABASE_MIGRATIONS=check"
             );
@@ -175,13 +179,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `db` reads; `writes` runs the commands that write, each in a transaction.
 async fn run_client_command(
     db: &sea_orm::DatabaseConnection,
+    writes: &sea_orm::DatabaseConnection,
     command: ClientCommand,
 ) -> anyhow::Result<()> {
     match command {
         ClientCommand::Create { name } => {
-            let created = auth::create_client(db, &name).await?;
+            let created = auth::create_client(writes, &name).await?;
             println!("created client {name:?} with id {}", created.id.0);
             println!(
                 "key id {}; the API key, shown only this once:",
@@ -190,12 +196,12 @@ async fn run_client_command(
             println!("{}", created.api_key);
         }
         ClientCommand::AddKey { client_id } => {
-            let key = auth::add_key(db, ClientId(client_id)).await?;
+            let key = auth::add_key(writes, ClientId(client_id)).await?;
             println!("key id {}; the API key, shown only this once:", key.id);
             println!("{}", key.api_key);
         }
         ClientCommand::RevokeKey { key } => {
-            let revoked = auth::revoke_key(db, auth::KeyRef::parse(&key)?).await?;
+            let revoked = auth::revoke_key(writes, auth::KeyRef::parse(&key)?).await?;
             println!(
                 "revoked key {} of client {}; every instance refuses it within API_KEY_CACHE_SECONDS",
                 revoked.id, revoked.client_id

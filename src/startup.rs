@@ -93,6 +93,13 @@ impl Application {
         self.state.ledger.connection()
     }
 
+    /// The write pool, for writes outside the ledger (a client, a key) made in a
+    /// transaction: behind a transaction-mode pooler the read pool commits what a
+    /// connection did only once the connection is back in the pool (`db::connect`).
+    pub fn write_database(&self) -> &DatabaseConnection {
+        self.state.ledger.write_connection()
+    }
+
     /// Serves until ctrl-c or SIGTERM, then drains (SIGTERM only) and finishes in-flight
     /// requests.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
@@ -169,6 +176,14 @@ pub async fn connect_and_migrate(
     )
     .await?;
     match config.database.migrations {
+        // Behind a transaction-mode pooler the read pool commits only once a
+        // connection is back in the pool, so migrations run on a pool of their own.
+        Migrations::Apply if config.database.pooler == Pooler::Transaction => {
+            let writes = connect_for_writes(config, metrics).await?;
+            let migrated = db::migrate(&writes).await;
+            writes.close().await.ok();
+            migrated.context("cannot apply migrations")?
+        }
         Migrations::Apply => db::migrate(&db).await.context("cannot apply migrations")?,
         Migrations::Check => {
             let pending = db::pending_migrations(&db)
@@ -182,6 +197,15 @@ pub async fn connect_and_migrate(
         }
     }
     Ok(db)
+}
+
+/// One connection for tools that write (a client, a key, grants), in transactions only:
+/// committed before the call returns, whatever stands in front of the database.
+pub async fn connect_for_writes(
+    config: &Config,
+    metrics: &Metrics,
+) -> anyhow::Result<DatabaseConnection> {
+    connect(config, 1, metrics, PoolRole::Writes).await
 }
 
 /// A pool of `max_connections` on the configured database.

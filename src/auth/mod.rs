@@ -128,8 +128,9 @@ async fn insert_key(
 
 /// Gives `client` one more key; its other keys keep working.
 pub async fn add_key(db: &DatabaseConnection, client: ClientId) -> AppResult<NewKey> {
+    let transaction = db.begin().await?;
     if client::Entity::find_by_id(client.0)
-        .one(db)
+        .one(&transaction)
         .await?
         .is_none()
     {
@@ -139,7 +140,9 @@ pub async fn add_key(db: &DatabaseConnection, client: ClientId) -> AppResult<New
         )));
     }
     let (api_key, hash) = generate_key();
-    insert_key(db, client, api_key, hash).await
+    let key = insert_key(&transaction, client, api_key, hash).await?;
+    transaction.commit().await?;
+    Ok(key)
 }
 
 /// Which key to revoke: by its id, or by the key itself (one found in a log, say).
@@ -167,6 +170,7 @@ pub async fn revoke_key(db: &DatabaseConnection, key: KeyRef<'_>) -> AppResult<a
         KeyRef::Id(id) => api_key::Column::Id.eq(id),
         KeyRef::Key(api_key) => api_key::Column::KeyHash.eq(hex::encode(hash_api_key(api_key))),
     };
+    let transaction = db.begin().await?;
     let revoked = api_key::Entity::update_many()
         .col_expr(
             api_key::Column::RevokedAt,
@@ -174,8 +178,9 @@ pub async fn revoke_key(db: &DatabaseConnection, key: KeyRef<'_>) -> AppResult<a
         )
         .filter(matching)
         .filter(api_key::Column::RevokedAt.is_null())
-        .exec_with_returning(db)
+        .exec_with_returning(&transaction)
         .await?;
+    transaction.commit().await?;
     revoked
         .into_iter()
         .next()

@@ -299,7 +299,10 @@ async fn open(
             // parsed there last. So a read connection is inside a transaction while it
             // is lent out (begun when it is handed out, `before_acquire` above and
             // `after_connect` here, and committed when it comes back), which keeps it
-            // on one server session; a transaction begun on it becomes a savepoint.
+            // on one server session. A transaction begun on it becomes a savepoint,
+            // committed only once the connection is back: so nothing is written
+            // through this pool (migrations, clients and keys use a `PoolRole::Writes`
+            // pool, which runs nothing but transactions).
             pool.after_connect(|connection, _| {
                 Box::pin(async move { PgTransactionManager::begin(connection, None).await })
             })

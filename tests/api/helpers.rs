@@ -158,9 +158,10 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         .expect("the application builds");
     let address = format!("http://127.0.0.1:{}", application.port());
     let db = application.database().clone();
+    let writes = application.write_database().clone();
     let metrics = Arc::clone(&application.state().metrics);
     tokio::spawn(application.run_until_stopped());
-    let client = auth::create_client(&db, "test client")
+    let client = auth::create_client(&writes, "test client")
         .await
         .expect("a client is created");
     let ledger_client = LedgerClient::new(&address, Some(&client.api_key));

@@ -171,12 +171,21 @@ async fn a_promoted_synchronous_standby_is_followed_and_nothing_acknowledged_is_
         .await
         .expect("the audit finds the new primary");
     assert!(violations.is_empty(), "{violations:#?}");
-    let balance = app
-        .graphql(
-            "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount } } }",
-            json!({ "id": to }),
-        )
-        .await;
+    // Each pool finds the new primary on its own probe (within a second of the other),
+    // and until then a read answers RETRY_LATER, which a client retries.
+    let mut balance = Value::Null;
+    for _ in 0..100 {
+        balance = app
+            .graphql(
+                "query($id: ID!) { account(id: $id) { balance(consistency: STRONG) { amount } } }",
+                json!({ "id": to }),
+            )
+            .await;
+        if error_code(&balance) != Some("RETRY_LATER") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         balance["data"]["account"]["balance"]["amount"],
         format!("{}.00", acknowledged.len()),

@@ -140,6 +140,11 @@ impl Ledger {
         }))
     }
 
+    /// The pool write transactions run on; it runs nothing but transactions.
+    pub fn write_connection(&self) -> &DatabaseConnection {
+        self.writer.connection()
+    }
+
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
     }
