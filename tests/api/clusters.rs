@@ -8,8 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::services::{
-    as_postgres, free_port, is_root, newest_postgres_bin, own_directory, path, register_cleanup,
-    run,
+    as_postgres, free_port, initdb, is_root, newest_postgres_bin, own_directory, path,
+    register_cleanup, run,
 };
 
 pub const MISSING_BINARIES: &str =
@@ -31,18 +31,7 @@ impl Cluster {
     /// does not inherit it (once promoted, it would wait for a standby of its own).
     pub fn primary(synchronous_standby: Option<&str>) -> Option<Self> {
         let mut cluster = Self::empty("primary")?;
-        run(
-            as_postgres(&cluster.bin.join("initdb"), cluster.as_root).args([
-                "-D",
-                path(&cluster.data()),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "--encoding=UTF8",
-                "--locale=C",
-            ]),
-        );
+        initdb(&cluster.bin, &cluster.data(), cluster.as_root);
         std::fs::write(
             cluster.data().join("pg_hba.conf"),
             "local all all trust\nhost all all 127.0.0.1/32 trust\n\

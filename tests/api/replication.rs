@@ -357,7 +357,7 @@ async fn payments_through_pgbouncer_in_transaction_mode_keep_every_guarantee() {
     for task in tasks {
         task.await.expect("a sender finishes");
     }
-    // A hold and its capture, and a refund.
+    // A hold and its capture.
     let hold = app
         .graphql(
             "mutation($input: CreatePaymentInput!) { createPayment(input: $input) { payment { id status } } }",

@@ -70,16 +70,7 @@ fn start_postgres() -> Option<String> {
         path(&directory)
     );
     register_cleanup(stop);
-    run(as_postgres(&bin.join("initdb"), as_root).args([
-        "-D",
-        path(&data),
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "--no-sync",
-        "--encoding=UTF8",
-        "--locale=C",
-    ]));
+    initdb(&bin, &data, as_root);
     // Durability is the cluster's, not the ledger's, to test: a throwaway cluster
     // needs none. Enough connections for many test servers at once.
     let settings = format!(
@@ -161,6 +152,20 @@ pub fn newest_postgres_bin() -> Option<PathBuf> {
         })
         .max_by_key(|(major, _)| *major)
         .map(|(_, bin)| bin)
+}
+
+/// A new cluster in `data`, its superuser `postgres` with trust auth.
+pub fn initdb(bin: &Path, data: &Path, as_root: bool) {
+    run(as_postgres(&bin.join("initdb"), as_root).args([
+        "-D",
+        path(data),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--no-sync",
+        "--encoding=UTF8",
+        "--locale=C",
+    ]));
 }
 
 pub fn as_postgres(program: &Path, as_root: bool) -> Command {
