@@ -24,6 +24,19 @@ pub const HOLD_TTL_SECONDS_DEFAULT: u32 = 7 * 24 * 3600;
 pub const CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT: u32 = 64;
 pub const DATABASE_WRITE_CONNECTIONS_DEFAULT: u32 = 4;
 pub const DATABASE_REPLICA_MAX_LAG_MS_DEFAULT: u64 = 1_000;
+pub const LONG_POLLS_PER_CLIENT_MAX_DEFAULT: usize = 256;
+pub const LONG_POLLS_MAX_DEFAULT: usize = 10_000;
+
+/// Which GraphQL documents run (`documents`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum DocumentPolicy {
+    /// Documents sent in full, persisted (APQ) and trusted ones alike.
+    #[default]
+    Any,
+    /// Only the documents of `GRAPHQL_TRUSTED_DOCUMENTS` (and the built-in dashboard's):
+    /// a public frontend runs only the operations it shipped with.
+    Trusted,
+}
 
 /// Who may introspect the schema (`__schema`, `__type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -331,6 +344,46 @@ pub struct ServerConfig {
         global = true
     )]
     pub client_concurrent_requests_max: u32,
+
+    /// Which documents run: `any` (full, persisted and trusted) or `trusted` (only the
+    /// manifest's; anything else is refused with DOCUMENT_NOT_TRUSTED).
+    #[arg(
+        long = "graphql-documents",
+        env = "GRAPHQL_DOCUMENTS",
+        value_enum,
+        default_value_t = DocumentPolicy::default(),
+        global = true
+    )]
+    pub documents: DocumentPolicy,
+
+    /// A trusted-documents manifest loaded at start: graphql-codegen's
+    /// `persisted-documents.json` (`{"<sha256 hex>": "<document>"}`) or Apollo's
+    /// persisted-query manifest. A manifest that does not check out stops the start.
+    #[arg(
+        long = "graphql-trusted-documents",
+        env = "GRAPHQL_TRUSTED_DOCUMENTS",
+        global = true
+    )]
+    pub trusted_documents: Option<std::path::PathBuf>,
+
+    /// Long polls one client may have parked on this instance; one more answers 429
+    /// RETRY_LATER.
+    #[arg(
+        long = "long-polls-per-client-max",
+        env = "LONG_POLLS_PER_CLIENT_MAX",
+        default_value_t = LONG_POLLS_PER_CLIENT_MAX_DEFAULT,
+        global = true
+    )]
+    pub long_polls_per_client_max: usize,
+
+    /// Long polls this instance holds parked at once, all clients together.
+    #[arg(
+        long = "long-polls-max",
+        env = "LONG_POLLS_MAX",
+        default_value_t = LONG_POLLS_MAX_DEFAULT,
+        global = true
+    )]
+    pub long_polls_max: usize,
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, lower case, nothing after.
@@ -370,6 +423,10 @@ impl Default for ServerConfig {
             shutdown_drain_seconds: SHUTDOWN_DRAIN_SECONDS_DEFAULT,
             introspection: Introspection::default(),
             client_concurrent_requests_max: CLIENT_CONCURRENT_REQUESTS_MAX_DEFAULT,
+            documents: DocumentPolicy::default(),
+            trusted_documents: None,
+            long_polls_per_client_max: LONG_POLLS_PER_CLIENT_MAX_DEFAULT,
+            long_polls_max: LONG_POLLS_MAX_DEFAULT,
         }
     }
 }

@@ -64,6 +64,18 @@ pub enum AppError {
         "the database connection failed while this write was committing, so its outcome is unknown: send it again with the same idempotency key, or ask paymentByIdempotencyKey"
     )]
     OutcomeUnknown,
+    /// A document named by a hash this server does not know: send it in full (APQ).
+    /// The message is the one Apollo Client and urql match to do that.
+    #[error("PersistedQueryNotFound")]
+    PersistedQueryNotFound,
+    #[error("the persisted query's sha256Hash is not the SHA-256 of the document sent with it")]
+    PersistedQueryHashMismatch,
+    #[error("only version 1 of extensions.persistedQuery is supported")]
+    PersistedQueryNotSupported,
+    #[error(
+        "this server runs only trusted documents (GRAPHQL_DOCUMENTS=trusted), and this one is not in its manifest"
+    )]
+    DocumentNotTrusted,
     #[error("internal error")]
     Internal(Arc<anyhow::Error>),
 }
@@ -111,6 +123,10 @@ impl AppError {
             Self::RetryLater => "RETRY_LATER",
             Self::Timeout => "TIMEOUT",
             Self::OutcomeUnknown => "OUTCOME_UNKNOWN",
+            Self::PersistedQueryNotFound => "PERSISTED_QUERY_NOT_FOUND",
+            Self::PersistedQueryHashMismatch => "PERSISTED_QUERY_HASH_MISMATCH",
+            Self::PersistedQueryNotSupported => "PERSISTED_QUERY_NOT_SUPPORTED",
+            Self::DocumentNotTrusted => "DOCUMENT_NOT_TRUSTED",
             Self::Internal(_) => "INTERNAL",
         }
     }

@@ -9,12 +9,16 @@ pub mod assets;
 pub mod auth;
 /// Versioned L1 (moka) and L2 (Redis) caches.
 pub mod cache;
+/// Which clients' data changed: what wakes parked long polls.
+pub mod changes;
 /// The command line: `serve`, `migrate`, `grant-app-role`, `schema`, `client …`, `verify`.
 pub mod cli;
 /// Configuration from the environment and flags.
 pub mod config;
 /// Connection, migrations and the SQLite/PostgreSQL switch.
 pub mod db;
+/// Persisted (APQ) and trusted GraphQL documents.
+pub mod documents;
 /// sea-orm entities, one per table.
 pub mod entity;
 /// The error type and its GraphQL codes.

@@ -11,8 +11,10 @@ use tokio::net::TcpListener;
 use crate::admission::Admission;
 use crate::auth::{self, Authenticator};
 use crate::cache::{CacheSettings, Caches, RedisL2};
+use crate::changes::ClientChanges;
 use crate::config::{CacheConfig, Config, DatabaseConfig, Migrations, Pooler};
 use crate::db::{self, Backend, PoolRole};
+use crate::documents::Documents;
 use crate::entity::client;
 use crate::graphql::{build_schema, build_schema_for_validated_documents};
 use crate::http::{self, AppState};
@@ -41,10 +43,27 @@ impl Application {
         let replicas = db::connect_replicas(&config.database, &metrics, &db)
             .await
             .context("cannot use DATABASE_REPLICA_URLS")?;
+        let changes = Arc::new(ClientChanges::new(
+            config.server.long_polls_per_client_max,
+            config.server.long_polls_max,
+        ));
         let caches = Arc::new(Caches::new(
             &cache_settings(&config.cache),
+            Arc::clone(&changes),
             Arc::clone(&metrics),
         )?);
+        let documents = Documents::load(
+            config.server.documents,
+            config.server.trusted_documents.as_deref(),
+            caches.l2_shared(),
+        )?;
+        if config.server.trusted_documents.is_some() {
+            tracing::info!(
+                documents = documents.trusted_count(),
+                policy = ?config.server.documents,
+                "trusted documents loaded"
+            );
+        }
         let invalidation_subscriber = RedisL2::spawn_subscriber(&caches);
         let listener = TcpListener::bind(config.server.listen_addr)
             .await
@@ -69,6 +88,8 @@ impl Application {
             parsed_queries: Arc::default(),
             draining: Arc::default(),
             admission: Arc::new(Admission::new(config.server.client_concurrent_requests_max)),
+            documents: Arc::new(documents),
+            changes,
             config: Arc::new(config),
         };
         Ok(Self {
@@ -115,10 +136,14 @@ impl Application {
         shutdown: impl Future<Output = Drain> + Send + 'static,
     ) -> std::io::Result<()> {
         let draining = Arc::clone(&self.state.draining);
+        let changes = Arc::clone(&self.state.changes);
         let drain_for = Duration::from_secs(self.state.config.server.shutdown_drain_seconds);
         let shutdown = async move {
             let drain = shutdown.await;
             draining.store(true, std::sync::atomic::Ordering::Relaxed);
+            // Parked long polls answer now, and none parks from here on: shutdown
+            // would otherwise wait out their waits.
+            changes.close();
             if drain == Drain::Yes && !drain_for.is_zero() {
                 tracing::info!(
                     seconds = drain_for.as_secs(),

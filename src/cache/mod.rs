@@ -23,6 +23,7 @@ use moka::future::Cache;
 use moka::ops::compute::Op;
 use uuid::Uuid;
 
+use crate::changes::ClientChanges;
 use crate::entity::{account, ledger_entry, payment, payment_settlement};
 use crate::error::AppResult;
 use crate::idempotency::{Fingerprint, IdempotencyKey};
@@ -117,6 +118,8 @@ pub struct Caches {
     l2: Option<Arc<RedisL2>>,
     /// Write-throughs to L2 running off the answer's path (see `write_through`).
     l2_writes_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Told of every commit, so parked long polls of its clients look again.
+    changes: Arc<ClientChanges>,
     metrics: Arc<Metrics>,
 }
 
@@ -125,7 +128,11 @@ pub struct Caches {
 const L2_WRITES_IN_FLIGHT_MAX: usize = 64;
 
 impl Caches {
-    pub fn new(settings: &CacheSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &CacheSettings,
+        changes: Arc<ClientChanges>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let (capacity, ttl) = (settings.l1_object_capacity, L1_OBJECT_TTL);
         let l2 = settings
             .redis_url
@@ -145,12 +152,18 @@ impl Caches {
             idempotency_keys: l1(capacity, ttl),
             l2,
             l2_writes_in_flight: Arc::new(tokio::sync::Semaphore::new(L2_WRITES_IN_FLIGHT_MAX)),
+            changes,
             metrics,
         })
     }
 
     pub fn l2(&self) -> Option<&RedisL2> {
         self.l2.as_deref()
+    }
+
+    /// L2 for others that keep what every instance shares in Redis.
+    pub fn l2_shared(&self) -> Option<Arc<RedisL2>> {
+        self.l2.clone()
     }
 
     /// Stores `balance` in L1 unless L1 already holds the same or a newer state.
@@ -169,11 +182,14 @@ impl Caches {
             .await;
     }
 
-    /// After a commit: the new balances go to L1 and L2, and to every other instance.
-    pub async fn write_through(&self, balances: &[(Uuid, VersionedBalance)]) {
+    /// After a commit of `clients`' data: the new balances go to L1 and L2, and to every
+    /// other instance with the news that those clients' data changed (in one message,
+    /// balances first, so a long poll woken there reads the new balances).
+    pub async fn write_through(&self, balances: &[(Uuid, VersionedBalance)], clients: &[Uuid]) {
         for (account, balance) in balances {
             self.put_l1_balance(*account, *balance).await;
         }
+        self.changes.changed(clients.iter().copied());
         let Some(l2) = &self.l2 else {
             return;
         };
@@ -184,13 +200,13 @@ impl Caches {
         // if two write-throughs arrive out of order. The answer saves a Redis round trip.
         match Arc::clone(&self.l2_writes_in_flight).try_acquire_owned() {
             Ok(permit) => {
-                let (l2, balances) = (Arc::clone(l2), balances.to_vec());
+                let (l2, balances, clients) = (Arc::clone(l2), balances.to_vec(), clients.to_vec());
                 tokio::spawn(async move {
-                    l2.put_and_publish(&balances).await;
+                    l2.put_and_publish(&balances, &clients).await;
                     drop(permit);
                 });
             }
-            Err(_) => l2.put_and_publish(balances).await,
+            Err(_) => l2.put_and_publish(balances, clients).await,
         }
     }
 
@@ -500,7 +516,12 @@ mod tests {
             redis_timeout: Duration::from_millis(100),
             namespace: "test".to_owned(),
         };
-        Caches::new(&settings, Arc::new(Metrics::new())).unwrap()
+        Caches::new(
+            &settings,
+            Arc::new(ClientChanges::new(1, 1)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

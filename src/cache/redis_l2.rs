@@ -34,6 +34,22 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 ";
 
+/// Registers a persisted document: KEYS[1] (the document) set to ARGV[2] for ARGV[3]
+/// seconds, its hash ARGV[1] added to the index KEYS[2] at time ARGV[4]; past ARGV[5]
+/// entries the oldest registrations (keys ARGV[6] .. hash) go. One atomic step.
+const REGISTER_DOCUMENT: &str = r"
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+local over = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
+if over > 0 then
+  local oldest = redis.call('ZPOPMIN', KEYS[2], over)
+  for i = 1, #oldest, 2 do
+    redis.call('DEL', ARGV[6] .. oldest[i])
+  end
+end
+return 1
+";
+
 const FAILURE_BACKOFF: Duration = Duration::from_secs(1);
 const WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -113,6 +129,48 @@ impl RedisL2 {
 
     fn key(&self, account: Uuid) -> String {
         format!("{}:balance:{}", self.namespace, account.simple())
+    }
+
+    fn document_key_prefix(&self) -> String {
+        format!("{}:document:", self.namespace)
+    }
+
+    /// A persisted document registered by any instance.
+    pub async fn get_document(&self, hash: &str) -> Option<String> {
+        let key = format!("{}{hash}", self.document_key_prefix());
+        self.call("GET document", |mut connection| async move {
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut connection)
+                .await
+        })
+        .await
+        .flatten()
+    }
+
+    /// Registers a persisted document for `ttl_seconds`, keeping at most `most`.
+    pub async fn put_document(&self, hash: &str, text: &str, ttl_seconds: u64, most: u64) {
+        let prefix = self.document_key_prefix();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis());
+        let mut invocation = redis::cmd("EVAL");
+        invocation
+            .arg(REGISTER_DOCUMENT)
+            .arg(2)
+            .arg(format!("{prefix}{hash}"))
+            .arg(format!("{}:documents", self.namespace))
+            .arg(hash)
+            .arg(text)
+            .arg(ttl_seconds)
+            .arg(now.to_string())
+            .arg(most)
+            .arg(prefix);
+        let _: Option<i64> = self
+            .call("register document", |mut connection| async move {
+                invocation.query_async(&mut connection).await
+            })
+            .await;
     }
 
     fn channel(&self) -> String {
@@ -211,17 +269,18 @@ impl RedisL2 {
             .await;
     }
 
-    /// After a commit: compare-and-set each balance and tell every instance about them,
-    /// so their L1 upgrades its copies; one round trip.
-    pub async fn put_and_publish(&self, balances: &[(Uuid, VersionedBalance)]) {
-        if balances.is_empty() {
+    /// After a commit: compare-and-set each balance and tell every instance about them
+    /// and about the clients whose data changed, so their L1 upgrades its copies and
+    /// their long polls look again; one round trip.
+    pub async fn put_and_publish(&self, balances: &[(Uuid, VersionedBalance)], clients: &[Uuid]) {
+        if balances.is_empty() && clients.is_empty() {
             return;
         }
         let mut pipeline = self.put_pipeline(balances);
         pipeline
             .cmd("PUBLISH")
             .arg(self.channel())
-            .arg(encode_invalidation(self.instance, balances))
+            .arg(encode_invalidation(self.instance, balances, clients))
             .ignore();
         let published: Option<()> = self
             .call("put and publish balances", |mut connection| async move {
@@ -279,6 +338,7 @@ impl RedisL2 {
                         let Some(live) = caches.upgrade() else { return };
                         if was_connected {
                             live.clear_l1_balances();
+                            live.changes.everyone_changed();
                             tracing::info!("reconnected to the Redis invalidation channel");
                         }
                         drop(live);
@@ -328,17 +388,28 @@ fn warn_rate_limited(
     }
 }
 
-/// "<instance> <account>:<encoded balance> …"
+/// "<instance> <account>:<encoded balance> … client:<client> …"
 /// In place of a balance in an invalidation: the account's settings changed, so every
 /// instance drops its copy (instances from before this read it as an unknown balance and
 /// skip it; their copy lives out its TTL).
 const SETTINGS_CHANGED: &str = "settings";
 
-fn encode_invalidation(instance: Uuid, balances: &[(Uuid, VersionedBalance)]) -> String {
+/// In place of an account: a client whose data changed (instances from before long
+/// polls read it as an unknown account and skip it).
+const CLIENT: &str = "client";
+
+fn encode_invalidation(
+    instance: Uuid,
+    balances: &[(Uuid, VersionedBalance)],
+    clients: &[Uuid],
+) -> String {
     let mut message = instance.simple().to_string();
     for (account, balance) in balances {
         message.push(' ');
         message.push_str(&format!("{}:{}", account.simple(), encode(*balance)));
+    }
+    for client in clients {
+        message.push_str(&format!(" {CLIENT}:{}", client.simple()));
     }
     message
 }
@@ -351,10 +422,15 @@ async fn apply_invalidation(caches: &Caches, own_instance: Uuid, payload: &str) 
     if sender == own_instance {
         return;
     }
+    let mut clients = Vec::new();
     for part in parts {
         let Some((account, balance)) = part.split_once(':') else {
             continue;
         };
+        if account == CLIENT {
+            clients.extend(Uuid::try_parse(balance).ok());
+            continue;
+        }
         let Ok(account) = Uuid::try_parse(account) else {
             continue;
         };
@@ -369,6 +445,8 @@ async fn apply_invalidation(caches: &Caches, own_instance: Uuid, payload: &str) 
         caches.metrics.invalidations_received.inc();
         caches.put_l1_balance(account, balance).await;
     }
+    // After the balances: a poll woken now reads them.
+    caches.changes.changed(clients);
 }
 
 #[cfg(test)]
@@ -384,12 +462,16 @@ mod tests {
             pending_until: chrono::DateTime::from_timestamp_micros(1_800_000_000_123_456),
             ..VersionedBalance::posted(-1250, 42, 7)
         };
-        let message = encode_invalidation(instance, &[(account, balance)]);
+        let client = Uuid::now_v7();
+        let message = encode_invalidation(instance, &[(account, balance)], &[client]);
         let mut parts = message.split(' ');
         assert_eq!(parts.next(), Some(instance.simple().to_string().as_str()));
         let (id, encoded) = parts.next().unwrap().split_once(':').unwrap();
         assert_eq!(Uuid::try_parse(id).unwrap(), account);
         assert_eq!(decode(encoded), Some(balance));
+        let (marker, id) = parts.next().unwrap().split_once(':').unwrap();
+        assert_eq!((marker, Uuid::try_parse(id).unwrap()), (CLIENT, client));
+        assert_eq!(parts.next(), None);
         assert_eq!(decode("garbage"), None);
         // The format before holds: read as a miss, never as a wrong balance.
         assert_eq!(decode("42:-1250"), None);

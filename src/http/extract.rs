@@ -1,25 +1,71 @@
-//! Reading a GraphQL request off HTTP: async-graphql-axum's extractors, with a
-//! rejection of ours so that a request that cannot be read answers in the GraphQL
-//! error shape with a code, and the Content-Type checked before any of a body is read.
+//! Reading GraphQL operations off HTTP, by hand rather than with async-graphql-axum's
+//! extractors: they drop `documentId` (persisted documents) and a GET's
+//! `operationName`, and cannot tell a hash-only request from an empty one. A request
+//! that cannot be read answers in the GraphQL error shape with a code, and the
+//! Content-Type is checked before any of a body is read.
 
-use async_graphql::{BatchRequest, ParseRequestError, Request as GraphQLRequestBody};
-use async_graphql_axum::{GraphQLBatchRequest, GraphQLRequest};
+use async_graphql::{Extensions, ParseRequestError, Request as GraphQLRequestBody, Variables};
 use axum::body::Body;
-use axum::extract::{FromRequest, Request};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http_body_util::Limited;
+use serde::Deserialize;
 
-use super::{GRAPHQL_RESPONSE_JSON, REQUEST_BODY_BYTES_MAX, error_response};
+use super::{GRAPHQL_RESPONSE_JSON, error_response};
+use crate::documents::Naming;
 use crate::error::AppError;
 
-/// A POST's GraphQL request or batch, read by async-graphql-axum's extractor once the
-/// Content-Type says JSON (a form or a multipart body, file uploads, which this API has
-/// none of, is refused before anything of it is read) and only up to `bytes_max`.
-pub(super) async fn json_batch(
+/// One GraphQL operation as sent over HTTP: the GraphQL-over-HTTP fields, and
+/// `documentId` for a document named by its hash (persisted documents).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Operation {
+    #[serde(default)]
+    pub(super) query: Option<String>,
+    #[serde(default)]
+    pub(super) operation_name: Option<String>,
+    #[serde(default)]
+    pub(super) variables: Variables,
+    #[serde(default)]
+    pub(super) extensions: Extensions,
+    #[serde(default)]
+    pub(super) document_id: Option<String>,
+}
+
+impl Operation {
+    /// How the operation names its document; `extensions.persistedQuery` leaves the
+    /// extensions, which go on to execution.
+    pub(super) fn take_naming(&mut self) -> Naming {
+        Naming {
+            document_id: self.document_id.take(),
+            persisted_query: self.extensions.0.remove("persistedQuery"),
+        }
+    }
+
+    /// The request async-graphql runs, its document resolved into `query`.
+    pub(super) fn into_request(self) -> GraphQLRequestBody {
+        let mut request =
+            GraphQLRequestBody::new(self.query.unwrap_or_default()).variables(self.variables);
+        request.operation_name = self.operation_name;
+        request.extensions = self.extensions;
+        request
+    }
+}
+
+/// What a POST carries: one operation, or a batch of them.
+pub(super) enum Operations {
+    Single(Operation),
+    Batch(Vec<Operation>),
+}
+
+/// A POST's operation or batch, read once the Content-Type says JSON (a form or a
+/// multipart body, file uploads, which this API has none of, is refused before
+/// anything of it is read) and only up to `bytes_max`.
+pub(super) async fn json_operations(
     request: Request,
     bytes_max: usize,
-) -> Result<BatchRequest, Response> {
+) -> Result<Operations, Response> {
     let accept = accept_only(request.headers());
     if !is_json(request.headers()) {
         return Err(error_response(
@@ -35,56 +81,72 @@ pub(super) async fn json_batch(
     if declared.is_some_and(|length| length > bytes_max) {
         return Err(too_large(bytes_max, &accept));
     }
-    let request = request.map(|body| Body::new(Limited::new(body, bytes_max)));
-    match GraphQLBatchRequest::<Unreadable>::from_request(request, &()).await {
-        Ok(batch) => Ok(batch.into_inner()),
-        Err(Unreadable(error)) => Err(unreadable(
-            &error,
-            "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}",
-            bytes_max,
+    let body = Body::new(Limited::new(request.into_body(), bytes_max));
+    let malformed = "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}";
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            let error = ParseRequestError::Io(std::io::Error::other(error.to_string()));
+            return Err(unreadable(&error, malformed, bytes_max, &accept));
+        }
+    };
+    // A batch is a JSON array; anything else is read as one operation.
+    let is_batch = bytes
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|byte| *byte == b'[');
+    let parsed = if is_batch {
+        serde_json::from_slice(&bytes).map(Operations::Batch)
+    } else {
+        serde_json::from_slice(&bytes).map(Operations::Single)
+    };
+    parsed.map_err(|_| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            &AppError::bad_input(malformed),
             &accept,
-        )),
-    }
+        )
+    })
 }
 
-/// A GET's GraphQL request, read from the query string by async-graphql-axum.
-pub(super) struct QueryString(pub(super) GraphQLRequestBody);
-
-impl<S: Send + Sync> FromRequest<S> for QueryString {
-    type Rejection = Response;
-
-    async fn from_request(request: Request, state: &S) -> Result<Self, Response> {
-        let accept = accept_only(request.headers());
-        match GraphQLRequest::<Unreadable>::from_request(request, state).await {
-            Ok(request) => Ok(Self(request.into_inner())),
-            Err(Unreadable(error)) => Err(unreadable(
-                &error,
-                "malformed query string: expected ?query=…&variables=…",
-                REQUEST_BODY_BYTES_MAX,
-                &accept,
-            )),
+/// A GET's operation, read from the query string: `query` (or `documentId`, or
+/// `extensions` with a persisted query), `operationName`, and `variables` and
+/// `extensions` as JSON.
+pub(super) fn query_string(query: Option<&str>) -> Result<Operation, AppError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Parameters {
+        query: Option<String>,
+        operation_name: Option<String>,
+        variables: Option<String>,
+        extensions: Option<String>,
+        document_id: Option<String>,
+    }
+    let malformed = |what: &str| {
+        AppError::bad_input(format!(
+            "malformed query string: {what}; expected ?query=…&variables=… (or documentId=…)"
+        ))
+    };
+    let parameters: Parameters = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|_| malformed("it does not decode"))?;
+    // `variables` and `extensions` are JSON objects; empty means none.
+    fn object<T: serde::de::DeserializeOwned + Default>(text: Option<String>) -> Option<T> {
+        match text.filter(|text| !text.is_empty()) {
+            None => Some(T::default()),
+            Some(text) => serde_json::from_str(&text).ok(),
         }
     }
-}
-
-/// What async-graphql-axum's extractors could not read.
-struct Unreadable(ParseRequestError);
-
-impl From<ParseRequestError> for Unreadable {
-    fn from(error: ParseRequestError) -> Self {
-        Self(error)
-    }
-}
-
-impl IntoResponse for Unreadable {
-    fn into_response(self) -> Response {
-        unreadable(
-            &self.0,
-            "the request could not be read",
-            REQUEST_BODY_BYTES_MAX,
-            &HeaderMap::new(),
-        )
-    }
+    let variables =
+        object(parameters.variables).ok_or_else(|| malformed("variables is not a JSON object"))?;
+    let extensions = object(parameters.extensions)
+        .ok_or_else(|| malformed("extensions is not a JSON object"))?;
+    Ok(Operation {
+        query: parameters.query,
+        operation_name: parameters.operation_name.filter(|name| !name.is_empty()),
+        variables,
+        extensions,
+        document_id: parameters.document_id,
+    })
 }
 
 /// A body over the limit (refused while it was read, when it came without a length)

@@ -11,13 +11,16 @@
 //! Every response carries an `x-request-id` (the caller's, or a new one) and every log
 //! line of the request carries it too.
 
+mod conditional;
 mod extract;
+
+pub use conditional::WAIT_SECONDS_MAX;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_graphql::parser::types::OperationType;
-use async_graphql::{BatchRequest, BatchResponse, Request as GraphQLRequestBody, ServerError};
+use async_graphql::{BatchResponse, Request as GraphQLRequestBody, ServerError};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -28,15 +31,17 @@ use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-use self::extract::QueryString;
+use self::conditional::Condition;
+use self::extract::{Operation, Operations};
 use crate::admission::{self, Admission, Refusal};
 use crate::assets;
 use crate::auth::{Authenticator, Caller};
 use crate::cache::Caches;
+use crate::changes::{ClientChanges, ParkRefusal};
 use crate::config::{Config, Introspection};
+use crate::documents::{Documents, Registration};
 use crate::error::AppError;
 use crate::graphql::budget::DocumentWeight;
 use crate::graphql::{AppSchema, ParsedQueries, RequestScope};
@@ -84,12 +89,15 @@ pub struct AppState {
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub admission: Arc<Admission>,
+    /// Persisted and trusted documents.
+    pub documents: Arc<Documents>,
+    /// What wakes parked long polls; closed when shutdown begins.
+    pub changes: Arc<ClientChanges>,
 }
 
 pub fn router(state: AppState) -> Router {
     // Shared by every request: one reference count instead of one per field.
     let state = Arc::new(state);
-    let request_timeout = Duration::from_secs(state.config.server.request_timeout_seconds);
     let cors = cors_layer(&state.config.server.cors_allowed_origins);
     let routes = Router::new()
         .route("/", get(assets::graphiql))
@@ -111,13 +119,10 @@ pub fn router(state: AppState) -> Router {
                     state.clone(),
                     limits_in_graphql_shape,
                 ))
+                .layer(middleware::from_fn_with_state(state.clone(), time_limit))
                 .layer(RequestBodyLimitLayer::new(client_body_bytes_max(
                     &state.config,
-                )))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    request_timeout,
-                )),
+                ))),
         )
         .with_state(state);
     with_request_ids_and_cors(routes, cors)
@@ -206,6 +211,17 @@ fn request_span(request: &Request) -> tracing::Span {
         .unwrap_or_default();
     // The id alone: each field is formatted for every request when INFO is on.
     tracing::info_span!("request", id = %id)
+}
+
+/// Every request gets `REQUEST_TIMEOUT_SECONDS`, and a long poll its wait on top; past
+/// that it is answered 503 (TIMEOUT, shaped by `limits_in_graphql_shape`).
+async fn time_limit(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let limit = Duration::from_secs(state.config.server.request_timeout_seconds)
+        + conditional::requested_wait(request.headers()).unwrap_or_default();
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 /// Observes every request's latency in the `http_request_duration_seconds` histogram.
@@ -366,64 +382,185 @@ async fn graphql_post(State(state): State<Arc<AppState>>, request: Request) -> R
         Caller::Client(_) => client_body_bytes_max(&state.config),
         _ => REQUEST_BODY_BYTES_MAX,
     };
-    let batch = match extract::json_batch(request, body_bytes_max).await {
-        Ok(batch) => batch,
+    let (operations, is_batch) = match extract::json_operations(request, body_bytes_max).await {
+        Ok(Operations::Single(operation)) => (vec![operation], false),
+        Ok(Operations::Batch(operations)) => (operations, true),
         Err(response) => return response,
     };
-    if let BatchRequest::Batch(requests) = &batch
-        && (requests.is_empty() || requests.len() > BATCH_LENGTH_MAX)
-    {
+    if is_batch && (operations.is_empty() || operations.len() > BATCH_LENGTH_MAX) {
         return error_response(
             StatusCode::BAD_REQUEST,
             &AppError::bad_input(format!(
                 "a batch holds 1 to {BATCH_LENGTH_MAX} operations, got {}",
-                requests.len()
+                operations.len()
             )),
             &headers,
         );
     }
-    // serde reads `[]` as a request with every field defaulted, so check the query.
-    if batch.iter().any(|request| request.query.trim().is_empty()) {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            &AppError::bad_input("the request has no query"),
-            &headers,
-        );
-    }
-    execute_as(state, headers, batch, caller).await
-}
-
-async fn graphql_get(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    QueryString(mut request): QueryString,
-) -> Response {
-    // A GET must never move money: a link or an image tag could send it.
-    let has_mutation = request.parsed_query().is_ok_and(|document| {
-        document
-            .operations
-            .iter()
-            .any(|(_, operation)| operation.node.ty != OperationType::Query)
-    });
-    if has_mutation {
-        let mut response = error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &AppError::bad_input("mutations must be sent with POST"),
-            &headers,
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    if let Some(response) = without_document(&operations, &headers) {
         return response;
     }
-    execute(state, headers, BatchRequest::Single(request)).await
-}
-
-async fn execute(state: Arc<AppState>, headers: HeaderMap, batch: BatchRequest) -> Response {
-    match authenticate(&state, &headers).await {
-        Ok(caller) => execute_as(state, headers, batch, caller).await,
+    let operations = resolve_all(&state, operations).await;
+    match run(&state, &headers, operations, is_batch, caller, Method::Post).await {
+        Ok(answer) => answer.into_response(&headers),
         Err(response) => response,
     }
+}
+
+/// A request error for an operation that neither carries a document nor names one.
+fn without_document(operations: &[Operation], headers: &HeaderMap) -> Option<Response> {
+    let bare = operations.iter().any(|operation| {
+        operation
+            .query
+            .as_deref()
+            .is_none_or(|query| query.trim().is_empty())
+            && operation.document_id.is_none()
+            && !operation.extensions.contains_key("persistedQuery")
+    });
+    bare.then(|| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            &AppError::bad_input("the request has no query"),
+            headers,
+        )
+    })
+}
+
+/// A query over GET: conditional (`If-None-Match`) and, for a client asking to wait,
+/// a long poll (`conditional`). A GET never runs a mutation: a link or an image tag
+/// could send it.
+async fn graphql_get(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let headers = request.headers().clone();
+    let operation = match extract::query_string(request.uri().query()) {
+        Ok(operation) => operation,
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, &error, &headers),
+    };
+    drop(request);
+    if let Some(response) = without_document(std::slice::from_ref(&operation), &headers) {
+        return response;
+    }
+    let caller = match authenticate(&state, &headers).await {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let mut resolved = resolve_all(&state, vec![operation]).await;
+    let first = resolved
+        .pop()
+        .unwrap_or_else(|| Err(AppError::bad_input("no operation")));
+    poll(&state, &headers, first, caller).await
+}
+
+/// Answers a GET, holding it while its answer is the one the caller has and it asked
+/// to wait. Before each look the poll's watch marks what it has seen, so a change
+/// committed while the query runs wakes the wait that follows.
+async fn poll(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    first: Resolved,
+    caller: Caller,
+) -> Response {
+    let condition = Condition::of(headers);
+    let client = match caller {
+        Caller::Client(client) => Some(client),
+        _ => None,
+    };
+    // Waiting needs a tag to compare with, a client whose changes wake it, and a server
+    // that is not shutting down (then every answer is immediate, and says so by not
+    // applying the preference).
+    let wait = conditional::requested_wait(headers)
+        .filter(|_| matches!(condition, Condition::Tags(_)) && !state.changes.is_closing());
+    let mut watch = match (wait, client) {
+        (Some(_), Some(client)) => Some(state.changes.watch(client)),
+        _ => None,
+    };
+    let wait = wait.filter(|_| watch.is_some());
+    let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
+    let again = first.as_ref().ok().map(|(operation, _)| operation.clone());
+    let mut next = Some(first);
+    loop {
+        if let Some(watch) = &mut watch {
+            watch.mark_seen();
+        }
+        let resolved = match next.take() {
+            Some(resolved) => resolved,
+            None => Ok((again.clone().unwrap_or_default(), None)),
+        };
+        let answer = match run(state, headers, vec![resolved], false, caller, Method::Get).await {
+            Ok(answer) => answer,
+            Err(response) => return response,
+        };
+        if answer.status != StatusCode::OK {
+            return answer.into_response(headers);
+        }
+        let who = client.map_or(*b"anonymous-caller", |client| *client.0.as_bytes());
+        let etag = conditional::etag(&who, answer.body.as_bytes());
+        let unchanged = condition.holds(&etag);
+        let waited_out = deadline.is_none_or(|deadline| tokio::time::Instant::now() >= deadline);
+        if !unchanged || waited_out || state.changes.is_closing() {
+            let mut response = if unchanged {
+                StatusCode::NOT_MODIFIED.into_response()
+            } else {
+                answer.into_response(headers)
+            };
+            let response_headers = response.headers_mut();
+            response_headers.insert(header::ETAG, etag);
+            response_headers.insert(header::CACHE_CONTROL, conditional::CACHE_CONTROL);
+            response_headers.insert(header::VARY, conditional::VARY);
+            if let Some(wait) = wait {
+                response_headers.insert(
+                    PREFERENCE_APPLIED,
+                    HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+                        .unwrap_or(HeaderValue::from_static("wait")),
+                );
+            }
+            return response;
+        }
+        let (Some(watch), Some(deadline)) = (&mut watch, deadline) else {
+            return StatusCode::NOT_MODIFIED.into_response();
+        };
+        if let Err(refusal) = watch.park() {
+            let message = match refusal {
+                ParkRefusal::Client => {
+                    "this client has as many long polls waiting as it may; retry after the hint"
+                }
+                ParkRefusal::Instance => {
+                    "the server holds as many long polls as it may; retry after the hint"
+                }
+            };
+            return refused(message, headers);
+        }
+        // A change, the end of the wait or shutdown: look again either way.
+        let _ = tokio::time::timeout_at(deadline, watch.next()).await;
+    }
+}
+
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// How a request came: a GET may not run a mutation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    Get,
+    Post,
+}
+
+/// An operation with its document in place, and what to register once it ran; or why
+/// its document could not be found.
+type Resolved = Result<(Operation, Option<Registration>), AppError>;
+
+async fn resolve_all(state: &AppState, operations: Vec<Operation>) -> Vec<Resolved> {
+    let mut resolved = Vec::with_capacity(operations.len());
+    for mut operation in operations {
+        let naming = operation.take_naming();
+        let mut query = operation.query.take().unwrap_or_default();
+        resolved.push(match state.documents.resolve(&mut query, naming).await {
+            Ok(registration) => {
+                operation.query = Some(query);
+                Ok((operation, registration))
+            }
+            Err(error) => Err(error),
+        });
+    }
+    resolved
 }
 
 /// Who is calling, from the Authorization header; a failure to tell is answered here.
@@ -444,50 +581,93 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, R
         })
 }
 
-async fn execute_as(
-    state: Arc<AppState>,
-    headers: HeaderMap,
-    batch: BatchRequest,
+/// A GraphQL answer ready to send: its status and JSON body.
+struct Answer {
+    status: StatusCode,
+    body: String,
+}
+
+impl Answer {
+    fn into_response(self, headers: &HeaderMap) -> Response {
+        let mut response = (self.status, self.body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, response_content_type(headers));
+        response
+    }
+}
+
+/// Runs `operations` one after another for `caller`; `Err` is a refusal of the whole
+/// request (not admitted, or a mutation over GET).
+async fn run(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    operations: Vec<Resolved>,
+    is_batch: bool,
     caller: Caller,
-) -> Response {
+    method: Method,
+) -> Result<Answer, Response> {
     let client = match caller {
         Caller::Client(client) => Some(client),
         _ => None,
     };
     let _admitted = match state.admission.admit(client) {
         Ok(admitted) => admitted,
-        Err(refusal) => return refused(refusal, &headers),
+        Err(refusal) => return Err(refused(refusal_message(refusal), headers)),
     };
-    let requests = match batch {
-        BatchRequest::Single(request) => vec![request],
-        BatchRequest::Batch(requests) => requests,
-    };
-    let is_batch = requests.len() != 1;
-    let mut responses = Vec::with_capacity(requests.len());
+    let mut responses = Vec::with_capacity(operations.len());
     // One after another, so a batch's mutations run in the order the client sent them.
-    for mut request in requests {
+    for resolved in operations {
+        let (operation, registration) = match resolved {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                responses.push(error_answer(&error));
+                continue;
+            }
+        };
+        // Kept only to register it once it ran: rare, so the copy is too.
+        let registering = registration
+            .map(|registration| (registration, operation.query.clone().unwrap_or_default()));
+        let mut request = operation.into_request();
         let _parsing = match state.admission.room_to_parse(request.query.len()).await {
             Ok(parsing) => parsing,
             Err(_) if is_batch => {
                 responses.push(server_busy());
                 continue;
             }
-            Err(refusal) => return refused(refusal, &headers),
+            Err(refusal) => return Err(refused(refusal_message(refusal), headers)),
         };
         let prepared = state.parsed_queries.prepare(&mut request);
         // A document that does not parse is left for execution to report.
-        let (weight, is_query) = match request.parsed_query() {
-            Ok(document) => (
-                DocumentWeight::of(document),
-                document
-                    .operations
-                    .iter()
-                    .all(|(_, operation)| operation.node.ty == OperationType::Query),
-            ),
-            Err(_) => (DocumentWeight::default(), false),
+        let (weight, is_query, has_mutation) = match request.parsed_query() {
+            Ok(document) => {
+                let kinds = || {
+                    document
+                        .operations
+                        .iter()
+                        .map(|(_, operation)| operation.node.ty)
+                };
+                (
+                    DocumentWeight::of(document),
+                    kinds().all(|kind| kind == OperationType::Query),
+                    kinds().any(|kind| kind != OperationType::Query),
+                )
+            }
+            Err(_) => (DocumentWeight::default(), false, false),
         };
+        if has_mutation && method == Method::Get {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &AppError::bad_input("mutations must be sent with POST"),
+                headers,
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return Err(response);
+        }
         let refusal = weight.refusal(client.is_some()).or_else(|| {
-            (weight.schema_roots + weight.type_roots > 0 && !may_introspect(&state, caller)).then(
+            (weight.schema_roots + weight.type_roots > 0 && !may_introspect(state, caller)).then(
                 || match state.config.server.introspection {
                     Introspection::Off => "introspection is turned off on this server".to_owned(),
                     _ => "introspection needs an API key on this server".to_owned(),
@@ -510,35 +690,54 @@ async fn execute_as(
                     responses.push(server_busy());
                     continue;
                 }
-                Err(refusal) => return refused(refusal, &headers),
+                Err(refusal) => return Err(refused(refusal_message(refusal), headers)),
             }
         } else {
             None
         };
         let mut response = if prepared.validated && matches!(caller, Caller::Client(_)) {
-            execute_validated(&state, request, caller).await
+            execute_validated(state, request, caller).await
         } else {
             state
                 .schema
-                .execute(with_scope(request, &state, caller))
+                .execute(with_scope(request, state, caller))
                 .await
         };
+        let ran = response.data != async_graphql::Value::Null;
         if let Some(parsed) = prepared.fresh
-            && matches!(caller, Caller::Client(_))
-            && response.data != async_graphql::Value::Null
+            && client.is_some()
+            && ran
         {
             state.parsed_queries.remember(parsed);
+        }
+        // Only documents that ran for a client are registered: nobody else can fill
+        // the store.
+        if let Some((registration, query)) = registering
+            && client.is_some()
+            && ran
+        {
+            state.documents.register(registration, &query).await;
         }
         for error in &mut response.errors {
             add_default_code(error);
         }
         responses.push(response);
     }
-    let graphql_response_json = wants_graphql_response_json(&headers);
-    // GraphQL over HTTP, under application/graphql-response+json: a request that could
-    // not run at all (parse or validation failure) has no `data` entry and is a 400; a
-    // request that ran is a 200, even when a field error left `data` null.
-    // application/json keeps the legacy shape: always 200, `data` always present.
+    answer_of(responses, is_batch, headers)
+        .map_err(|error| error_response(StatusCode::INTERNAL_SERVER_ERROR, &error, headers))
+}
+
+/// The HTTP answer to `responses`. GraphQL over HTTP, under
+/// application/graphql-response+json: a request that could not run at all (parse or
+/// validation failure) has no `data` entry and is a 400; a request that ran is a 200,
+/// even when a field error left `data` null. application/json keeps the legacy shape:
+/// always 200, `data` always present.
+fn answer_of(
+    mut responses: Vec<async_graphql::Response>,
+    is_batch: bool,
+    headers: &HeaderMap,
+) -> Result<Answer, AppError> {
+    let graphql_response_json = wants_graphql_response_json(headers);
     let status = if graphql_response_json && !is_batch && responses.iter().any(never_ran) {
         StatusCode::BAD_REQUEST
     } else {
@@ -567,21 +766,17 @@ async fn execute_as(
     } else {
         serde_json::to_string(&BatchResponse::Single(responses.pop().unwrap_or_default()))
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(error) => {
-            return error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &AppError::internal(error),
-                &headers,
-            );
-        }
-    };
-    let mut http_response = (status, body).into_response();
-    http_response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, response_content_type(&headers));
-    http_response
+    body.map(|body| Answer { status, body })
+        .map_err(AppError::internal)
+}
+
+/// A request error of ours as one operation's answer: nothing ran.
+fn error_answer(error: &AppError) -> async_graphql::Response {
+    let mut server_error = ServerError::new(error.to_string(), None);
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", error.code());
+    server_error.extensions = Some(extensions);
+    async_graphql::Response::from_errors(vec![server_error])
 }
 
 /// Runs a query that passed full validation before and validates alike for any
@@ -622,11 +817,7 @@ fn never_ran(response: &async_graphql::Response) -> bool {
 
 /// A request not admitted: nothing happened; HTTP 429 with `Retry-After`, and the same
 /// hint in `extensions.retryAfterMs`.
-fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
-    let message = match refusal {
-        Refusal::ClientBusy => "too many requests of this client are running; retry after the hint",
-        Refusal::ServerBusy => SERVER_BUSY,
-    };
+fn refused(message: &str, headers: &HeaderMap) -> Response {
     let body =
         serde_json::json!({ "errors": [{ "message": message, "extensions": retry_hint() }] });
     let mut response = (StatusCode::TOO_MANY_REQUESTS, body.to_string()).into_response();
@@ -638,6 +829,13 @@ fn refused(refusal: Refusal, headers: &HeaderMap) -> Response {
         HeaderValue::from(admission::RETRY_AFTER.as_secs().max(1)),
     );
     response
+}
+
+fn refusal_message(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::ClientBusy => "too many requests of this client are running; retry after the hint",
+        Refusal::ServerBusy => SERVER_BUSY,
+    }
 }
 
 const SERVER_BUSY: &str = "the server is at its bound of queries in flight; retry after the hint";

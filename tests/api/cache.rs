@@ -51,7 +51,14 @@ async fn concurrent_puts_keep_the_newest_version_in_l1_and_redis() {
         namespace: format!("ledger-test-{}", Uuid::new_v4().simple()),
         ..CacheConfig::default()
     });
-    let caches = Arc::new(Caches::new(&settings, Arc::new(Metrics::new())).unwrap());
+    let caches = Arc::new(
+        Caches::new(
+            &settings,
+            Arc::new(payments_ledger::changes::ClientChanges::new(1, 1)),
+            Arc::new(Metrics::new()),
+        )
+        .unwrap(),
+    );
     const VERSIONS: i64 = 200;
     let mut versions: Vec<i64> = (1..=VERSIONS).collect();
     versions.shuffle(&mut rand::rng());

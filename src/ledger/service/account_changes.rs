@@ -58,14 +58,17 @@ impl Ledger {
             let account = &created.value.account;
             self.caches.account_changed(account).await;
             self.caches
-                .write_through(&[(
-                    account.id,
-                    VersionedBalance::posted(
-                        account.balance_minor,
-                        account.version,
-                        account.hold_seq,
-                    ),
-                )])
+                .write_through(
+                    &[(
+                        account.id,
+                        VersionedBalance::posted(
+                            account.balance_minor,
+                            account.version,
+                            account.hold_seq,
+                        ),
+                    )],
+                    &[client.0],
+                )
                 .await;
         }
         Ok(created)

@@ -447,19 +447,24 @@ impl Ledger {
             fingerprint: request.fingerprint(),
             resource_id: account_id.0,
         };
-        self.create_once(
-            &keyed,
-            |id| async move { Ok(self.accounts_by_ids(client, &[id]).await?.pop()) },
-            self.writer.run(&[account_id.0], || async {
-                let transaction = self.writer.begin().await?;
-                claim_key(self.store.as_ref(), &transaction, &keyed).await?;
-                let row = account_row(client, &request, account_id);
-                let row = insert_account(&transaction, &request, row).await?;
-                write::commit(transaction).await?;
-                Ok(row)
-            }),
-        )
-        .await
+        let created = self
+            .create_once(
+                &keyed,
+                |id| async move { Ok(self.accounts_by_ids(client, &[id]).await?.pop()) },
+                self.writer.run(&[account_id.0], || async {
+                    let transaction = self.writer.begin().await?;
+                    claim_key(self.store.as_ref(), &transaction, &keyed).await?;
+                    let row = account_row(client, &request, account_id);
+                    let row = insert_account(&transaction, &request, row).await?;
+                    write::commit(transaction).await?;
+                    Ok(row)
+                }),
+            )
+            .await?;
+        if !created.replayed {
+            self.caches.write_through(&[], &[client.0]).await;
+        }
+        Ok(created)
     }
 
     /// The shape every creating mutation shares. A key this instance has seen replays

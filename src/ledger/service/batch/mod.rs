@@ -215,6 +215,7 @@ impl Batcher {
     /// After the commit: the rows to this instance's known accounts, the payments and
     /// settlements to L1, the balances through to the caches; then each job's outcome.
     async fn hand_off(&self, committed: CommittedBatch) -> Vec<JobResult> {
+        let clients = committed.clients();
         self.known.remember(committed.accounts);
         for (payment, entries) in committed.decided {
             self.caches.remember_payment(&payment, entries).await;
@@ -222,7 +223,9 @@ impl Batcher {
         for (settlement, entries) in committed.settlements {
             self.caches.remember_settlement(&settlement, entries).await;
         }
-        self.caches.write_through(&committed.balances).await;
+        self.caches
+            .write_through(&committed.balances, &clients)
+            .await;
         committed.outcomes
     }
 

@@ -74,6 +74,26 @@ pub(super) struct CommittedBatch {
     pub(super) accounts: Vec<account::Model>,
 }
 
+impl CommittedBatch {
+    /// The clients whose data the batch changed, each once.
+    pub(super) fn clients(&self) -> Vec<Uuid> {
+        let mut clients: Vec<Uuid> = self
+            .decided
+            .iter()
+            .map(|(payment, _)| payment.client_id)
+            .chain(
+                self.settlements
+                    .iter()
+                    .map(|(settlement, _)| settlement.client_id),
+            )
+            .chain(self.accounts.iter().map(|account| account.client_id))
+            .collect();
+        clients.sort_unstable();
+        clients.dedup();
+        clients
+    }
+}
+
 /// Everything a batch writes once its jobs are decided, and what each job answers.
 #[derive(Default)]
 pub(in crate::ledger::service) struct BatchRows {

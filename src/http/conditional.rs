@@ -1,0 +1,166 @@
+//! Conditional GETs and long polls: what lets a dashboard poll without being sent, or
+//! making the server build, the same answer again.
+//!
+//! - Every 200 answer to a GET carries a strong `ETag`, a hash of the caller and the
+//!   body (so one client's tag never matches another's answer), with
+//!   `Cache-Control: private, no-cache` and `Vary: Authorization, Accept`.
+//!   `If-None-Match` naming the current tag answers `304 Not Modified`, no body
+//!   (RFC 9110).
+//! - With `Prefer: wait=N` (RFC 7240; N capped at `WAIT_SECONDS_MAX`) as well, a
+//!   client's GET whose answer still has that tag parks until the client's data
+//!   changes and the answer differs, or N seconds pass; the answer says
+//!   `Preference-Applied: wait=N`. See `changes` for what wakes it.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use sha2::{Digest, Sha256};
+
+/// The longest wait a long poll is granted, whatever it asks for.
+pub const WAIT_SECONDS_MAX: u64 = 60;
+
+/// Cache headers of every answer to a GET, 200 or 304.
+pub(super) const CACHE_CONTROL: HeaderValue = HeaderValue::from_static("private, no-cache");
+pub(super) const VARY: HeaderValue = HeaderValue::from_static("Authorization, Accept");
+
+/// The strong ETag of `body` as answered to the caller `who` (a client id, or a fixed
+/// name for callers without one).
+pub(super) fn etag(who: &[u8], body: &[u8]) -> HeaderValue {
+    let mut hasher = Sha256::new();
+    hasher.update((who.len() as u64).to_be_bytes());
+    hasher.update(who);
+    hasher.update(body);
+    let digest = hasher.finalize();
+    HeaderValue::try_from(format!("\"{}\"", hex::encode(&digest[..16])))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+/// What `If-None-Match` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Condition {
+    /// No such header: always answer in full.
+    None,
+    /// `*`: any current answer counts as unchanged.
+    Any,
+    /// The tags the caller holds.
+    Tags(Vec<String>),
+}
+
+impl Condition {
+    pub(super) fn of(headers: &HeaderMap) -> Self {
+        let mut tags = Vec::new();
+        for value in headers.get_all(header::IF_NONE_MATCH) {
+            let Ok(value) = value.to_str() else { continue };
+            for tag in value.split(',').map(str::trim) {
+                if tag == "*" {
+                    return Self::Any;
+                }
+                // If-None-Match compares weakly (RFC 9110, 13.1.2): W/"x" matches "x".
+                let tag = tag.strip_prefix("W/").unwrap_or(tag);
+                if tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"') {
+                    tags.push(tag.to_owned());
+                }
+            }
+        }
+        if tags.is_empty() {
+            Self::None
+        } else {
+            Self::Tags(tags)
+        }
+    }
+
+    /// Whether an answer tagged `etag` is one the caller already has.
+    pub(super) fn holds(&self, etag: &HeaderValue) -> bool {
+        match self {
+            Self::None => false,
+            Self::Any => true,
+            Self::Tags(tags) => tags.iter().any(|tag| tag.as_bytes() == etag.as_bytes()),
+        }
+    }
+}
+
+/// The wait `Prefer: wait=N` asks for, capped at `WAIT_SECONDS_MAX`; none when absent,
+/// zero or unreadable.
+pub(super) fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .find_map(|preference| {
+            let (name, value) = preference.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let seconds: u64 = value.trim().trim_matches('"').parse().ok()?;
+            (seconds > 0).then(|| Duration::from_secs(seconds.min(WAIT_SECONDS_MAX)))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn tags_depend_on_the_caller_and_the_body() {
+        let tag = etag(b"alice", b"{}");
+        assert_eq!(tag, etag(b"alice", b"{}"));
+        assert_ne!(tag, etag(b"bob", b"{}"));
+        assert_ne!(tag, etag(b"alice", b"{ }"));
+        // The caller's name cannot run into the body.
+        assert_ne!(etag(b"ab", b"c"), etag(b"a", b"bc"));
+        let text = tag.to_str().unwrap();
+        assert!(text.starts_with('"') && text.ends_with('"') && text.len() == 34);
+    }
+
+    #[test]
+    fn if_none_match_is_read_as_rfc_9110_says() {
+        let tag = HeaderValue::from_static("\"abc\"");
+        assert_eq!(Condition::of(&HeaderMap::new()), Condition::None);
+        assert!(!Condition::None.holds(&tag));
+        assert!(Condition::of(&headers(&[("if-none-match", "\"abc\"")])).holds(&tag));
+        assert!(Condition::of(&headers(&[("if-none-match", "W/\"abc\"")])).holds(&tag));
+        assert!(Condition::of(&headers(&[("if-none-match", "\"x\", \"abc\"")])).holds(&tag));
+        assert!(
+            Condition::of(&headers(&[
+                ("if-none-match", "\"x\""),
+                ("if-none-match", "\"abc\"")
+            ]))
+            .holds(&tag)
+        );
+        assert!(!Condition::of(&headers(&[("if-none-match", "\"abcd\"")])).holds(&tag));
+        assert!(!Condition::of(&headers(&[("if-none-match", "abc")])).holds(&tag));
+        assert_eq!(
+            Condition::of(&headers(&[("if-none-match", "*")])),
+            Condition::Any
+        );
+    }
+
+    #[test]
+    fn prefer_wait_is_capped_and_garbage_ignored() {
+        let wait = |value: &'static str| requested_wait(&headers(&[("prefer", value)]));
+        assert_eq!(wait("wait=25"), Some(Duration::from_secs(25)));
+        assert_eq!(wait("respond-async, wait=5"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            wait("handling=lenient; WAIT = 7"),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            wait("wait=3600"),
+            Some(Duration::from_secs(WAIT_SECONDS_MAX))
+        );
+        assert_eq!(wait("wait=0"), None);
+        assert_eq!(wait("wait=-1"), None);
+        assert_eq!(wait("wait=soon"), None);
+        assert_eq!(wait("return=minimal"), None);
+        assert_eq!(requested_wait(&HeaderMap::new()), None);
+    }
+}
