@@ -94,6 +94,26 @@ impl Admission {
             .map_err(|_| Refusal::ClientBusy)
     }
 
+    /// Admits one more request of `client`, waiting up to `wait` for one of its
+    /// running requests to end: for long polls woken together by one change, which
+    /// would otherwise refuse each other.
+    pub async fn admit_within(
+        &self,
+        client: Option<ClientId>,
+        wait: Duration,
+    ) -> Result<Admitted, Refusal> {
+        let (Some((most, gates)), Some(client)) = (&self.per_client, client) else {
+            return Ok(Admitted { _client: None });
+        };
+        let gate = gates.get_with(client, || Arc::new(Semaphore::new(*most as usize)));
+        match tokio::time::timeout(wait, gate.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Admitted {
+                _client: Some(permit),
+            }),
+            _ => Err(Refusal::ClientBusy),
+        }
+    }
+
     /// For a request of `client` that is already admitted and counts as `requests`
     /// (a bulk request's size): the rest of its share, or a refusal at once. A request
     /// larger than the whole limit takes all of it, so it runs when the client runs

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -29,6 +30,8 @@ pub struct ClientChanges {
     closing: AtomicBool,
     /// Bumped on shutdown and when every client may have changed (a lost channel).
     everyone: watch::Sender<u64>,
+    /// `ledger_long_polls_parked`.
+    parked_gauge: Gauge,
 }
 
 /// One client's watchers and how many of them are parked.
@@ -56,8 +59,9 @@ pub enum Wake {
 }
 
 impl ClientChanges {
-    pub fn new(per_client_max: usize, instance_max: usize) -> Self {
+    pub fn new(per_client_max: usize, instance_max: usize, parked_gauge: Gauge) -> Self {
         Self {
+            parked_gauge,
             watched: Mutex::default(),
             parked: AtomicUsize::new(0),
             per_client_max,
@@ -158,6 +162,7 @@ impl Watch {
             return Err(ParkRefusal::Instance);
         }
         owner.parked.fetch_add(1, Ordering::Relaxed);
+        owner.parked_gauge.inc();
         entry.parked += 1;
         self.parked = true;
         Ok(())
@@ -188,6 +193,7 @@ impl Drop for Watch {
         let mut watched = self.owner.watched();
         if self.parked {
             self.owner.parked.fetch_sub(1, Ordering::Relaxed);
+            self.owner.parked_gauge.dec();
         }
         if let Some(entry) = watched.get_mut(&self.client.0) {
             if self.parked {
@@ -220,7 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_wakes_only_its_clients_watches() {
-        let changes = Arc::new(ClientChanges::new(8, 8));
+        let changes = Arc::new(ClientChanges::new(8, 8, Gauge::default()));
         let (alice, bob) = (client(), client());
         let mut of_alice = changes.watch(alice);
         let mut of_bob = changes.watch(bob);
@@ -236,7 +242,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_between_look_and_wait_is_not_missed() {
-        let changes = Arc::new(ClientChanges::new(8, 8));
+        let changes = Arc::new(ClientChanges::new(8, 8, Gauge::default()));
         let alice = client();
         let mut watch = changes.watch(alice);
         watch.mark_seen();
@@ -248,7 +254,7 @@ mod tests {
 
     #[tokio::test]
     async fn parked_polls_are_bounded_per_client_and_per_instance() {
-        let changes = Arc::new(ClientChanges::new(2, 3));
+        let changes = Arc::new(ClientChanges::new(2, 3, Gauge::default()));
         let (alice, bob) = (client(), client());
         let mut alices: Vec<Watch> = (0..3).map(|_| changes.watch(alice)).collect();
         assert_eq!(alices[0].park(), Ok(()));
@@ -270,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_and_a_lost_channel_wake_everyone() {
-        let changes = Arc::new(ClientChanges::new(8, 8));
+        let changes = Arc::new(ClientChanges::new(8, 8, Gauge::default()));
         let mut watch = changes.watch(client());
         watch.mark_seen();
         changes.everyone_changed();

@@ -125,6 +125,8 @@ pub struct Metrics {
     /// erred and ran again under full validation.
     pub graphql_validations_skipped: Counter,
     pub graphql_validated_reruns: Counter,
+    /// Long polls parked on this instance now.
+    pub long_polls_parked: Gauge,
     pub request_duration: Family<RequestLabels, Histogram>,
 }
 
@@ -204,6 +206,12 @@ impl Metrics {
             "One-statement batches the database refused (an account moved since, a key was taken, a conflict) and that ran the long way",
             write_one_trip_fallbacks.clone(),
         );
+        let long_polls_parked = Gauge::default();
+        registry.register(
+            "long_polls_parked",
+            "Long polls (GET with If-None-Match and Prefer: wait) parked on this instance, waiting for a change",
+            long_polls_parked.clone(),
+        );
         let graphql_validations_skipped = Counter::default();
         registry.register(
             "graphql_validations_skipped",
@@ -267,6 +275,7 @@ impl Metrics {
             database_replica_eligible_reads,
             database_replica_serving,
             graphql_validations_skipped,
+            long_polls_parked,
             graphql_validated_reruns,
             request_duration,
         }

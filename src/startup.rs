@@ -46,6 +46,7 @@ impl Application {
         let changes = Arc::new(ClientChanges::new(
             config.server.long_polls_per_client_max,
             config.server.long_polls_max,
+            metrics.long_polls_parked.clone(),
         ));
         let caches = Arc::new(Caches::new(
             &cache_settings(&config.cache),

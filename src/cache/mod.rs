@@ -518,7 +518,7 @@ mod tests {
         };
         Caches::new(
             &settings,
-            Arc::new(ClientChanges::new(1, 1)),
+            Arc::new(ClientChanges::new(1, 1, Default::default())),
             Arc::new(Metrics::new()),
         )
         .unwrap()

@@ -39,7 +39,7 @@ use crate::admission::{self, Admission, Refusal};
 use crate::assets;
 use crate::auth::{Authenticator, Caller};
 use crate::cache::Caches;
-use crate::changes::{ClientChanges, ParkRefusal};
+use crate::changes::{ClientChanges, ParkRefusal, Wake};
 use crate::config::{Config, Introspection};
 use crate::documents::{Documents, Registration};
 use crate::error::AppError;
@@ -401,7 +401,7 @@ async fn graphql_post(State(state): State<Arc<AppState>>, request: Request) -> R
         return response;
     }
     let operations = resolve_all(&state, operations).await;
-    match run(&state, &headers, operations, is_batch, caller, Method::Post).await {
+    match run(&state, &headers, operations, is_batch, caller, Via::Post).await {
         Ok(answer) => answer.into_response(&headers),
         Err(response) => response,
     }
@@ -477,6 +477,8 @@ async fn poll(
     let deadline = wait.map(|wait| tokio::time::Instant::now() + wait);
     let again = first.as_ref().ok().map(|(operation, _)| operation.clone());
     let mut next = Some(first);
+    let mut via = Via::Get;
+    let mut settling = [].iter().copied();
     loop {
         if let Some(watch) = &mut watch {
             watch.mark_seen();
@@ -485,7 +487,7 @@ async fn poll(
             Some(resolved) => resolved,
             None => Ok((again.clone().unwrap_or_default(), None)),
         };
-        let answer = match run(state, headers, vec![resolved], false, caller, Method::Get).await {
+        let answer = match run(state, headers, vec![resolved], false, caller, via).await {
             Ok(answer) => answer,
             Err(response) => return response,
         };
@@ -529,19 +531,45 @@ async fn poll(
             };
             return refused(message, headers);
         }
-        // A change, the end of the wait or shutdown: look again either way.
-        let _ = tokio::time::timeout_at(deadline, watch.next()).await;
+        // A change, the end of the wait or shutdown: look again either way. After a
+        // change that did not show yet, look again a few times soon: on PostgreSQL a
+        // feed lists a commit only once every older transaction has ended
+        // (docs/consistency.md), which may be just after the change was reported.
+        let look_again = settling.next().map_or(deadline, |delay| {
+            deadline.min(tokio::time::Instant::now() + delay)
+        });
+        match tokio::time::timeout_at(look_again, watch.next()).await {
+            Ok(Wake::Changed) => settling = SETTLING_LOOKS.iter().copied(),
+            Ok(Wake::Closing) | Err(_) => {}
+        }
+        via = Via::Wake;
     }
 }
 
+/// When a woken poll whose answer had not changed yet looks again: about 1.3 s in all.
+const SETTLING_LOOKS: &[Duration] = &[
+    Duration::from_millis(20),
+    Duration::from_millis(40),
+    Duration::from_millis(80),
+    Duration::from_millis(160),
+    Duration::from_millis(320),
+    Duration::from_millis(640),
+];
+
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
-/// How a request came: a GET may not run a mutation.
+/// How a run came: a GET may not run a mutation, and a long poll woken by a change
+/// waits for its client's turn instead of being refused (one change wakes all of a
+/// client's polls at once).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Method {
-    Get,
+enum Via {
     Post,
+    Get,
+    Wake,
 }
+
+/// How long a woken poll waits for its client's turn.
+const WOKEN_ADMISSION_WAIT: Duration = Duration::from_secs(2);
 
 /// An operation with its document in place, and what to register once it ran; or why
 /// its document could not be found.
@@ -605,13 +633,22 @@ async fn run(
     operations: Vec<Resolved>,
     is_batch: bool,
     caller: Caller,
-    method: Method,
+    via: Via,
 ) -> Result<Answer, Response> {
     let client = match caller {
         Caller::Client(client) => Some(client),
         _ => None,
     };
-    let _admitted = match state.admission.admit(client) {
+    let admitted = match via {
+        Via::Wake => {
+            state
+                .admission
+                .admit_within(client, WOKEN_ADMISSION_WAIT)
+                .await
+        }
+        Via::Post | Via::Get => state.admission.admit(client),
+    };
+    let _admitted = match admitted {
         Ok(admitted) => admitted,
         Err(refusal) => return Err(refused(refusal_message(refusal), headers)),
     };
@@ -655,7 +692,7 @@ async fn run(
             }
             Err(_) => (DocumentWeight::default(), false, false),
         };
-        if has_mutation && method == Method::Get {
+        if has_mutation && via != Via::Post {
             let mut response = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 &AppError::bad_input("mutations must be sent with POST"),

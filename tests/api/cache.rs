@@ -54,7 +54,11 @@ async fn concurrent_puts_keep_the_newest_version_in_l1_and_redis() {
     let caches = Arc::new(
         Caches::new(
             &settings,
-            Arc::new(payments_ledger::changes::ClientChanges::new(1, 1)),
+            Arc::new(payments_ledger::changes::ClientChanges::new(
+                1,
+                1,
+                Default::default(),
+            )),
             Arc::new(Metrics::new()),
         )
         .unwrap(),

@@ -87,6 +87,12 @@ pub struct AppOptions {
     pub replica_urls: Vec<String>,
     pub replica_max_lag_ms: Option<u64>,
     pub pooler: payments_ledger::config::Pooler,
+    /// `LONG_POLLS_PER_CLIENT_MAX` and `LONG_POLLS_MAX`, when not the defaults.
+    pub long_polls_per_client_max: Option<usize>,
+    pub long_polls_max: Option<usize>,
+    /// `GRAPHQL_DOCUMENTS` and `GRAPHQL_TRUSTED_DOCUMENTS`.
+    pub documents: payments_ledger::config::DocumentPolicy,
+    pub trusted_documents: Option<PathBuf>,
 }
 
 /// Starts the app, or returns `None` (after printing SKIP) when its backend is not
@@ -152,6 +158,14 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> Option<Tes
         config.database.replica_max_lag_ms = milliseconds;
     }
     config.database.pooler = options.pooler;
+    if let Some(most) = options.long_polls_per_client_max {
+        config.server.long_polls_per_client_max = most;
+    }
+    if let Some(most) = options.long_polls_max {
+        config.server.long_polls_max = most;
+    }
+    config.server.documents = options.documents;
+    config.server.trusted_documents = options.trusted_documents;
     config.cache.namespace = format!("ledger-test-{}", Uuid::new_v4().simple());
     let application = Application::build(config.clone())
         .await

@@ -34,6 +34,7 @@ mod metadata;
 mod one_trip;
 mod pagination;
 mod payments;
+mod polling;
 mod replication;
 mod roles;
 mod schema;
