@@ -1,12 +1,19 @@
-// The built-in dashboard: polls this server's GraphQL API, one request per refresh.
+// The built-in dashboard: long-polls this server's GraphQL API, one request per refresh.
 //
 // - Payments come from the client-wide feed `payments(after: cursor)`: a poller that
 //   follows `endCursor` sees every payment exactly once, however many instances commit
 //   them, so the live list and the counts miss nothing.
 // - The chart follows `ledgerEntries(accountId:, after:)` for the chosen account.
 // - Balances are the server's cached reads (Consistency CACHED).
-// - Every 2 s while the tab is visible; while hidden, the interval doubles up to 60 s;
-//   errors back off the same way. RETRY_LATER means "the server is busy": wait, retry.
+// - Each refresh is a GET of the built-in document by its id (assets/dashboard.graphql,
+//   trusted under every GRAPHQL_DOCUMENTS policy) with the ETag of the last answer in
+//   If-None-Match and `Prefer: wait=25`: the server holds it until this client's data
+//   changes (answered within a second, on any instance) or 25 s pass (304). An idle
+//   dashboard sends about 2-3 requests a minute. After a change it waits at least
+//   CHANGED_GAP_MS before the next (so a busy ledger costs at most 2 answers a second);
+//   while the tab is hidden, that gap doubles up to 60 s. A server that does not hold
+//   the request (no Preference-Applied, e.g. while shutting down) is asked every 2 s.
+//   Errors back off; RETRY_LATER means "the server is busy": wait, retry.
 (function () {
   "use strict";
 
@@ -18,23 +25,10 @@
   var CHART_POINTS_KEPT = 500;
   var RATE_WINDOW_MS = 10000;
 
-  var QUERY = [
-    "query DashboardTick($first: Int, $last: Int, $after: String,",
-    "                    $chartAccount: ID, $chartFirst: Int, $chartLast: Int, $chartAfter: String, $withChart: Boolean!) {",
-    "  accounts(first: 100) {",
-    "    nodes { id externalRef currency balanceRule balance { amount available } }",
-    "    pageInfo { hasNextPage }",
-    "  }",
-    "  payments(first: $first, last: $last, after: $after) {",
-    "    nodes { id status declineReason amount currency createdAt fromAccount { id } toAccount { id } }",
-    "    pageInfo { endCursor hasNextPage }",
-    "  }",
-    "  chart: ledgerEntries(accountId: $chartAccount, first: $chartFirst, last: $chartLast, after: $chartAfter) @include(if: $withChart) {",
-    "    nodes { balanceAfter createdAt }",
-    "    pageInfo { endCursor hasNextPage }",
-    "  }",
-    "}",
-  ].join("\n");
+  // The SHA-256 of assets/dashboard.graphql (a test keeps them in step).
+  var DOCUMENT_ID = "sha256:45c27b5b78308311705e00e072e1774bdad00928a9bb6d733d423248043804dd";
+  var WAIT_SECONDS = 25;
+  var CHANGED_GAP_MS = 500;
 
   var state = {
     key: null,
@@ -50,9 +44,14 @@
     chartStarted: false,
     chartPoints: [],
     failures: 0,
-    hiddenInterval: VISIBLE_INTERVAL_MS,
+    hiddenInterval: CHANGED_GAP_MS,
     accounts: [],
     generation: 0,
+    // The last answer's ETag and the URL it answered: sent back to wait for a change.
+    etag: null,
+    etagUrl: null,
+    inflight: null,
+    requests: 0,
   };
 
   function $(id) {
@@ -106,17 +105,37 @@
     return id.slice(0, 4) + "…" + id.slice(-6);
   }
 
+  // An account as people know it: its external reference, else its id, shortened.
+  function accountName(account) {
+    return account.externalRef || shortId(account.id);
+  }
+
+  // One refresh. Resolves to { data } for a new answer, or { unchanged, waited } for
+  // a 304 (waited: the server held it, as asked).
   async function graphql(variables) {
-    var response = await fetch("/graphql", {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        accept: "application/graphql-response+json, application/json",
-        authorization: "Bearer " + state.key,
-      },
-      body: JSON.stringify({ query: QUERY, variables: variables }),
-      cache: "no-store",
-    });
+    var url = "/graphql?documentId=" + encodeURIComponent(DOCUMENT_ID) +
+      "&variables=" + encodeURIComponent(JSON.stringify(variables));
+    var headers = {
+      accept: "application/graphql-response+json, application/json",
+      authorization: "Bearer " + state.key,
+    };
+    if (state.etag !== null && state.etagUrl === url) {
+      headers["if-none-match"] = state.etag;
+      headers.prefer = "wait=" + WAIT_SECONDS;
+    }
+    var controller = new AbortController();
+    state.inflight = controller;
+    state.requests += 1;
+    $("status").dataset.requests = String(state.requests);
+    var response;
+    try {
+      response = await fetch(url, { method: "GET", headers: headers, cache: "no-store", signal: controller.signal });
+    } finally {
+      if (state.inflight === controller) state.inflight = null;
+    }
+    if (response.status === 304) {
+      return { unchanged: true, waited: response.headers.has("preference-applied") };
+    }
     var body;
     try {
       body = await response.json();
@@ -127,7 +146,10 @@
       var first = body.errors[0];
       throw { code: (first.extensions && first.extensions.code) || "ERROR", message: first.message };
     }
-    return body.data;
+    var etag = response.headers.get("etag");
+    state.etag = etag;
+    state.etagUrl = etag ? url : null;
+    return { data: body.data };
   }
 
   function variablesForTick() {
@@ -157,9 +179,15 @@
     var chartAccount = state.chartAccount;
     var more = false;
     try {
-      var data = await graphql(variablesForTick());
+      var answer = await graphql(variablesForTick());
       if (generation !== state.generation) return;
       state.failures = 0;
+      if (answer.unchanged) {
+        setStatus("Live · up to date at " + new Date().toLocaleTimeString() + (document.hidden ? " · tab hidden" : ""));
+        schedule(answer.waited ? 0 : VISIBLE_INTERVAL_MS);
+        return;
+      }
+      var data = answer.data;
       renderAccounts(data.accounts);
       more = takePayments(data.payments) || more;
       if (data.chart && chartAccount === state.chartAccount) {
@@ -169,7 +197,8 @@
       renderRates();
       setStatus("Live · updated " + new Date().toLocaleTimeString() + (document.hidden ? " · tab hidden, polling slower" : ""));
     } catch (error) {
-      if (generation !== state.generation) return;
+      // Aborted by a newer refresh (another chart account, the tab shown again).
+      if (generation !== state.generation || (error && error.name === "AbortError")) return;
       if (error && (error.code === "UNAUTHENTICATED" || error.code === "HTTP_401")) {
         disconnect(error.message || "the server refused the key");
         return;
@@ -182,20 +211,25 @@
       return;
     }
     // A backlog (more than one page behind) is read right away.
-    schedule(more ? 0 : nextInterval());
+    schedule(more ? 0 : gapAfterChange());
   }
 
-  function nextInterval() {
+  function gapAfterChange() {
     if (!document.hidden) {
-      state.hiddenInterval = VISIBLE_INTERVAL_MS;
-      return VISIBLE_INTERVAL_MS;
+      state.hiddenInterval = CHANGED_GAP_MS;
+      return CHANGED_GAP_MS;
     }
     state.hiddenInterval = Math.min(HIDDEN_INTERVAL_MAX_MS, state.hiddenInterval * 2);
     return state.hiddenInterval;
   }
 
+  // The next refresh after `delay`; one waiting at the server is given up.
   function schedule(delay) {
     if (state.timer !== null) clearTimeout(state.timer);
+    if (state.inflight !== null) {
+      state.inflight.abort();
+      state.inflight = null;
+    }
     state.timer = setTimeout(tick, delay);
   }
 
@@ -209,7 +243,7 @@
       row.dataset.accountId = account.id;
       var name = cell(row, "");
       var code = document.createElement("code");
-      code.textContent = account.externalRef ? account.externalRef : shortId(account.id);
+      code.textContent = accountName(account);
       code.title = account.id;
       name.appendChild(code);
       cell(row, account.balanceRule.toLowerCase().replace("_", " "));
@@ -264,7 +298,7 @@
       code.textContent = shortId(payment.id);
       code.title = payment.id;
       id.appendChild(code);
-      cell(row, shortId(payment.fromAccount.id) + " → " + shortId(payment.toAccount.id));
+      cell(row, accountName(payment.fromAccount) + " → " + accountName(payment.toAccount));
       cell(row, payment.amount + " " + payment.currency, "num");
       cell(row, payment.status === "DECLINED" ? "DECLINED · " + payment.declineReason : payment.status, payment.status);
       body.insertBefore(row, body.firstChild);
@@ -399,6 +433,10 @@
     state.generation += 1;
     if (state.timer !== null) clearTimeout(state.timer);
     state.timer = null;
+    if (state.inflight !== null) state.inflight.abort();
+    state.inflight = null;
+    state.etag = null;
+    state.etagUrl = null;
     state.key = null;
     sessionStorage.removeItem(KEY_STORAGE);
     $("connect").hidden = false;
@@ -422,7 +460,7 @@
   document.addEventListener("visibilitychange", function () {
     // Back in view: refresh now instead of waiting out a long hidden interval.
     if (!document.hidden && state.key !== null && state.failures === 0) {
-      state.hiddenInterval = VISIBLE_INTERVAL_MS;
+      state.hiddenInterval = CHANGED_GAP_MS;
       schedule(0);
     }
   });

@@ -1,5 +1,7 @@
 // Starts GraphiQL against this server's /graphql. No header is preset: until the user
 // adds one, requests go without a key and the server says "missing API key".
+// A server that runs only trusted documents (GRAPHQL_DOCUMENTS=trusted) refuses what is
+// typed here; the page asks it once and says so above the editor.
 (function () {
   "use strict";
   var defaultQuery = [
@@ -26,6 +28,31 @@
     "}",
     "",
   ].join("\n");
+  fetch("/graphql?query=" + encodeURIComponent("{ __typename }"), {
+    headers: { accept: "application/json" },
+    cache: "no-store",
+  })
+    .then(function (response) {
+      return response.json();
+    })
+    .then(function (body) {
+      var error = body && body.errors && body.errors[0];
+      if (error && error.extensions && error.extensions.code === "DOCUMENT_NOT_TRUSTED") {
+        var notice = document.createElement("p");
+        notice.id = "trusted-only";
+        notice.className = "notice";
+        notice.setAttribute("role", "status");
+        notice.textContent =
+          "This server runs only trusted documents (GRAPHQL_DOCUMENTS=trusted): a query typed " +
+          "here runs only if it is, character for character, one of its manifest's " +
+          "(GRAPHQL_TRUSTED_DOCUMENTS). Anything else is refused with DOCUMENT_NOT_TRUSTED.";
+        document.body.insertBefore(notice, document.getElementById("graphiql"));
+        document.body.classList.add("with-notice");
+      }
+    })
+    .catch(function () {
+      // The server is unreachable: GraphiQL will say so on the first run.
+    });
   var fetcher = GraphiQL.createFetcher({ url: "/graphql" });
   var root = ReactDOM.createRoot(document.getElementById("graphiql"));
   root.render(

@@ -188,6 +188,26 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_names_its_document_by_its_hash() {
+        let script = std::str::from_utf8(
+            FILES
+                .iter()
+                .find(|asset| asset.path == "dashboard.js")
+                .unwrap()
+                .body,
+        )
+        .unwrap();
+        let expected = format!(
+            "var DOCUMENT_ID = \"sha256:{}\";",
+            crate::documents::sha256_hex(crate::documents::DASHBOARD_DOCUMENT)
+        );
+        assert!(
+            script.contains(&expected),
+            "assets/dashboard.js must say {expected} (assets/dashboard.graphql changed)"
+        );
+    }
+
+    #[test]
     fn pages_load_nothing_from_another_host() {
         for page in [&GRAPHIQL_PAGE, &DASHBOARD_PAGE] {
             let html = std::str::from_utf8(page.body).unwrap();

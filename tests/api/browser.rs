@@ -15,7 +15,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, skip, spawn_app};
+use crate::helpers::{AppOptions, Backend, TestApp, skip, spawn_app, spawn_app_with};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -237,12 +237,23 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     let Some(browser) = browser().await else {
         return;
     };
-    let Some(app) = spawn_app(Backend::Sqlite).await else {
+    // Redis carries the news of a payment on one instance to the dashboard's poll
+    // parked on the other.
+    let options = AppOptions {
+        redis: true,
+        ..AppOptions::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Sqlite, options).await else {
         return;
     };
     let client = &browser.client;
     let funding = app.create_account("EUR", "UNBOUNDED", None).await;
-    let customer = app.create_account("EUR", "NON_NEGATIVE", None).await;
+    let mut named = ledger_client::AccountInput::new("customer", "EUR", "NON_NEGATIVE");
+    named.external_ref = Some("customer-42".to_owned());
+    let created = app.client.create_account(&named).await.unwrap();
+    let customer = ledger_client::account_id_of(&created)
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
     app.fund(&customer, "5.00", "EUR").await;
 
     client
@@ -279,8 +290,52 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
     let url = stored.as_str().expect("the key is kept in sessionStorage");
     assert!(!url.contains(&app.api_key), "the key is never in the URL");
 
-    // A payment made now, through another instance, shows up live.
+    // Idle, the dashboard's refresh waits at the server: few requests a minute.
+    let requests_sent = || async {
+        let sent = client
+            .execute(
+                "return Number(document.getElementById('status').dataset.requests || 0)",
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        sent.as_u64().unwrap()
+    };
     let replica = app.spawn_replica().await;
+    // Let it reach the long poll of its second answer before measuring idleness.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_from = requests_sent().await;
+    let idle_for = Duration::from_secs(12);
+    tokio::time::sleep(idle_for).await;
+    let idle_requests = requests_sent().await - idle_from;
+    eprintln!(
+        "idle dashboard: {idle_requests} requests in {idle_for:?} ({:.1} a minute)",
+        idle_requests as f64 * 60.0 / idle_for.as_secs_f64()
+    );
+    // At most 6 a minute; with its 25 s wait a parked refresh spans the whole window.
+    assert!(idle_requests <= 1, "{idle_requests} requests while idle");
+
+    // A payment made now, through another instance, shows up live: the time from just
+    // before it is sent to its row appearing, both on the browser's clock.
+    client
+        .execute(
+            "window.rowSeenAt = {};
+             new MutationObserver(() => {
+               for (const row of document.querySelectorAll('#payments tr[data-payment-id]')) {
+                 window.rowSeenAt[row.dataset.paymentId] ??= Date.now();
+               }
+             }).observe(document.getElementById('payments'), { childList: true, subtree: true });
+             return true",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    let sent_at = client
+        .execute("return Date.now()", Vec::new())
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
     let response = app
         .pay_at(
             &replica.address,
@@ -304,6 +359,18 @@ async fn the_dashboard_shows_a_payment_made_after_it_loaded() {
         ),
     )
     .await;
+    let seen_at = client
+        .execute(&format!("return window.rowSeenAt[{payment:?}]"), Vec::new())
+        .await
+        .unwrap()
+        .as_f64()
+        .unwrap();
+    let latency = seen_at - sent_at;
+    eprintln!("payment on another instance to its row on the dashboard: {latency:.0} ms");
+    // Woken by the payment, not found by the parked refresh's end 25 s on.
+    assert!(latency < 10_000.0, "{latency} ms");
+    // People know accounts by their external references.
+    assert!(row.as_str().unwrap().contains("customer-42 → "), "{row}");
     assert!(row.as_str().unwrap().contains("1.25 EUR"), "{row}");
 
     // Balances and totals follow: the customer holds 5.00 - 1.25.
@@ -353,4 +420,54 @@ async fn save_screenshot(client: &Client, name: &str) {
         )
         .expect("the screenshot is written");
     }
+}
+
+/// Under `GRAPHQL_DOCUMENTS=trusted` the GraphiQL page says that typed queries are
+/// refused, and a typed query is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graphiql_says_when_only_trusted_documents_run() {
+    let Some(browser) = browser().await else {
+        return;
+    };
+    let directory = tempfile::tempdir().unwrap();
+    let manifest = directory.path().join("persisted-documents.json");
+    let trusted = "{ accounts(first: 1) { nodes { id } } }";
+    std::fs::write(
+        &manifest,
+        json!({ payments_ledger::documents::sha256_hex(trusted): trusted }).to_string(),
+    )
+    .unwrap();
+    let options = AppOptions {
+        documents: payments_ledger::config::DocumentPolicy::Trusted,
+        trusted_documents: Some(manifest),
+        ..AppOptions::default()
+    };
+    let Some(app) = spawn_app_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    let client = &browser.client;
+    client.goto(&format!("{}/", app.address)).await.unwrap();
+    let notice = wait_until(
+        client,
+        "the trusted-documents notice",
+        "return document.getElementById('trusted-only')?.textContent",
+    )
+    .await;
+    assert!(
+        notice
+            .as_str()
+            .unwrap()
+            .contains("GRAPHQL_DOCUMENTS=trusted"),
+        "{notice}"
+    );
+    client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(".graphiql-execute-button"))
+        .await
+        .expect("GraphiQL renders");
+    let result = run_query_until(client, "DOCUMENT_NOT_TRUSTED").await;
+    assert!(result.contains("not in its manifest"), "{result}");
+    save_screenshot(client, "graphiql-trusted").await;
+    browser.close().await;
 }
