@@ -14,3 +14,8 @@ peak_rss_while() {
   wait "$1" || true
   echo "$peak"
 }
+
+# The server's CPU time so far (user + system), in seconds.
+server_cpu_seconds() {
+  awk -v ticks="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / ticks }' "/proc/$SERVER_PID/stat"
+}

@@ -26,7 +26,11 @@
 # "serializable"; "serializable read-committed" for both), BENCH_EXTRA=1 for two more
 # rows per isolation (group commit off; holds each captured at once), BENCH_BULK (batch
 # sizes of the bulk rows, default "100 1000"; empty for none), BENCH_BULK_CLIENTS
-# (default "1 4"), PGBENCH_SCALE (default 16). Creates and drops its own databases.
+# (default "1 4"), PGBENCH_SCALE (default 16), BENCH_PARKED_POLLS (default 0: that
+# many dashboards long-poll the paying client during every run, as the built-in one
+# does: `pollbench dashboards --style long`; a build from before long polls answers
+# each at once, and the dashboard then waits 500 ms). Creates and drops its own
+# databases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,12 +44,14 @@ EXTRA=${BENCH_EXTRA:-0}
 BULK=${BENCH_BULK:-"100 1000"}
 BULK_CLIENTS=${BENCH_BULK_CLIENTS:-"1 4"}
 SCALE=${PGBENCH_SCALE:-16}
+PARKED_POLLS=${BENCH_PARKED_POLLS:-0}
 PORT=${BENCH_PORT:-18080}
 TARGET=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -p payments-ledger -p loadgen >&2
 SERVER_BIN="$TARGET/release/payments-ledger"
 LOADGEN_BIN="$TARGET/release/loadgen"
+POLLBENCH_BIN="$TARGET/release/pollbench"
 
 BASELINE_BIN=${BASELINE_BIN:-}
 LEDGER_DB="ledger_bench_writes_$$"
@@ -56,8 +62,10 @@ LEDGER_URL="$BASE_URL/$LEDGER_DB"
 BASELINE_URL="$BASE_URL/$BASELINE_DB"
 PGBENCH_URL="$BASE_URL/$PGBENCH_DB"
 SERVER_PID=""
+POLLER_PID=""
 
 cleanup() {
+  [ -n "$POLLER_PID" ] && kill "$POLLER_PID" 2>/dev/null && wait "$POLLER_PID" 2>/dev/null
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
   psql -q "$ADMIN_URL" -c "DROP DATABASE IF EXISTS $LEDGER_DB WITH (FORCE)" -c "DROP DATABASE IF EXISTS $PGBENCH_DB WITH (FORCE)" -c "DROP DATABASE IF EXISTS $BASELINE_DB WITH (FORCE)" >/dev/null 2>&1 || true
 }
@@ -102,11 +110,6 @@ stop_server() {
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-
-# The server's CPU time so far (user + system), in seconds.
-server_cpu_seconds() {
-  awk -v ticks="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / ticks }' "/proc/$SERVER_PID/stat"
-}
 
 # The CPU time so far (user + system) of every PostgreSQL process, in seconds: the
 # backends serving the server and the WAL writer, checkpointer and friends. Steadier
@@ -189,6 +192,7 @@ run_pgbench() {
 }
 
 echo
+[ "$PARKED_POLLS" -gt 0 ] && echo "$PARKED_POLLS dashboards long-poll the paying client during every run"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; 200 accounts"
 echo
 echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | PostgreSQL CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
@@ -203,11 +207,21 @@ row() {
   local build=$1 driver=$2 isolation=$3 grouping=$4 clients=$5 hot=$6
   local rate p50 p99 rss payments violations ratio versus="" id cpu_before cpu_per_1000 pg_cpu pg_cpu_per_1000
   shift 6
+  if [ "$PARKED_POLLS" -gt 0 ]; then
+    "$POLLBENCH_BIN" dashboards --url "http://127.0.0.1:$PORT" --keys "$KEY" --count "$PARKED_POLLS" \
+      --seconds $((RUN_SECONDS + 30)) --style long >/dev/null 2>&1 &
+    POLLER_PID=$!
+    sleep 1
+  fi
   cpu_before=$(server_cpu_seconds)
   if [ "$driver" = wrk ]; then
     read -r rate p50 p99 rss payments violations pg_cpu <<<"$(run_wrk "$clients" "$hot" "$build")"
   else
     read -r rate p50 p99 rss payments violations pg_cpu <<<"$(run_loadgen "$clients" "$hot" "$@")"
+  fi
+  if [ -n "$POLLER_PID" ]; then
+    kill "$POLLER_PID" 2>/dev/null && wait "$POLLER_PID" 2>/dev/null
+    POLLER_PID=""
   fi
   cpu_per_1000=$(python3 -c "print('%.2f' % (($(server_cpu_seconds) - $cpu_before) * 1000 / max($payments, 1)))")
   pg_cpu_per_1000=$(python3 -c "print('%.2f' % ($pg_cpu * 1000 / max($payments, 1)))")
