@@ -199,3 +199,32 @@ fn is_json(headers: &HeaderMap) -> bool {
                 || media_type.eq_ignore_ascii_case(GRAPHQL_RESPONSE_JSON)
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_string_reads_every_field_and_refuses_garbage() {
+        let operation = query_string(Some(
+            "query=query%20A%20%7B%20__typename%20%7D&operationName=A&variables=%7B%22n%22%3A1%7D&documentId=sha256%3Aab&extensions=%7B%22x%22%3A1%7D",
+        ))
+        .unwrap();
+        assert_eq!(operation.query.as_deref(), Some("query A { __typename }"));
+        assert_eq!(operation.operation_name.as_deref(), Some("A"));
+        assert_eq!(operation.variables.len(), 1);
+        assert_eq!(operation.document_id.as_deref(), Some("sha256:ab"));
+        assert!(operation.extensions.contains_key("x"));
+
+        // Empty parameters are absent ones; a hash-only request has no query at all.
+        let operation = query_string(Some("variables=&operationName=&extensions=")).unwrap();
+        assert!(operation.query.is_none() && operation.operation_name.is_none());
+        assert!(operation.variables.is_empty());
+        assert!(query_string(None).unwrap().query.is_none());
+
+        for garbage in ["variables=%7Bnope", "variables=5", "extensions=%5B1%5D"] {
+            let error = query_string(Some(garbage)).unwrap_err();
+            assert_eq!(error.code(), "BAD_USER_INPUT", "{garbage}");
+        }
+    }
+}

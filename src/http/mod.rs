@@ -162,12 +162,22 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
         CorsLayer::new()
             .allow_origin(allowed)
             .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            // A page of another origin long-polls like the built-in dashboard: it
+            // sends If-None-Match and Prefer, and reads ETag and Preference-Applied
+            // (neither is readable cross-origin unless exposed).
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 REQUEST_ID_HEADER,
+                header::IF_NONE_MATCH,
+                PREFER,
             ])
-            .expose_headers([REQUEST_ID_HEADER])
+            .expose_headers([
+                REQUEST_ID_HEADER,
+                header::ETAG,
+                PREFERENCE_APPLIED,
+                header::RETRY_AFTER,
+            ])
             .max_age(Duration::from_secs(600)),
     )
 }
@@ -557,6 +567,7 @@ const SETTLING_LOOKS: &[Duration] = &[
 ];
 
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// How a run came: a GET may not run a mutation, and a long poll woken by a change
 /// waits for its client's turn instead of being refused (one change wakes all of a

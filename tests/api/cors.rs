@@ -69,6 +69,11 @@ async fn allowed_origins_may_call_the_api_and_others_may_not() {
         headers.contains("authorization") && headers.contains("content-type"),
         "{headers}"
     );
+    // A long poll from another origin.
+    assert!(
+        headers.contains("if-none-match") && headers.contains("prefer"),
+        "{headers}"
+    );
     assert!(header(&response, "x-request-id").is_some());
 
     let response = query_from(&app, ALLOWED).await;
@@ -80,6 +85,11 @@ async fn allowed_origins_may_call_the_api_and_others_may_not() {
     // A browser page may read the request id, to quote it in a support ticket.
     let exposed = header(&response, "access-control-expose-headers").unwrap();
     assert!(exposed.contains("x-request-id"), "{exposed}");
+    // And the ETag and Preference-Applied a long-polling page needs.
+    assert!(
+        exposed.contains("etag") && exposed.contains("preference-applied"),
+        "{exposed}"
+    );
 
     for origin in [
         OTHER,

@@ -434,6 +434,55 @@ async fn park_one_by_one(
     (polls, refused)
 }
 
+/// Hostile: one client sends 1 000 long polls at once. No more than its 256 park, the
+/// rest are refused with RETRY_LATER at once, and another client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_parking_a_thousand_gets_its_bound_and_no_more() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let etag = latest(&app, &app.address, &[]).await.etag();
+    let http = reqwest::Client::new();
+    let polls: Vec<_> = (0..1000)
+        .map(|_| {
+            let request = http
+                .get(format!("{}/graphql", app.address))
+                .query(&[("query", LATEST)])
+                .bearer_auth(&app.api_key)
+                .header("if-none-match", &etag)
+                .header("prefer", "wait=3");
+            tokio::spawn(async move {
+                request
+                    .send()
+                    .await
+                    .map(|response| response.status().as_u16())
+            })
+        })
+        .collect();
+    let mut most_parked = 0.0_f64;
+    let other_key = app.other_client_key().await;
+    for _ in 0..10 {
+        most_parked = most_parked.max(app.metric(PARKED).await);
+        let other = get(&app.address, Some(&other_key), &[("query", LATEST)], &[]).await;
+        assert_eq!(other.status, 200, "{}", other.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut statuses = std::collections::BTreeMap::new();
+    for poll in polls {
+        let status = poll.await.unwrap().expect("every poll is answered");
+        *statuses.entry(status).or_insert(0) += 1;
+    }
+    eprintln!("1 000 polls of one client: {statuses:?}, at most {most_parked} parked at once");
+    assert!(most_parked <= 256.0, "{most_parked}");
+    assert!(most_parked > 0.0);
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<u16>>(),
+        [304, 429],
+        "parked polls answer 304 after their wait, the rest 429"
+    );
+    assert_eq!(app.metric(PARKED).await, 0.0);
+}
+
 /// Shutdown answers parked polls at once instead of waiting out their waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_answers_parked_polls_at_once() {
