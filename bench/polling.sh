@@ -9,7 +9,8 @@
 #    the old dashboard (a POST every 2 s) against the long-polling one: requests per
 #    dashboard-minute and server CPU-ms per dashboard-minute.
 # 3. The RSS cost of 1 000 parked long polls (BENCH_PARKED), each on a connection of
-#    its own, spread over 4 clients.
+#    its own, spread over 16 clients (each within its 64 requests at once while they
+#    arrive).
 # 4. From a payment on one instance to the answer of a poll parked on another, through
 #    Redis (BENCH_WAKES payments, one at a time): p50 and p99, from the payment's send
 #    (an upper bound on from-its-commit) and from its acknowledgement (a lower bound).
@@ -71,23 +72,29 @@ for build in $BUILDS; do
   psql -q "$ADMIN_URL" -c "CREATE DATABASE ledger_bench_polling_${build}_$$" >/dev/null
   DATABASE_URL="${URL[$build]}" "${BIN[$build]}" migrate >/dev/null 2>&1
   keys=""
-  for n in 1 2 3 4; do
+  for n in $(seq 1 16); do
     keys="$keys,$(DATABASE_URL="${URL[$build]}" "${BIN[$build]}" client create "bench-$n" | tail -n 1)"
   done
   KEYS[$build]=${keys#,}
 done
 
-# start BUILD PORT: prints the server's pid.
+# start BUILD PORT: a server, its pid in STARTED_PID once it is ready.
 start() {
   DATABASE_URL="${URL[$1]}" REDIS_URL="$REDIS_URL" LISTEN_ADDR="127.0.0.1:$2" \
-    CACHE_NAMESPACE="ledger-bench-polling-$$-$1" RUST_LOG=warn \
+    CACHE_NAMESPACE="ledger-bench-polling-$$-$1" RUST_LOG=warn SHUTDOWN_DRAIN_SECONDS=0 \
     "${BIN[$1]}" serve >/dev/null 2>&1 &
-  local pid=$!
+  STARTED_PID=$!
   for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && break
+    curl -fsS "http://127.0.0.1:$2/readyz" >/dev/null 2>&1 && return
     sleep 0.1
   done
-  echo "$pid"
+  echo "the $1 server did not start on port $2" >&2
+  exit 1
+}
+
+stop() {
+  kill "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
 
 # shellcheck source=bench/lib.sh
@@ -105,7 +112,7 @@ echo "| build | request | polls/s | p50 ms | p99 ms | server CPU-ms per poll | Ã
 echo "|---|---|---:|---:|---:|---:|---:|"
 BASELINE_CPU=""
 for build in $BUILDS; do
-  SERVER_PID=$(start "$build" "$PORT")
+  start "$build" "$PORT"; SERVER_PID=$STARTED_PID
   "$LOADGEN_BIN" --url "http://127.0.0.1:$PORT" --api-key "$(first_key "$build")" --concurrency 4 \
     --duration 3s --accounts 20 --no-poller --quiet >/dev/null 2>&1 || true
   styles="post get get304"
@@ -130,7 +137,7 @@ for build in $BUILDS; do
     printf '| %s | %s | %.0f | %.2f | %.2f | %s | %s |\n' "$build" "$label" "$(field polls_per_second <<<"$out")" \
       "$(field p50_ms <<<"$out")" "$(field p99_ms <<<"$out")" "$cpu_ms" "$versus"
   done
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  stop "$SERVER_PID"; SERVER_PID=""
 done
 
 echo
@@ -139,7 +146,7 @@ echo
 echo "| build | dashboard | requests/s (all) | requests per dashboard-minute | server CPU-ms per dashboard-minute |"
 echo "|---|---|---:|---:|---:|"
 for build in $BUILDS; do
-  SERVER_PID=$(start "$build" "$PORT")
+  start "$build" "$PORT"; SERVER_PID=$STARTED_PID
   styles="old long"
   [ "$build" = baseline ] && styles="old"
   for style in $styles; do
@@ -152,11 +159,11 @@ for build in $BUILDS; do
     python3 -c 'import sys; requests, seconds, dashboards, cpu = map(float, sys.argv[1:5]); minutes = seconds / 60 * dashboards; print("| %s | %s | %.1f | %.2f | %.2f |" % (sys.argv[5], sys.argv[6], requests / seconds, requests / minutes, cpu * 1000 / minutes))' \
       "$(field requests <<<"$out")" "$IDLE_SECONDS" "$DASHBOARDS" "$cpu" "$build" "$label"
   done
-  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  stop "$SERVER_PID"; SERVER_PID=""
 done
 
 echo
-SERVER_PID=$(start this "$PORT")
+start this "$PORT"; SERVER_PID=$STARTED_PID
 idle_rss=$(rss_mib)
 POLLS_OUT=$(mktemp)
 "$POLLBENCH_BIN" park --url "http://127.0.0.1:$PORT" --keys "${KEYS[this]}" --count "$PARKED" --seconds 60 >"$POLLS_OUT" 2>&1 &
@@ -169,11 +176,11 @@ for _ in $(seq 1 600); do
 done
 sleep 1
 parked_rss=$(rss_mib)
-echo "3. $PARKED long polls parked at once (4 clients, a connection each): $parked parked; server RSS $idle_rss MiB idle, $parked_rss MiB with them parked: +$((parked_rss - idle_rss)) MiB ($(python3 -c "print('%.1f' % (($parked_rss - $idle_rss) * 1024 / max($PARKED, 1)))") KiB a poll)"
+echo "3. $PARKED long polls parked at once (16 clients, a connection each): $parked parked; server RSS $idle_rss MiB idle, $parked_rss MiB with them parked: +$((parked_rss - idle_rss)) MiB ($(python3 -c "print('%.1f' % (($parked_rss - $idle_rss) * 1024 / max($PARKED, 1)))") KiB a poll)"
 kill "$POLLS_PID" 2>/dev/null; wait "$POLLS_PID" 2>/dev/null || true; POLLS_PID=""
 rm -f "$POLLS_OUT"
 
-OTHER_PID=$(start this "$OTHER_PORT")
+start this "$OTHER_PORT"; OTHER_PID=$STARTED_PID
 out=$("$POLLBENCH_BIN" wake --url "http://127.0.0.1:$OTHER_PORT" --pay-url "http://127.0.0.1:$PORT" \
   --keys "$(first_key this)" --payments "$WAKES")
 echo

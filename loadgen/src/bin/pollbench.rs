@@ -305,6 +305,10 @@ async fn park(options: &Options) -> anyhow::Result<Value> {
         tasks.push(tokio::spawn(async move {
             poller.get(Some(&etag), Some(seconds)).await
         }));
+        // Arriving over about a second, as dashboards do, not in one instant.
+        if index % 16 == 15 {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+        }
     }
     // Held until they end: the caller samples memory meanwhile.
     println!("{}", json!({ "parking": options.count }));
