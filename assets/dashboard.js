@@ -10,7 +10,7 @@
 //   If-None-Match and `Prefer: wait=25`: the server holds it until this client's data
 //   changes (answered within a second, on any instance) or 25 s pass (304). An idle
 //   dashboard sends about 2-3 requests a minute. After a change it waits at least
-//   CHANGED_GAP_MS before the next (so a busy ledger costs at most 2 answers a second);
+//   CHANGED_GAP_MS before the next (so a busy ledger costs at most 1 answer a second);
 //   while the tab is hidden, that gap doubles up to 60 s. A server that does not hold
 //   the request (no Preference-Applied, e.g. while shutting down) is asked every 2 s.
 //   Errors back off; RETRY_LATER means "the server is busy": wait, retry.
@@ -28,7 +28,7 @@
   // The SHA-256 of assets/dashboard.graphql (a test keeps them in step).
   var DOCUMENT_ID = "sha256:45c27b5b78308311705e00e072e1774bdad00928a9bb6d733d423248043804dd";
   var WAIT_SECONDS = 25;
-  var CHANGED_GAP_MS = 500;
+  var CHANGED_GAP_MS = 1000;
 
   var state = {
     key: null,

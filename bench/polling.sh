@@ -21,7 +21,8 @@
 # Environment: LEDGER_BENCH_DATABASE_URL (admin URL, default
 # postgres://postgres@127.0.0.1:5432/postgres), LEDGER_BENCH_REDIS_URL (default
 # redis://127.0.0.1:6379), BENCH_SECONDS (default 10), BENCH_POLL_CLIENTS (16),
-# BENCH_DASHBOARDS (200), BENCH_IDLE_SECONDS (60), BENCH_PARKED (1000), BENCH_WAKES (200).
+# BENCH_DASHBOARDS (200), BENCH_IDLE_SECONDS (60), BENCH_PARKED (1000), BENCH_WAKES (200),
+# BENCH_SECTIONS (which of the four to run, default "1 2 3 4").
 # Creates and drops its own databases; stops every server it started on every path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,7 @@ PORT=${BENCH_PORT:-18090}
 OTHER_PORT=$((PORT + 1))
 TARGET=${CARGO_TARGET_DIR:-target}
 BASELINE_BIN=${BASELINE_BIN:-}
+SECTIONS=${BENCH_SECTIONS:-"1 2 3 4"}
 
 cargo build --release -p payments-ledger -p loadgen >&2
 POLLBENCH_BIN="$TARGET/release/pollbench"
@@ -105,6 +107,9 @@ first_key() { echo "${KEYS[$1]%%,*}"; }
 
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); Redis $(redis-server --version | awk '{ print $3 }')"
+section() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
+if section 1; then
 echo
 echo "1. The dashboard's query polled as fast as it is answered ($POLL_CLIENTS clients, ${RUN_SECONDS} s each; 20 accounts and the last 50 payments in every answer):"
 echo
@@ -139,7 +144,9 @@ for build in $BUILDS; do
   done
   stop "$SERVER_PID"; SERVER_PID=""
 done
+fi
 
+if section 2; then
 echo
 echo "2. $DASHBOARDS idle dashboards for ${IDLE_SECONDS} s (nothing changes):"
 echo
@@ -161,12 +168,17 @@ for build in $BUILDS; do
   done
   stop "$SERVER_PID"; SERVER_PID=""
 done
+fi
 
+if section 3; then
+# Twice: with mimalloc's defaults, and with arena memory committed as it is used
+# (MIMALLOC_ARENA_EAGER_COMMIT=0, as the Dockerfile sets it).
+for allocator in "defaults" "MIMALLOC_ARENA_EAGER_COMMIT=0"; do
+[ "$allocator" = defaults ] || export MIMALLOC_ARENA_EAGER_COMMIT=0
 echo
 start this "$PORT"; SERVER_PID=$STARTED_PID
 idle_rss=$(rss_mib)
-POLLS_OUT=$(mktemp)
-"$POLLBENCH_BIN" park --url "http://127.0.0.1:$PORT" --keys "${KEYS[this]}" --count "$PARKED" --seconds 60 >"$POLLS_OUT" 2>&1 &
+"$POLLBENCH_BIN" park --url "http://127.0.0.1:$PORT" --keys "${KEYS[this]}" --count "$PARKED" --seconds 60 >/dev/null 2>&1 &
 POLLS_PID=$!
 parked=0
 for _ in $(seq 1 600); do
@@ -176,13 +188,19 @@ for _ in $(seq 1 600); do
 done
 sleep 1
 parked_rss=$(rss_mib)
-echo "3. $PARKED long polls parked at once (16 clients, a connection each): $parked parked; server RSS $idle_rss MiB idle, $parked_rss MiB with them parked: +$((parked_rss - idle_rss)) MiB ($(python3 -c "print('%.1f' % (($parked_rss - $idle_rss) * 1024 / max($PARKED, 1)))") KiB a poll)"
+echo "3. $PARKED long polls parked at once (16 clients, a connection each; mimalloc $allocator): $parked parked; server RSS $idle_rss MiB idle, $parked_rss MiB with them parked: +$((parked_rss - idle_rss)) MiB ($(python3 -c "print('%.1f' % (($parked_rss - $idle_rss) * 1024 / max($PARKED, 1)))") KiB a poll)"
 kill "$POLLS_PID" 2>/dev/null; wait "$POLLS_PID" 2>/dev/null || true; POLLS_PID=""
-rm -f "$POLLS_OUT"
+stop "$SERVER_PID"; SERVER_PID=""
+unset MIMALLOC_ARENA_EAGER_COMMIT
+done
+fi
 
+if section 4; then
+start this "$PORT"; SERVER_PID=$STARTED_PID
 start this "$OTHER_PORT"; OTHER_PID=$STARTED_PID
 out=$("$POLLBENCH_BIN" wake --url "http://127.0.0.1:$OTHER_PORT" --pay-url "http://127.0.0.1:$PORT" \
   --keys "$(first_key this)" --payments "$WAKES")
 echo
 echo "4. A payment on one instance, a poll parked on the other ($WAKES payments, through Redis): woken $(field woken <<<"$out"), missed $(field missed <<<"$out");"
 echo "   from the payment's send: p50 $(field from_send_p50_ms <<<"$out") ms, p99 $(field from_send_p99_ms <<<"$out") ms; from its acknowledgement: p50 $(field from_ack_p50_ms <<<"$out") ms, p99 $(field from_ack_p99_ms <<<"$out") ms"
+fi

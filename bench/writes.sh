@@ -27,10 +27,10 @@
 # rows per isolation (group commit off; holds each captured at once), BENCH_BULK (batch
 # sizes of the bulk rows, default "100 1000"; empty for none), BENCH_BULK_CLIENTS
 # (default "1 4"), PGBENCH_SCALE (default 16), BENCH_PARKED_POLLS (default 0: that
-# many dashboards long-poll the paying client during every run, as the built-in one
-# does: `pollbench dashboards --style long`; a build from before long polls answers
-# each at once, and the dashboard then waits 500 ms). Creates and drops its own
-# databases.
+# many dashboards watch the paying client during every run, as the built-in one does:
+# this build's long-poll, `pollbench dashboards --style long`; the baseline's POST every
+# 2 s, `--style old`, as the dashboard did before long polls). Creates and drops its
+# own databases.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -192,7 +192,7 @@ run_pgbench() {
 }
 
 echo
-[ "$PARKED_POLLS" -gt 0 ] && echo "$PARKED_POLLS dashboards long-poll the paying client during every run"
+[ "$PARKED_POLLS" -gt 0 ] && echo "$PARKED_POLLS dashboards watch the paying client during every run (this build: long polls; baseline: a POST every 2 s)"
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo); PostgreSQL $(psql -Atc 'SHOW server_version' "$ADMIN_URL"); ${RUN_SECONDS} s per run; pgbench scale $SCALE; 200 accounts"
 echo
 echo "| build | driver | isolation | group commit | clients | hot share | payments/s | p50 ms | p99 ms | server RSS MiB (peak) | server CPU s / 1000 payments | PostgreSQL CPU s / 1000 payments | pgbench TPC-B tps | payments/s ÷ tps | verifier | ÷ baseline |"
@@ -209,7 +209,7 @@ row() {
   shift 6
   if [ "$PARKED_POLLS" -gt 0 ]; then
     "$POLLBENCH_BIN" dashboards --url "http://127.0.0.1:$PORT" --keys "$KEY" --count "$PARKED_POLLS" \
-      --seconds $((RUN_SECONDS + 30)) --style long >/dev/null 2>&1 &
+      --seconds $((RUN_SECONDS + 30)) --style "$([ "$build" = baseline ] && echo old || echo long)" >/dev/null 2>&1 &
     POLLER_PID=$!
     sleep 1
   fi
@@ -220,7 +220,8 @@ row() {
     read -r rate p50 p99 rss payments violations pg_cpu <<<"$(run_loadgen "$clients" "$hot" "$@")"
   fi
   if [ -n "$POLLER_PID" ]; then
-    kill "$POLLER_PID" 2>/dev/null && wait "$POLLER_PID" 2>/dev/null
+    kill "$POLLER_PID" 2>/dev/null || true
+    wait "$POLLER_PID" 2>/dev/null || true
     POLLER_PID=""
   fi
   cpu_per_1000=$(python3 -c "print('%.2f' % (($(server_cpu_seconds) - $cpu_before) * 1000 / max($payments, 1)))")

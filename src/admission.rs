@@ -14,6 +14,9 @@
 //!   selections (each query weighs its document, `graphql::budget`). A query waits
 //!   for room, and answers `RETRY_LATER` if none comes within `FIELDS_WAIT`. Mutations
 //!   are not held back by reads: they take no part of this budget.
+//! - Long polls woken by a change run at most `WOKEN_RUNS_PER_CLIENT` at once per
+//!   client, apart from its request limit, so a client's dashboards never take the
+//!   permits its payments need.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,11 +43,15 @@ pub const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How many payments of a `createPaymentBatch` count as one request against the
 /// client's limit: one group-commit batch's worth (`WRITE_BATCH_MAX`'s default).
 pub const PAYMENTS_PER_REQUEST: usize = 64;
+/// Runs of woken long polls one client may have at once; the rest wait their turn.
+pub const WOKEN_RUNS_PER_CLIENT: usize = 8;
 /// Clients remembered with their request gates.
 const CLIENT_GATES_CAPACITY: u64 = 100_000;
 
 pub struct Admission {
     per_client: Option<(u32, moka::sync::Cache<ClientId, Arc<Semaphore>>)>,
+    /// Gates of the runs of woken long polls, per client (`admit_woken`).
+    woken: moka::sync::Cache<ClientId, Arc<Semaphore>>,
     fields: Arc<Semaphore>,
     large_documents: Arc<Semaphore>,
 }
@@ -76,6 +83,10 @@ impl Admission {
                         .build(),
                 )
             }),
+            woken: moka::sync::Cache::builder()
+                .max_capacity(CLIENT_GATES_CAPACITY)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             fields: Arc::new(Semaphore::new(FIELDS_IN_FLIGHT_MAX as usize)),
             large_documents: Arc::new(Semaphore::new(LARGE_DOCUMENT_BYTES_IN_FLIGHT_MAX as usize)),
         }
@@ -94,18 +105,14 @@ impl Admission {
             .map_err(|_| Refusal::ClientBusy)
     }
 
-    /// Admits one more request of `client`, waiting up to `wait` for one of its
-    /// running requests to end: for long polls woken together by one change, which
-    /// would otherwise refuse each other.
-    pub async fn admit_within(
-        &self,
-        client: Option<ClientId>,
-        wait: Duration,
-    ) -> Result<Admitted, Refusal> {
-        let (Some((most, gates)), Some(client)) = (&self.per_client, client) else {
-            return Ok(Admitted { _client: None });
-        };
-        let gate = gates.get_with(client, || Arc::new(Semaphore::new(*most as usize)));
+    /// Admits the run of a long poll of `client` that a change woke, waiting up to
+    /// `wait` for its turn. Woken runs have gates of their own (`WOKEN_RUNS_PER_CLIENT`
+    /// at once per client): one change wakes all of a client's parked polls at once,
+    /// and they must neither refuse each other nor take the permits its payments need.
+    pub async fn admit_woken(&self, client: ClientId, wait: Duration) -> Result<Admitted, Refusal> {
+        let gate = self
+            .woken
+            .get_with(client, || Arc::new(Semaphore::new(WOKEN_RUNS_PER_CLIENT)));
         match tokio::time::timeout(wait, gate.acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Admitted {
                 _client: Some(permit),

@@ -181,7 +181,7 @@ fn too_large(bytes_max: usize, headers: &HeaderMap) -> Response {
 }
 
 /// Only what shaping an error needs of the request's headers.
-fn accept_only(headers: &HeaderMap) -> HeaderMap {
+pub(super) fn accept_only(headers: &HeaderMap) -> HeaderMap {
     let mut accept = HeaderMap::new();
     if let Some(value) = headers.get(header::ACCEPT) {
         accept.insert(header::ACCEPT, value.clone());

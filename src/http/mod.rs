@@ -449,15 +449,21 @@ async fn graphql_get(State(state): State<Arc<AppState>>, request: Request) -> Re
     if let Some(response) = without_document(std::slice::from_ref(&operation), &headers) {
         return response;
     }
-    let caller = match authenticate(&state, &headers).await {
+    // Boxed, like each run in `poll`: a parked poll's future keeps none of their state.
+    let caller = match Box::pin(authenticate(&state, &headers)).await {
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    let mut resolved = resolve_all(&state, vec![operation]).await;
+    let mut resolved = Box::pin(resolve_all(&state, vec![operation])).await;
     let first = resolved
         .pop()
         .unwrap_or_else(|| Err(AppError::bad_input("no operation")));
-    poll(&state, &headers, first, caller).await
+    // A parked poll keeps only what its answers need of the request's headers.
+    let condition = Condition::of(&headers);
+    let wait = conditional::requested_wait(&headers);
+    let accept = extract::accept_only(&headers);
+    drop(headers);
+    poll(&state, &accept, condition, wait, first, caller).await
 }
 
 /// Answers a GET, holding it while its answer is the one the caller has and it asked
@@ -466,10 +472,11 @@ async fn graphql_get(State(state): State<Arc<AppState>>, request: Request) -> Re
 async fn poll(
     state: &Arc<AppState>,
     headers: &HeaderMap,
+    condition: Condition,
+    wait: Option<Duration>,
     first: Resolved,
     caller: Caller,
 ) -> Response {
-    let condition = Condition::of(headers);
     let client = match caller {
         Caller::Client(client) => Some(client),
         _ => None,
@@ -477,8 +484,8 @@ async fn poll(
     // Waiting needs a tag to compare with, a client whose changes wake it, and a server
     // that is not shutting down (then every answer is immediate, and says so by not
     // applying the preference).
-    let wait = conditional::requested_wait(headers)
-        .filter(|_| matches!(condition, Condition::Tags(_)) && !state.changes.is_closing());
+    let wait =
+        wait.filter(|_| matches!(condition, Condition::Tags(_)) && !state.changes.is_closing());
     let mut watch = match (wait, client) {
         (Some(_), Some(client)) => Some(state.changes.watch(client)),
         _ => None,
@@ -497,7 +504,9 @@ async fn poll(
             Some(resolved) => resolved,
             None => Ok((again.clone().unwrap_or_default(), None)),
         };
-        let answer = match run(state, headers, vec![resolved], false, caller, via).await {
+        // Boxed, so that while the poll is parked its future holds none of a query's
+        // execution state (a parked poll's memory is what bounds how many fit).
+        let answer = match Box::pin(run(state, headers, vec![resolved], false, caller, via)).await {
             Ok(answer) => answer,
             Err(response) => return response,
         };
@@ -527,6 +536,8 @@ async fn poll(
             }
             return response;
         }
+        // Not kept while parked: the next look makes a new one.
+        drop(answer);
         let (Some(watch), Some(deadline)) = (&mut watch, deadline) else {
             return StatusCode::NOT_MODIFIED.into_response();
         };
@@ -570,8 +581,8 @@ const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-appli
 const PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// How a run came: a GET may not run a mutation, and a long poll woken by a change
-/// waits for its client's turn instead of being refused (one change wakes all of a
-/// client's polls at once).
+/// waits for its turn among its client's woken polls instead of being refused (one
+/// change wakes all of them at once), apart from the client's request limit.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Via {
     Post,
@@ -650,14 +661,14 @@ async fn run(
         Caller::Client(client) => Some(client),
         _ => None,
     };
-    let admitted = match via {
-        Via::Wake => {
+    let admitted = match (via, client) {
+        (Via::Wake, Some(client)) => {
             state
                 .admission
-                .admit_within(client, WOKEN_ADMISSION_WAIT)
+                .admit_woken(client, WOKEN_ADMISSION_WAIT)
                 .await
         }
-        Via::Post | Via::Get => state.admission.admit(client),
+        _ => state.admission.admit(client),
     };
     let _admitted = match admitted {
         Ok(admitted) => admitted,

@@ -6,7 +6,7 @@
 //!   `get` (GET by document id, a full answer each time) or `get304` (GET with the
 //!   current ETag: 304s).
 //! - `dashboards`: N dashboards as the built-in one polls (`long`: GET with
-//!   If-None-Match and `Prefer: wait=25`, then at least 500 ms after a change; `old`:
+//!   If-None-Match and `Prefer: wait=25`, then at least 1 s after a change; `old`:
 //!   a POST every 2 s), counting requests.
 //! - `park`: parks N long polls spread over the given keys and holds them, printing a
 //!   line once every poll is parked (for RSS sampling), until stdin closes or the
@@ -260,7 +260,7 @@ async fn dashboards(options: &Options) -> anyhow::Result<Value> {
                 } else {
                     changes.fetch_add(1, Ordering::Relaxed);
                     etag = answer.etag;
-                    Duration::from_millis(500)
+                    Duration::from_secs(1)
                 };
                 if tokio::time::timeout_at(deadline, tokio::time::sleep(pause))
                     .await
@@ -305,9 +305,10 @@ async fn park(options: &Options) -> anyhow::Result<Value> {
         tasks.push(tokio::spawn(async move {
             poller.get(Some(&etag), Some(seconds)).await
         }));
-        // Arriving over about a second, as dashboards do, not in one instant.
+        // Arriving over a few seconds (1 000 in about 2.5 s), as dashboards reconnecting
+        // after a deploy do, not in one instant.
         if index % 16 == 15 {
-            tokio::time::sleep(Duration::from_millis(15)).await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
         }
     }
     // Held until they end: the caller samples memory meanwhile.
