@@ -133,6 +133,16 @@ async fn wait_until(client: &Client, what: &str, script: &str) -> Value {
     }
 }
 
+/// Waits until GraphiQL has rendered its editor.
+async fn graphiql_rendered(client: &Client) {
+    client
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(".graphiql-execute-button"))
+        .await
+        .expect("GraphiQL renders");
+}
+
 async fn click(client: &Client, selector: &str) {
     client
         .find(Locator::Css(selector))
@@ -188,12 +198,7 @@ async fn graphiql_renders_and_runs_a_query_once_a_key_is_set() {
     app.fund(&account, "12.34", "USD").await;
 
     client.goto(&format!("{}/", app.address)).await.unwrap();
-    client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(".graphiql-execute-button"))
-        .await
-        .expect("GraphiQL renders");
+    graphiql_rendered(client).await;
     assert_loaded_only_from(client, &app).await;
     let query_text = wait_until(
         client,
@@ -460,12 +465,7 @@ async fn graphiql_says_when_only_trusted_documents_run() {
             .contains("GRAPHQL_DOCUMENTS=trusted"),
         "{notice}"
     );
-    client
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(".graphiql-execute-button"))
-        .await
-        .expect("GraphiQL renders");
+    graphiql_rendered(client).await;
     let result = run_query_until(client, "DOCUMENT_NOT_TRUSTED").await;
     assert!(result.contains("not in its manifest"), "{result}");
     save_screenshot(client, "graphiql-trusted").await;

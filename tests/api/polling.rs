@@ -72,6 +72,27 @@ async fn get(
     }
 }
 
+/// Sends a long poll of `query` at `address` as `key`, holding `etag`, and asks to wait
+/// (`wait` is the `Prefer` value); its answer comes from the returned task.
+fn spawn_poll(
+    address: &str,
+    key: &str,
+    query: &'static str,
+    etag: &str,
+    wait: &'static str,
+) -> tokio::task::JoinHandle<Got> {
+    let (address, key, etag) = (address.to_owned(), key.to_owned(), etag.to_owned());
+    tokio::spawn(async move {
+        get(
+            &address,
+            Some(&key),
+            &[("query", query)],
+            &[("if-none-match", &etag), ("prefer", wait)],
+        )
+        .await
+    })
+}
+
 async fn latest(app: &TestApp, address: &str, headers: &[(&str, &str)]) -> Got {
     get(address, Some(&app.api_key), &[("query", LATEST)], headers).await
 }
@@ -193,18 +214,7 @@ async fn a_long_poll_waits_for_a_change(backend: Backend) {
     assert!(idle.took >= Duration::from_millis(900), "{:?}", idle.took);
 
     // A payment while it waits: answered with it, long before its 30 s.
-    let poll = {
-        let (address, key, etag) = (app.address.clone(), app.api_key.clone(), etag.clone());
-        tokio::spawn(async move {
-            get(
-                &address,
-                Some(&key),
-                &[("query", LATEST)],
-                &[("if-none-match", &etag), ("prefer", "wait=30")],
-            )
-            .await
-        })
-    };
+    let poll = spawn_poll(&app.address, &app.api_key, LATEST, &etag, "wait=30");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let paid = pay(&app, &app.address, &pair).await;
     let woken = poll.await.unwrap();
@@ -242,18 +252,13 @@ async fn a_long_poll_waits_for_a_change(backend: Backend) {
         &[],
     )
     .await;
-    let poll = {
-        let (address, key, etag) = (app.address.clone(), app.api_key.clone(), before.etag());
-        tokio::spawn(async move {
-            get(
-                &address,
-                Some(&key),
-                &[("query", accounts)],
-                &[("if-none-match", &etag), ("prefer", "wait=30")],
-            )
-            .await
-        })
-    };
+    let poll = spawn_poll(
+        &app.address,
+        &app.api_key,
+        accounts,
+        &before.etag(),
+        "wait=30",
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let created = app.create_account("EUR", "UNBOUNDED", None).await;
     let woken = poll.await.unwrap();
@@ -278,18 +283,7 @@ async fn a_payment_on_another_instance_wakes_a_parked_poll() {
     let mut took = Vec::new();
     for _ in 0..5 {
         let etag_now = latest(&app, &other.address, &[]).await.etag();
-        let poll = {
-            let (address, key) = (other.address.clone(), app.api_key.clone());
-            tokio::spawn(async move {
-                get(
-                    &address,
-                    Some(&key),
-                    &[("query", LATEST)],
-                    &[("if-none-match", &etag_now), ("prefer", "wait=30")],
-                )
-                .await
-            })
-        };
+        let poll = spawn_poll(&other.address, &app.api_key, LATEST, &etag_now, "wait=30");
         tokio::time::sleep(Duration::from_millis(200)).await;
         let committed = Instant::now();
         let paid = pay(&app, &app.address, &pair).await;
@@ -313,18 +307,7 @@ async fn without_redis_a_poll_elsewhere_answers_the_change_when_its_wait_ends() 
     let other = app.spawn_replica().await;
     let pair = pair(&app).await;
     let etag = latest(&app, &other.address, &[]).await.etag();
-    let poll = {
-        let (address, key) = (other.address.clone(), app.api_key.clone());
-        tokio::spawn(async move {
-            get(
-                &address,
-                Some(&key),
-                &[("query", LATEST)],
-                &[("if-none-match", &etag), ("prefer", "wait=2")],
-            )
-            .await
-        })
-    };
+    let poll = spawn_poll(&other.address, &app.api_key, LATEST, &etag, "wait=2");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let paid = pay(&app, &app.address, &pair).await;
     let answered = poll.await.unwrap();
@@ -407,18 +390,7 @@ async fn park_one_by_one(
     let (mut polls, mut refused) = (Vec::new(), Vec::new());
     for _ in 0..count {
         let before = app.metric(PARKED).await;
-        let poll = {
-            let (address, key, etag) = (app.address.clone(), key.to_owned(), etag.to_owned());
-            tokio::spawn(async move {
-                get(
-                    &address,
-                    Some(&key),
-                    &[("query", LATEST)],
-                    &[("if-none-match", &etag), ("prefer", wait)],
-                )
-                .await
-            })
-        };
+        let poll = spawn_poll(&app.address, key, LATEST, etag, wait);
         loop {
             tokio::time::sleep(Duration::from_millis(5)).await;
             if poll.is_finished() {
@@ -505,18 +477,7 @@ async fn shutdown_answers_parked_polls_at_once() {
         .await
         .etag();
     let polls: Vec<_> = (0..20)
-        .map(|_| {
-            let (address, key, etag) = (address.clone(), key.clone(), etag.clone());
-            tokio::spawn(async move {
-                get(
-                    &address,
-                    Some(&key),
-                    &[("query", LATEST)],
-                    &[("if-none-match", &etag), ("prefer", "wait=60")],
-                )
-                .await
-            })
-        })
+        .map(|_| spawn_poll(&address, &key, LATEST, &etag, "wait=60"))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(polls.iter().all(|poll| !poll.is_finished()));
