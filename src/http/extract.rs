@@ -9,8 +9,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 use serde::Deserialize;
+use std::time::Duration;
 
 use super::{GRAPHQL_RESPONSE_JSON, error_response};
 use crate::documents::Naming;
@@ -74,12 +75,8 @@ pub(super) async fn json_operations(
             &accept,
         ));
     }
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > bytes_max) {
-        return Err(too_large(bytes_max, &accept));
+    if declares_more_than(request.headers(), bytes_max) {
+        return Err(refuse_too_large(request, bytes_max).await);
     }
     let body = Body::new(Limited::new(request.into_body(), bytes_max));
     let malformed = "malformed request body: expected JSON such as {\"query\": \"{ __typename }\"}";
@@ -172,12 +169,60 @@ fn unreadable(
     )
 }
 
+/// The most of a body refused for its declared length that is still read, and for how
+/// long, before the 413 goes out. A server that answers while the client is still
+/// sending closes the connection with bytes unread, the kernel then resets it, and the
+/// client may see "connection reset" instead of the answer (nginx's lingering close
+/// exists for this). Reading the refused body and dropping it as it comes costs a
+/// copy and lets the client read why; a body declared larger than this is not worth
+/// reading, and its sender may see the reset.
+const REFUSED_BODY_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
+const REFUSED_BODY_READ_TIME: Duration = Duration::from_secs(5);
+
+fn declared_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse().ok())
+}
+
+/// Answers 413 to a request whose Content-Length is over `bytes_max`, when its body has
+/// been read (and dropped) as far as is reasonable, so that the client reads the answer.
+pub(super) async fn refuse_too_large(request: Request, bytes_max: usize) -> Response {
+    let accept = accept_only(request.headers());
+    if declared_length(request.headers())
+        .is_some_and(|length| length <= REFUSED_BODY_READ_BYTES_MAX)
+    {
+        let mut body = request.into_body();
+        let read_through = async {
+            let mut bytes_read = 0;
+            while bytes_read <= REFUSED_BODY_READ_BYTES_MAX {
+                match body.frame().await {
+                    Some(Ok(frame)) => bytes_read += frame.data_ref().map_or(0, |data| data.len()),
+                    Some(Err(_)) | None => break,
+                }
+            }
+        };
+        // A client that stops sending has its connection closed at the end of the time.
+        let _ = tokio::time::timeout(REFUSED_BODY_READ_TIME, read_through).await;
+    }
+    too_large(bytes_max, &accept)
+}
+
+/// Whether a request declares a body longer than `bytes_max`.
+pub(super) fn declares_more_than(headers: &HeaderMap, bytes_max: usize) -> bool {
+    declared_length(headers).is_some_and(|length| length > bytes_max)
+}
+
 fn too_large(bytes_max: usize, headers: &HeaderMap) -> Response {
     error_response(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &AppError::bad_input(format!("the request body is larger than {bytes_max} bytes")),
+        &body_too_large(bytes_max),
         headers,
     )
+}
+
+pub(super) fn body_too_large(bytes_max: usize) -> AppError {
+    AppError::bad_input(format!("the request body is larger than {bytes_max} bytes"))
 }
 
 /// Only what shaping an error needs of the request's headers.

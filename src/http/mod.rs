@@ -342,14 +342,18 @@ async fn limits_in_graphql_shape(
             request.headers(),
         );
     }
+    // Refused here rather than by the body limit layer below, which answers without
+    // reading the body, so the client may lose the answer (see `refuse_too_large`);
+    // the layer still stops a body sent without a length once it is over.
+    let body_bytes_max = client_body_bytes_max(&state.config);
+    if extract::declares_more_than(request.headers(), body_bytes_max) {
+        return extract::refuse_too_large(request, body_bytes_max).await;
+    }
     // Only the Accept header is kept (a reference count), and only read if a limit hit.
     let accept = request.headers().get(header::ACCEPT).cloned();
     let response = next.run(request).await;
     let error = match response.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::bad_input(format!(
-            "the request body is larger than {} bytes",
-            client_body_bytes_max(&state.config)
-        )),
+        StatusCode::PAYLOAD_TOO_LARGE => extract::body_too_large(body_bytes_max),
         // The server's own 503s (RETRY_LATER) already carry a JSON body.
         StatusCode::SERVICE_UNAVAILABLE
             if !response.headers().contains_key(header::CONTENT_TYPE) =>

@@ -284,9 +284,8 @@ async fn limits_really_apply(backend: Backend) {
     // A body over the limit is refused before it is parsed: 256 KiB without a key,
     // 256 KiB plus 1 KiB per payment a createPaymentBatch may carry with one.
     let padded = |bytes: usize| json!({ "query": "{ __typename }", "variables": { "padding": "x".repeat(bytes) } });
-    // Its own client: the server closes a connection whose body it refused to read,
-    // and a pooled connection reused afterwards would fail the next request.
-    let anonymous = reqwest::Client::new()
+    let anonymous = app
+        .http
         .post(&url)
         .json(&padded(300 * 1024))
         .send()
@@ -302,7 +301,8 @@ async fn limits_really_apply(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(within.status(), 200, "a client may send more");
-    let response = reqwest::Client::new()
+    let response = app
+        .http
         .post(&url)
         .bearer_auth(&app.api_key)
         .json(&padded(1300 * 1024))
@@ -433,6 +433,46 @@ async fn made_up_methods_do_not_grow_the_metrics() {
         "a caller's method became a label"
     );
     assert!(metrics.contains("method=\"other\""), "{metrics}");
+}
+
+/// A body refused for its length is answered, not cut off: the server reads it (and
+/// drops it) before it answers 413, so the client never sees "connection reset" where
+/// the answer should be, and its connection stays usable for the next request. Both
+/// limits are tried: the one for every request, and the lower one without a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_body_is_answered_and_the_connection_kept() {
+    let Some(app) = spawn_app(Backend::Sqlite).await else {
+        return;
+    };
+    let url = format!("{}/graphql", app.address);
+    let padded = |bytes: usize| json!({ "query": "{ __typename }", "variables": { "padding": "x".repeat(bytes) } });
+    // One connection: a pool of one, reused for every request.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for round in 0..20 {
+        for (key, bytes) in [(Some(&app.api_key), 2 * 1024 * 1024), (None, 300 * 1024)] {
+            let mut request = http.post(&url).json(&padded(bytes));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("round {round}, {bytes} bytes: {error:?}"));
+            assert_eq!(response.status(), 413, "round {round}, {bytes} bytes");
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(error_code(&body), Some("BAD_USER_INPUT"), "{body}");
+            let next = http
+                .post(&url)
+                .json(&json!({ "query": "{ __typename }" }))
+                .send()
+                .await
+                .unwrap_or_else(|error| panic!("round {round}, after {bytes} bytes: {error:?}"));
+            assert_eq!(next.status(), 200);
+        }
+    }
 }
 
 /// Sends `head` and then `body` in chunks over a raw connection; answers the status
