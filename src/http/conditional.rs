@@ -11,8 +11,10 @@
 //!   changes and the answer differs, or N seconds pass; the answer says
 //!   `Preference-Applied: wait=N`. See `changes` for what wakes it.
 
+use std::cmp::Ordering;
 use std::time::Duration;
 
+use async_graphql::PathSegment;
 use axum::http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
@@ -35,19 +37,52 @@ pub(super) fn etag(who: &[u8], body: &[u8]) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
-/// Puts every object of `value` in name order. async-graphql 7 inserts a query's fields
-/// in the order they finish (they resolve concurrently), so the same answer could come
-/// out in different byte orders and so with different ETags; sorted, equal answers are
-/// equal bytes.
-pub(super) fn in_stable_order(value: &mut async_graphql::Value) {
+/// Puts an answer in one order. async-graphql 7 inserts a query's fields in the order
+/// they finish, and adds field errors as they happen (fields resolve concurrently), so
+/// the same answer could come out in different byte orders and so with different
+/// ETags; in name order, errors by path, equal answers are equal bytes.
+pub(super) fn in_stable_order(response: &mut async_graphql::Response) {
+    objects_in_name_order(&mut response.data);
+    response.errors.sort_by(|one, other| {
+        path_order(&one.path, &other.path)
+            .then_with(|| one.message.cmp(&other.message))
+            .then_with(|| {
+                let at = |error: &async_graphql::ServerError| {
+                    error
+                        .locations
+                        .iter()
+                        .map(|position| (position.line, position.column))
+                        .collect::<Vec<_>>()
+                };
+                at(one).cmp(&at(other))
+            })
+    });
+}
+
+fn objects_in_name_order(value: &mut async_graphql::Value) {
     match value {
         async_graphql::Value::Object(fields) => {
             fields.sort_unstable_keys();
-            fields.values_mut().for_each(in_stable_order);
+            fields.values_mut().for_each(objects_in_name_order);
         }
-        async_graphql::Value::List(items) => items.iter_mut().for_each(in_stable_order),
+        async_graphql::Value::List(items) => items.iter_mut().for_each(objects_in_name_order),
         _ => {}
     }
+}
+
+/// The order of the answer itself: by field name, list items by index.
+fn path_order(one: &[PathSegment], other: &[PathSegment]) -> Ordering {
+    let segment_order = |one: &PathSegment, other: &PathSegment| match (one, other) {
+        (PathSegment::Index(one), PathSegment::Index(other)) => one.cmp(other),
+        (PathSegment::Field(one), PathSegment::Field(other)) => one.cmp(other),
+        (PathSegment::Index(_), PathSegment::Field(_)) => Ordering::Less,
+        (PathSegment::Field(_), PathSegment::Index(_)) => Ordering::Greater,
+    };
+    one.iter()
+        .zip(other)
+        .map(|(one, other)| segment_order(one, other))
+        .find(|order| order.is_ne())
+        .unwrap_or_else(|| one.len().cmp(&other.len()))
 }
 
 /// What `If-None-Match` asks.
@@ -137,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_answers_come_out_in_one_order() {
+    fn equal_answers_and_their_errors_come_out_in_one_order() {
         use async_graphql::{Name, Value};
         let object = |pairs: &[(&str, Value)]| {
             Value::Object(
@@ -148,21 +183,57 @@ mod tests {
             )
         };
         let inner = |a: i32, b: i32| object(&[("b", Value::from(b)), ("a", Value::from(a))]);
-        let mut first = object(&[
+        let first = object(&[
             ("payments", Value::List(vec![inner(1, 2)])),
             ("accounts", inner(3, 4)),
         ]);
-        let mut second = object(&[
+        let second = object(&[
             (
                 "accounts",
                 object(&[("a", Value::from(3)), ("b", Value::from(4))]),
             ),
             ("payments", Value::List(vec![inner(1, 2)])),
         ]);
+        let answer = |data: Value, errors: &[(&[PathSegment], &str)]| {
+            let mut response = async_graphql::Response::new(data);
+            response.errors = errors
+                .iter()
+                .map(|(path, message)| {
+                    let mut error = async_graphql::ServerError::new(*message, None);
+                    error.path = path.to_vec();
+                    error
+                })
+                .collect();
+            response
+        };
+        let field = |name: &str| PathSegment::Field(name.to_owned());
+        let tenth: &[PathSegment] = &[field("payments"), PathSegment::Index(10), field("to")];
+        let second_item: &[PathSegment] = &[field("payments"), PathSegment::Index(2)];
+        let accounts: &[PathSegment] = &[field("accounts")];
+        let mut first = answer(
+            first,
+            &[(tenth, "not found"), (accounts, "b"), (second_item, "x")],
+        );
+        let mut second = answer(
+            second,
+            &[(accounts, "b"), (second_item, "x"), (tenth, "not found")],
+        );
         in_stable_order(&mut first);
         in_stable_order(&mut second);
-        assert_eq!(first.to_string(), second.to_string());
-        assert!(first.to_string().starts_with("{accounts: {a: 3"), "{first}");
+        let bytes = |response: &async_graphql::Response| serde_json::to_string(response).unwrap();
+        assert_eq!(bytes(&first), bytes(&second));
+        assert!(
+            bytes(&first).starts_with(r#"{"data":{"accounts":{"a":3"#),
+            "{}",
+            bytes(&first)
+        );
+        // Errors in the answer's own order: list items by index, not as text.
+        let messages: Vec<&str> = first
+            .errors
+            .iter()
+            .map(|error| error.message.as_str())
+            .collect();
+        assert_eq!(messages, ["b", "x", "not found"]);
     }
 
     #[test]

@@ -768,7 +768,7 @@ async fn run(
         };
         // A GET's answer is compared by its bytes (its ETag).
         if via != Via::Post {
-            conditional::in_stable_order(&mut response.data);
+            conditional::in_stable_order(&mut response);
         }
         let ran = response.data != async_graphql::Value::Null;
         if let Some(parsed) = prepared.fresh
