@@ -352,14 +352,14 @@ async fn limits_in_graphql_shape(
     // Only the Accept header is kept (a reference count), and only read if a limit hit.
     let accept = request.headers().get(header::ACCEPT).cloned();
     let response = next.run(request).await;
+    // The server's own answers (a 413 naming the lower limit without a key, a 503
+    // RETRY_LATER) already carry a JSON body; only the layers' bare ones are shaped.
+    if response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
     let error = match response.status() {
         StatusCode::PAYLOAD_TOO_LARGE => extract::body_too_large(body_bytes_max),
-        // The server's own 503s (RETRY_LATER) already carry a JSON body.
-        StatusCode::SERVICE_UNAVAILABLE
-            if !response.headers().contains_key(header::CONTENT_TYPE) =>
-        {
-            AppError::Timeout
-        }
+        StatusCode::SERVICE_UNAVAILABLE => AppError::Timeout,
         _ => return response,
     };
     let mut request_headers = HeaderMap::new();

@@ -292,6 +292,13 @@ async fn limits_really_apply(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 413);
+    // Naming the limit that applies to it, not the one with a key.
+    let body: Value = anonymous.json().await.unwrap();
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&payments_ledger::http::REQUEST_BODY_BYTES_MAX.to_string()),
+        "{body}"
+    );
     let within = app
         .http
         .post(&url)
