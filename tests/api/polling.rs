@@ -93,6 +93,17 @@ fn spawn_poll(
     })
 }
 
+/// A document named by its APQ hash alone, over GET.
+async fn get_by_hash(app: &TestApp, address: &str, hash: &str, headers: &[(&str, &str)]) -> Got {
+    get(
+        address,
+        Some(&app.api_key),
+        &[("extensions", &apq(hash))],
+        headers,
+    )
+    .await
+}
+
 async fn latest(app: &TestApp, address: &str, headers: &[(&str, &str)]) -> Got {
     get(address, Some(&app.api_key), &[("query", LATEST)], headers).await
 }
@@ -522,15 +533,8 @@ async fn persisted_queries_over_get_and_post(backend: Backend) {
         Uuid::new_v4()
     );
     let hash = sha256_hex(&query);
-
     // Unknown: the error Apollo Client and urql retry on.
-    let unknown = get(
-        &app.address,
-        Some(&app.api_key),
-        &[("extensions", &apq(&hash))],
-        &[],
-    )
-    .await;
+    let unknown = get_by_hash(&app, &app.address, &hash, &[]).await;
     assert_eq!(
         unknown.code().as_deref(),
         Some("PERSISTED_QUERY_NOT_FOUND"),
@@ -583,13 +587,7 @@ async fn persisted_queries_over_get_and_post(backend: Backend) {
     // A caller without a key runs nothing, so registers nothing.
     let (_, answer) = post(json!({ "query": query, "extensions": extensions }), None).await;
     assert!(answer["errors"].is_array(), "{answer}");
-    let still_unknown = get(
-        &app.address,
-        Some(&app.api_key),
-        &[("extensions", &apq(&hash))],
-        &[],
-    )
-    .await;
+    let still_unknown = get_by_hash(&app, &app.address, &hash, &[]).await;
     assert_eq!(
         still_unknown.code().as_deref(),
         Some("PERSISTED_QUERY_NOT_FOUND")
@@ -604,19 +602,13 @@ async fn persisted_queries_over_get_and_post(backend: Backend) {
     .await;
     assert_eq!(status, 200);
     assert!(answer["errors"].is_null(), "{answer}");
-    let by_hash = get(
-        &app.address,
-        Some(&app.api_key),
-        &[("extensions", &apq(&hash))],
-        &[],
-    )
-    .await;
+    let by_hash = get_by_hash(&app, &app.address, &hash, &[]).await;
     assert_eq!(by_hash.status, 200);
     assert_eq!(by_hash.json(), answer);
-    let unchanged = get(
+    let unchanged = get_by_hash(
+        &app,
         &app.address,
-        Some(&app.api_key),
-        &[("extensions", &apq(&hash))],
+        &hash,
         &[("if-none-match", &by_hash.etag())],
     )
     .await;
@@ -646,13 +638,7 @@ async fn persisted_queries_over_get_and_post(backend: Backend) {
     // Registered in Redis: another instance knows it.
     if backend == Backend::Postgres {
         let other = app.spawn_replica().await;
-        let elsewhere = get(
-            &other.address,
-            Some(&app.api_key),
-            &[("extensions", &apq(&hash))],
-            &[],
-        )
-        .await;
+        let elsewhere = get_by_hash(&app, &other.address, &hash, &[]).await;
         assert_eq!(elsewhere.json(), answer);
     }
 
